@@ -26,7 +26,7 @@ else
 endif
 
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
-            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon $(EXTRA_CFLAGS)
+            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc $(EXTRA_CFLAGS)
 LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
 LDLIBS   := -lm -lpthread
 
@@ -39,8 +39,11 @@ TST := $(BUILD)/tests
 COMMON_SRC := $(wildcard common/*.c)
 COMMON_LIB := $(LIB)/libcommon.a
 
+TOKENIZER_SRC := $(filter-out tokenizer-svc/main.c,$(wildcard tokenizer-svc/*.c))
+TOKENIZER_LIB := $(LIB)/libtokenizer.a
+
 # ---- programs ----
-TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model
+TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -63,13 +66,21 @@ $(BIN)/gguf-inspect: $(OBJ)/tools/gguf-inspect.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
+$(TOKENIZER_LIB): $(TOKENIZER_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN)/tokenizer-demo: $(OBJ)/tools/tokenizer-demo.o $(TOKENIZER_LIB) $(COMMON_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
+
 $(BIN)/make-test-model: $(OBJ)/tools/make-test-model.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
-$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(COMMON_LIB)
+$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(TOKENIZER_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -lcmocka -ljansson $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $^ -lcmocka -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 
 $(TST)/%: $(OBJ)/tests/helpers/%.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)

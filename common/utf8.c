@@ -50,3 +50,74 @@ char *utf8_sanitize(const char *src, size_t n) {
     out[o] = 0;
     return out;
 }
+
+/* Allowed range of the second byte for a lead byte (Unicode Table 3-7). */
+static int second_byte_range(uint8_t lead, uint8_t *lo, uint8_t *hi) {
+    *lo = 0x80, *hi = 0xbf;
+    if (lead >= 0xc2 && lead <= 0xdf)
+        return 2;
+    if (lead >= 0xe0 && lead <= 0xef) {
+        if (lead == 0xe0) *lo = 0xa0;
+        if (lead == 0xed) *hi = 0x9f;
+        return 3;
+    }
+    if (lead >= 0xf0 && lead <= 0xf4) {
+        if (lead == 0xf0) *lo = 0x90;
+        if (lead == 0xf4) *hi = 0x8f;
+        return 4;
+    }
+    return 0;
+}
+
+/* Number of bytes (>= 1) of the maximal subpart at s: the longest prefix
+ * of a well-formed sequence, or 1 for a byte that cannot start one. */
+static size_t maximal_subpart(const uint8_t *s, size_t n) {
+    uint8_t lo, hi;
+    size_t need = (size_t)second_byte_range(s[0], &lo, &hi), k = 1;
+    if (!need)
+        return 1;
+    if (k < n && s[k] >= lo && s[k] <= hi) {
+        k++;
+        while (k < need && k < n && (s[k] & 0xc0) == 0x80)
+            k++;
+    }
+    return k;
+}
+
+size_t utf8_incomplete_tail(const uint8_t *s, size_t n) {
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        const uint8_t *p = s + n - back;
+        if ((p[0] & 0xc0) == 0x80)
+            continue; /* a continuation byte: look further back for the lead */
+        uint8_t lo, hi;
+        size_t need = (size_t)second_byte_range(p[0], &lo, &hi);
+        if (need <= back)
+            return 0; /* complete (or invalid): nothing held back */
+        return maximal_subpart(p, back) == back ? back : 0;
+    }
+    return 0;
+}
+
+int utf8_append_lossy(char **out, size_t *len, size_t *cap, const uint8_t *src, size_t n) {
+    if (*len + 3 * n + 1 > *cap) {
+        size_t c = *cap ? *cap : 64;
+        while (c < *len + 3 * n + 1)
+            c *= 2;
+        char *p = realloc(*out, c);
+        if (!p)
+            return -1;
+        *out = p, *cap = c;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t k = utf8_seq_len(src + i, n - i);
+        if (k) {
+            memcpy(*out + *len, src + i, k);
+            *len += k, i += k;
+        } else {
+            memcpy(*out + *len, "\xef\xbf\xbd", 3);
+            *len += 3, i += maximal_subpart(src + i, n - i);
+        }
+    }
+    (*out)[*len] = 0;
+    return 0;
+}
