@@ -15,7 +15,7 @@ BUILD        ?= build
 SAN          ?= 0
 CC           ?= cc
 FUZZ_CC      ?= clang
-FUZZ_SECONDS ?= 30
+FUZZ_SECONDS ?= 25
 
 ifeq ($(SAN),1)
   OPTFLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
@@ -25,25 +25,31 @@ else
   LDSAN    :=
 endif
 
-CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
-            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc $(EXTRA_CFLAGS)
-LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
-LDLIBS   := -lm -lpthread
-
 OBJ := $(BUILD)/obj
 BIN := $(BUILD)/bin
 LIB := $(BUILD)/lib
 TST := $(BUILD)/tests
+GEN := $(BUILD)/gen
+
+CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
+            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -I$(GEN) $(EXTRA_CFLAGS)
+LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
+LDLIBS   := -lm -lpthread
 
 # ---- libraries ----
 COMMON_SRC := $(wildcard common/*.c)
 COMMON_LIB := $(LIB)/libcommon.a
 
+# protobuf-c code generated from proto/inferno.proto
+PROTO_C    := $(GEN)/inferno.pb-c.c
+PROTO_H    := $(GEN)/inferno.pb-c.h
+PROTO_LIB  := $(LIB)/libproto.a
+
 TOKENIZER_SRC := $(filter-out tokenizer-svc/main.c,$(wildcard tokenizer-svc/*.c))
 TOKENIZER_LIB := $(LIB)/libtokenizer.a
 
 # ---- programs ----
-TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo
+TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -66,33 +72,68 @@ $(BIN)/gguf-inspect: $(OBJ)/tools/gguf-inspect.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
+$(PROTO_C) $(PROTO_H): proto/inferno.proto
+	@mkdir -p $(GEN)
+	protoc-c --proto_path=proto --c_out=$(GEN) $<
+
+# generated code: warnings are protoc-c's, not ours
+$(OBJ)/gen/inferno.pb-c.o: $(PROTO_C)
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Werror -Wshadow,$(CFLAGS)) -c $< -o $@
+
+$(PROTO_LIB): $(OBJ)/gen/inferno.pb-c.o
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+# everything that includes the generated header waits for it
+$(TOKENIZER_SRC:%.c=$(OBJ)/%.o) $(OBJ)/tokenizer-svc/main.o: $(PROTO_H)
+
+$(BIN)/tokenizer-svc: $(OBJ)/tokenizer-svc/main.o $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
+
 $(TOKENIZER_LIB): $(TOKENIZER_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BIN)/tokenizer-demo: $(OBJ)/tools/tokenizer-demo.o $(TOKENIZER_LIB) $(COMMON_LIB)
+$(BIN)/tokenizer-demo: $(OBJ)/tools/tokenizer-demo.o $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 
 $(BIN)/make-test-model: $(OBJ)/tools/make-test-model.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
-$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(TOKENIZER_LIB) $(COMMON_LIB)
+$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) $^ -lcmocka -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
+	$(CC) $(LDFLAGS) $^ -lcmocka -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
+
+$(OBJ)/tests/unit/%.o: $(PROTO_H)
 
 $(TST)/%: $(OBJ)/tests/helpers/%.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
-# libFuzzer target: always clang, always sanitized, its own output folder.
-FUZZ_BIN := build/fuzz/fuzz_gguf
-$(FUZZ_BIN): tests/fuzz/fuzz_gguf.c common/gguf.c common/tensor_types.c common/*.h
+# libFuzzer targets: always clang, always sanitized, their own output folder.
+FUZZ_DIR   := build/fuzz
+FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DINFERNO_VERSION='"$(VERSION)"' -g -O1 -Icommon -Itokenizer-svc -I$(FUZZ_DIR)/gen \
+              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_LIBS  := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson -lm -lpthread
+FUZZ_BINS  := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_jinja $(FUZZ_DIR)/fuzz_tokenizer_svc
+
+$(FUZZ_DIR)/gen/inferno.pb-c.c: proto/inferno.proto
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE -g -O1 -Icommon -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=all tests/fuzz/fuzz_gguf.c common/gguf.c common/tensor_types.c -lm -o $@
-fuzz: $(FUZZ_BIN)
+	protoc-c --proto_path=proto --c_out=$(FUZZ_DIR)/gen $<
+
+$(FUZZ_DIR)/fuzz_gguf: tests/fuzz/fuzz_gguf.c $(COMMON_SRC) common/*.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_gguf.c $(COMMON_SRC) -lm -o $@
+
+$(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c common/*.h tokenizer-svc/*.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
+
+fuzz: $(FUZZ_BINS)
 
 deps:
 	scripts/install-deps.sh

@@ -41,19 +41,35 @@ for t in "$BUILD"/tests/test_*; do
     printf '  %-28s %s\n' "$name" "$([[ $rc -eq 0 ]] && echo "ok ($ok cases)" || echo FAILED)"
 done
 
-echo "== fuzz: gguf reader, ${FUZZ_SECONDS}s"
-if [[ -x build/fuzz/fuzz_gguf ]]; then
-    corpus=build/fuzz/corpus
-    mkdir -p "$corpus"
-    "$BUILD/tests/write-type-samples" "$corpus/seed-samples.gguf"
-    build/fuzz/fuzz_gguf -max_total_time="$FUZZ_SECONDS" -max_len=32768 -timeout=10 \
-        -artifact_prefix=build/fuzz/ "$corpus" >"$log/fuzz.log" 2>&1
-    rc=$?
-    record fuzz_gguf $rc
-    if [[ $rc -eq 0 ]]; then echo "  $(grep -E '^Done' "$log/fuzz.log")"; else tail -40 "$log/fuzz.log"; fi
-else
-    echo "  fuzz target not built"; record fuzz_gguf 1
-fi
+# Each fuzz target runs for FUZZ_SECONDS from a seed corpus of real inputs.
+fuzz() { # name corpus-dir [libFuzzer flags...]
+    local name=$1 corpus=$2
+    shift 2
+    if [[ ! -x build/fuzz/$name ]]; then
+        echo "  $name: not built"; record "$name" 1; return
+    fi
+    build/fuzz/$name -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=4096 \
+        -artifact_prefix=build/fuzz/$name- "$@" "$corpus" >"$log/$name.log" 2>&1
+    local rc=$?
+    record "$name" $rc
+    if [[ $rc -eq 0 ]]; then printf '  %-22s %s\n' "$name" "$(grep -E '^Done' "$log/$name.log")"; else tail -40 "$log/$name.log"; fi
+}
+echo "== fuzz: ${FUZZ_SECONDS}s per target"
+export INFERNO_FUZZ_MODEL="$INFERNO_REFERENCE_DIR/tinyA-q8_0.gguf"
+corpus=build/fuzz/corpus
+mkdir -p "$corpus"/{gguf,tokenizer,jinja,tokenizer_svc}
+"$BUILD/tests/write-type-samples" "$corpus/gguf/seed-samples.gguf"
+cp "$INFERNO_REFERENCE_DIR"/chat_templates/*.jinja "$corpus/jinja/"
+.venv/bin/python - "$INFERNO_REFERENCE_DIR" "$corpus/tokenizer" <<'PY'
+import json, sys, pathlib
+ref = json.loads(pathlib.Path(sys.argv[1], "tokenizer_ref.json").read_text())
+for i, r in enumerate(ref[::25]):
+    pathlib.Path(sys.argv[2], f"seed-{i}").write_text(r["text"])
+PY
+fuzz fuzz_gguf "$corpus/gguf" -max_len=32768
+fuzz fuzz_tokenizer "$corpus/tokenizer" -max_len=4096
+fuzz fuzz_jinja "$corpus/jinja" -max_len=16384
+fuzz fuzz_tokenizer_svc "$corpus/tokenizer_svc" -max_len=4096
 
 echo "== python system tests"
 PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-}" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python \

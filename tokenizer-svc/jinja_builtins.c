@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <utf8proc.h>
+
+#include "utf8.h"
 
 #include "jinja_internal.h"
 
@@ -56,19 +59,33 @@ static jstr strip(jstr s, const jstr *chars, bool left, bool right) {
     return (jstr){s.p + b, e - b};
 }
 
+/* Python's upper/lower/title/capitalize over Unicode (simple case
+ * mappings from utf8proc). title: a cased letter after an uncased
+ * character starts a word. */
 static value str_case(render_ctx *c, jstr s, int mode) { /* 0 upper, 1 lower, 2 title, 3 capitalize */
-    char *o = arena_strndup(c->a, s.p, s.n);
-    bool word_start = true;
-    for (size_t i = 0; i < s.n; i++) {
-        char ch = o[i];
-        bool alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-        bool up = mode == 0 || ((mode == 2 && word_start) || (mode == 3 && i == 0));
-        if (alpha)
-            o[i] = up ? (char)(ch & ~0x20) : (char)(ch | 0x20);
-        if (mode == 2)
-            word_start = !alpha && !((unsigned char)ch & 0x80);
+    strbuf b = {.a = c->a};
+    bool prev_cased = false;
+    for (size_t i = 0, len; i < s.n; i += len) {
+        if (!utf8_seq_len((const uint8_t *)s.p + i, s.n - i)) { /* not UTF-8: keep the byte as it is */
+            sb_put(&b, s.p + i, len = 1);
+            prev_cased = false;
+            continue;
+        }
+        uint32_t cp = cp_at(s.p, s.n, i, &len);
+        bool upper = mode == 0 || (mode == 2 && !prev_cased) || (mode == 3 && i == 0);
+        int32_t mapped = upper ? (mode == 2 ? utf8proc_totitle((int32_t)cp) : utf8proc_toupper((int32_t)cp))
+                               : utf8proc_tolower((int32_t)cp);
+        uint8_t enc[4];
+        utf8proc_ssize_t n = utf8proc_encode_char(mapped, enc);
+        if (n > 0)
+            sb_put(&b, (const char *)enc, (size_t)n);
+        else
+            sb_put(&b, s.p + i, len);
+        const utf8proc_property_t *prop = utf8proc_get_property((int32_t)cp);
+        prev_cased = utf8proc_toupper((int32_t)cp) != (int32_t)cp || utf8proc_tolower((int32_t)cp) != (int32_t)cp ||
+                     prop->category == UTF8PROC_CATEGORY_LT;
     }
-    return v_str(o, s.n);
+    return v_strbuf(&b);
 }
 
 static value str_replace(render_ctx *c, jstr s, jstr old, jstr new_s, int64_t count) {
@@ -184,6 +201,7 @@ static value dict_items(render_ctx *c, struct vdict *d) {
     value out = v_list(c->a);
     for (size_t i = 0; i < d->n; i++) {
         value pair = v_list(c->a);
+        pair.l->is_tuple = true;
         list_push(c->a, pair.l, v_str(d->k[i].p, d->k[i].n));
         list_push(c->a, pair.l, d->v[i]);
         list_push(c->a, out.l, pair);

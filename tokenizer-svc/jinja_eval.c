@@ -92,22 +92,35 @@ struct vlist *iterate(render_ctx *c, value v) {
 
 /* ---- attribute and item access ---- */
 
-static value undefined_named(const char *name, size_t n) {
+/* An undefined value remembers why it is undefined, in jinja2's words, for
+ * the error raised if it is then used. */
+static value undefined_because(render_ctx *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static value undefined_because(render_ctx *c, const char *fmt, ...) {
+    char buf[300];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
     value v = v_undef();
-    v.s = (jstr){name, n};
+    size_t len = n < 0 ? 0 : (size_t)n >= sizeof buf ? sizeof buf - 1 : (size_t)n;
+    v.s = (jstr){arena_strndup(c->a, buf, len), len};
     return v;
+}
+
+static value undefined_named(render_ctx *c, const char *name, size_t n) {
+    return undefined_because(c, "'%.*s' is undefined", (int)n, name);
 }
 
 static void require_defined(render_ctx *c, value obj) {
     if (obj.t == V_UNDEF)
-        rerr(c, "UndefinedError", "'%.*s' is undefined", (int)obj.s.n, obj.s.p ? obj.s.p : "");
+        rerr(c, "UndefinedError", "%.*s", (int)obj.s.n, obj.s.p ? obj.s.p : "value is undefined");
 }
 
 value get_attr(render_ctx *c, value obj, const char *name, size_t n) {
     require_defined(c, obj);
     if (obj.t == V_DICT && obj.d->is_namespace) {
         value *v = dict_get(obj.d, name, n);
-        return v ? *v : undefined_named(name, n);
+        return v ? *v : undefined_because(c, "'Namespace' object has no attribute '%.*s'", (int)n, name);
     }
     if (is_method(obj, name, n)) {
         value f = {.t = V_FUNC};
@@ -120,7 +133,7 @@ value get_attr(render_ctx *c, value obj, const char *name, size_t n) {
         if (v)
             return *v;
     }
-    return undefined_named(name, n);
+    return undefined_because(c, "'%s object' has no attribute '%.*s'", v_type_name(obj), (int)n, name);
 }
 
 /* Python index normalisation; false when out of range. */
@@ -139,11 +152,15 @@ static value get_item(render_ctx *c, value obj, value key) {
     if ((obj.t == V_LIST || obj.t == V_STR) && (key.t == V_INT || key.t == V_BOOL)) {
         int64_t i = key.t == V_INT ? key.i : key.b;
         struct vlist *items = iterate(c, obj);
-        return norm_index(&i, items->n) ? items->v[i] : v_undef();
+        return norm_index(&i, items->n) ? items->v[i]
+                                         : undefined_because(c, "'%s object' has no element %lld", v_type_name(obj),
+                                                             (long long)(key.t == V_INT ? key.i : key.b));
     }
     if (key.t == V_STR)
         return get_attr(c, obj, key.s.p, key.s.n);
-    return v_undef();
+    if (key.t == V_INT)
+        return undefined_because(c, "'%s object' has no element %lld", v_type_name(obj), (long long)key.i);
+    return undefined_because(c, "'%s object' has no element of type %s", v_type_name(obj), v_type_name(key));
 }
 
 static int64_t slice_bound(render_ctx *c, value v, int64_t dflt) {
@@ -190,7 +207,7 @@ static value get_slice(render_ctx *c, value obj, const node *n, scope *s) {
 
 static bool is_num(value v) { return v.t == V_INT || v.t == V_FLOAT || v.t == V_BOOL; }
 static double num(value v) { return v.t == V_FLOAT ? v.f : v.t == V_INT ? (double)v.i : (double)v.b; }
-static int64_t inum(value v) { return v.t == V_INT ? v.i : v.b; }
+static int64_t inum(value v) { return v.t == V_INT ? v.i : v.t == V_BOOL ? v.b : 0; }
 
 static const char *op_name(int op) {
     static const char *names[] = {"+", "-", "*", "/", "//", "%", "**"};
@@ -390,10 +407,11 @@ value eval_expr(render_ctx *c, const node *n, scope *s) {
             f.fn->kind = FN_GLOBAL, f.fn->name = n->name;
             return f;
         }
-        return undefined_named(n->name.p, n->name.n);
+        return undefined_named(c, n->name.p, n->name.n);
     }
     case N_LIST: {
         value l = v_list(c->a);
+        l.l->is_tuple = n->op == 1;
         for (int i = 0; i < n->args.n; i++)
             list_push(c->a, l.l, eval_expr(c, n->args.v[i], s));
         return l;

@@ -48,6 +48,7 @@ typedef struct value {
 struct vlist {
     size_t n, cap;
     value *v;
+    bool is_tuple; /* prints as (a, b) and never equals a list, as in Python */
 };
 
 struct vdict {

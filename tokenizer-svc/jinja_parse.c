@@ -70,10 +70,15 @@ typedef struct {
     struct token *tok;
     int n_tok, cap_tok, tpos;
     int line;
+    int depth; /* expression and block nesting: bounded, templates are untrusted */
+    const char *line_mark; /* line_of's resume point */
+    int line_at_mark;
     char *err;
     size_t errlen;
     jmp_buf fail;
 } parser;
+
+#define MAX_NESTING 200
 
 static void perr(parser *p, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void perr(parser *p, const char *fmt, ...) {
@@ -86,11 +91,14 @@ static void perr(parser *p, const char *fmt, ...) {
     longjmp(p->fail, 1);
 }
 
-static int line_of(const parser *p, const char *at) {
-    int line = 1;
-    for (const char *s = p->src; s < at; s++)
-        line += *s == '\n';
-    return line;
+/* Line number of a position; positions are asked for in increasing order
+ * while chunking, so counting resumes from the last one (linear overall). */
+static int line_of(parser *p, const char *at) {
+    if (at < p->line_mark)
+        p->line_mark = p->src, p->line_at_mark = 1;
+    for (; p->line_mark < at; p->line_mark++)
+        p->line_at_mark += *p->line_mark == '\n';
+    return p->line_at_mark;
 }
 
 static void add_chunk(parser *p, enum chunk_kind kind, const char *s, size_t n) {
@@ -439,11 +447,15 @@ static node *parse_primary(parser *p) {
         return n;
     case T_OP:
         if (accept_op(p, "(")) {
-            if (accept_op(p, ")"))
-                return new_node(p, N_LIST); /* empty tuple */
+            if (accept_op(p, ")")) {
+                n = new_node(p, N_LIST); /* empty tuple */
+                n->op = 1;
+                return n;
+            }
             node *e = parse_expr(p);
-            if (accept_op(p, ",")) { /* tuple: evaluated as a list */
+            if (accept_op(p, ",")) { /* tuple: a list that prints as one */
                 n = new_node(p, N_LIST);
+                n->op = 1;
                 list_add(p, &n->args, e);
                 while (!accept_op(p, ")")) {
                     list_add(p, &n->args, parse_expr(p));
@@ -574,18 +586,30 @@ static node *parse_filters_and_tests(parser *p, node *n) {
     }
 }
 
-static node *parse_unary(parser *p) {
-    if (accept_op(p, "-")) {
-        node *n = new_node(p, N_NEG);
-        n->a = parse_unary(p);
-        return n;
+/* As jinja2: a sign applies to the primary before any filter, so -3|abs is
+ * abs(-3); filters and tests then apply to the signed value. */
+static node *parse_unary_inner(parser *p, bool with_filters);
+
+static node *parse_unary_filtered(parser *p, bool with_filters) {
+    if (++p->depth > MAX_NESTING)
+        perr(p, "expression nested too deeply");
+    node *n = parse_unary_inner(p, with_filters);
+    p->depth--;
+    return n;
+}
+
+static node *parse_unary(parser *p) { return parse_unary_filtered(p, true); }
+
+static node *parse_unary_inner(parser *p, bool with_filters) {
+    node *n;
+    if (accept_op(p, "-") || (at_op(p, "+") && accept_op(p, "+"))) {
+        bool neg = p->tok[p->tpos - 1].p[0] == '-';
+        n = new_node(p, neg ? N_NEG : N_POS);
+        n->a = parse_unary_filtered(p, false);
+    } else {
+        n = parse_postfix(p, parse_primary(p));
     }
-    if (accept_op(p, "+")) {
-        node *n = new_node(p, N_POS);
-        n->a = parse_unary(p);
-        return n;
-    }
-    return parse_filters_and_tests(p, parse_postfix(p, parse_primary(p)));
+    return with_filters ? parse_filters_and_tests(p, n) : n;
 }
 
 static node *binop(parser *p, int op, node *a, node *b) {
@@ -808,6 +832,9 @@ static node *parse_macro(parser *p) {
 }
 
 static const char *parse_body(parser *p, node_list *body, const char *const *stops) {
+    if (++p->depth > MAX_NESTING)
+        perr(p, "blocks nested too deeply");
+    const char *stop = NULL;
     while (p->pos < p->n_chunks) {
         const chunk *c = &p->chunks[p->pos++];
         p->line = c->line;
@@ -826,9 +853,11 @@ static const char *parse_body(parser *p, node_list *body, const char *const *sto
             continue;
         }
         jstr kw = expect_name(p);
-        for (int i = 0; stops && stops[i]; i++)
+        for (int i = 0; stops && stops[i] && !stop; i++)
             if (kw.n == strlen(stops[i]) && !memcmp(kw.p, stops[i], kw.n))
-                return stops[i];
+                stop = stops[i];
+        if (stop)
+            break;
         node *n;
 #define KW(s) (kw.n == sizeof(s) - 1 && !memcmp(kw.p, s, kw.n))
         if (KW("if")) n = parse_if(p);
@@ -842,13 +871,14 @@ static const char *parse_body(parser *p, node_list *body, const char *const *sto
 #undef KW
         list_add(p, body, n);
     }
-    if (stops)
+    if (stops && !stop)
         perr(p, "missing '%s' (unexpected end of template)", stops[0]);
-    return NULL;
+    p->depth--;
+    return stop;
 }
 
 int jinja_parse(jinja_template *t, const char *src, size_t len, char *err, size_t errlen) {
-    parser p = {.t = t, .src = src, .len = len, .err = err, .errlen = errlen, .line = 1};
+    parser p = {.t = t, .src = src, .len = len, .err = err, .errlen = errlen, .line = 1, .line_mark = src, .line_at_mark = 1};
     int rc = 0;
     if (setjmp(p.fail)) {
         rc = -1;

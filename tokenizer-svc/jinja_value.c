@@ -141,7 +141,7 @@ bool v_equal(value a, value b) {
     case V_UNDEF: case V_NONE: return true;
     case V_STR: return a.s.n == b.s.n && !memcmp(a.s.p, b.s.p, a.s.n);
     case V_LIST:
-        if (a.l->n != b.l->n)
+        if (a.l->n != b.l->n || a.l->is_tuple != b.l->is_tuple)
             return false;
         for (size_t i = 0; i < a.l->n; i++)
             if (!v_equal(a.l->v[i], b.l->v[i]))
@@ -251,12 +251,12 @@ void v_repr_into(strbuf *b, value v) {
     case V_STR: repr_str(b, v.s); break;
     case V_UNDEF: break;
     case V_LIST:
-        sb_puts(b, "[");
+        sb_puts(b, v.l->is_tuple ? "(" : "[");
         for (size_t i = 0; i < v.l->n; i++) {
             if (i) sb_puts(b, ", ");
             v_repr_into(b, v.l->v[i]);
         }
-        sb_puts(b, "]");
+        sb_puts(b, v.l->is_tuple ? (v.l->n == 1 ? ",)" : ")") : "]");
         break;
     case V_DICT:
         if (v.d->is_namespace) {

@@ -1,0 +1,12 @@
+/* Version of the messages in proto/inferno.proto. A peer that sends another
+ * version is answered with ERROR_VERSION; bump this on any incompatible
+ * change. */
+#ifndef INFERNO_PROTOCOL_H
+#define INFERNO_PROTOCOL_H
+
+#define INFERNO_PROTOCOL_VERSION 1
+
+/* Largest message any inferno socket accepts. */
+#define INFERNO_MAX_MESSAGE_BYTES (16u << 20)
+
+#endif
