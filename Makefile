@@ -32,7 +32,7 @@ TST := $(BUILD)/tests
 GEN := $(BUILD)/gen
 
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
-            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -I$(GEN) $(EXTRA_CFLAGS)
+            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -I$(GEN) $(EXTRA_CFLAGS)
 LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
 LDLIBS   := -lm -lpthread
 
@@ -47,9 +47,14 @@ PROTO_LIB  := $(LIB)/libproto.a
 
 TOKENIZER_SRC := $(filter-out tokenizer-svc/main.c,$(wildcard tokenizer-svc/*.c))
 TOKENIZER_LIB := $(LIB)/libtokenizer.a
+MODEL_SRC     := $(wildcard model/*.c)
+MODEL_LIB     := $(LIB)/libmodel.a
+ENGINE_SRC    := $(filter-out worker-cpu/main.c,$(wildcard worker-cpu/*.c))
+ENGINE_LIB    := $(LIB)/libengine.a
 
 # ---- programs ----
-TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc
+TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc \
+         $(BIN)/model-generate $(BIN)/inferno-bench
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -60,9 +65,13 @@ all: tools
 tools: $(TOOLS)
 tests: $(TOOLS) $(UNIT_TESTS) $(TEST_HELPERS)
 
+# V=1 shows the full commands
+Q := $(if $(V),,@)
+
 $(OBJ)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	@$(if $(V),,echo "  CC  $<")
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
 
 $(COMMON_LIB): $(COMMON_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(dir $@)
@@ -92,6 +101,25 @@ $(BIN)/tokenizer-svc: $(OBJ)/tokenizer-svc/main.o $(TOKENIZER_LIB) $(PROTO_LIB) 
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 
+$(MODEL_LIB): $(MODEL_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(ENGINE_LIB): $(ENGINE_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+ENGINE_LIBS := $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+ENGINE_LDLIBS := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS)
+
+$(BIN)/model-generate: $(OBJ)/tools/model-generate.o $(ENGINE_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(ENGINE_LDLIBS) -o $@
+
+$(BIN)/inferno-bench: $(OBJ)/tools/inferno-bench.o $(ENGINE_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(ENGINE_LDLIBS) -o $@
+
 $(TOKENIZER_LIB): $(TOKENIZER_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -104,7 +132,7 @@ $(BIN)/make-test-model: $(OBJ)/tools/make-test-model.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
-$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lcmocka -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 

@@ -1,0 +1,62 @@
+/* An architecture-neutral description of a decoder-only transformer, built
+ * from a GGUF file: hyperparameters plus a view of every weight inside the
+ * file's mapping. Each architecture is one loader file (model/qwen3.c);
+ * engines read only this description.
+ *
+ * Matrices follow GGUF: a weight of ne = [cols, rows] stores `rows` rows of
+ * `cols` values each, and y = W x means y[r] = dot(W[r], x). */
+#ifndef INFERNO_MODEL_H
+#define INFERNO_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "gguf.h"
+
+typedef struct {
+    const void *data; /* NULL when absent */
+    uint32_t type;    /* enum tensor_type */
+    uint64_t rows, cols;
+    uint64_t row_bytes;
+} weight;
+
+typedef struct {
+    weight attn_norm;      /* [hidden] */
+    weight wq, wk, wv;     /* [heads*head_dim][hidden], [kv_heads*head_dim][hidden] x2 */
+    weight bq, bk, bv;     /* biases (qwen2), absent in qwen3 */
+    weight q_norm, k_norm; /* [head_dim], per-head RMSNorm (qwen3) */
+    weight wo;             /* [hidden][heads*head_dim] */
+    weight ffn_norm;       /* [hidden] */
+    weight w_gate, w_up;   /* [ffn][hidden] */
+    weight w_down;         /* [hidden][ffn] */
+} layer_weights;
+
+typedef struct model_desc {
+    char arch[32];
+    char name[128];
+    uint32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab, context;
+    float rms_eps, rope_base;
+    weight token_embd;  /* [vocab][hidden] */
+    weight output_norm; /* [hidden] */
+    weight output;      /* [vocab][hidden]; the embedding itself when tied */
+    bool tied_output;
+    layer_weights *layers;
+    uint64_t weight_bytes; /* bytes read per token: every matrix once (the embedding only when tied) */
+    gguf_file *file;
+} model_desc;
+
+/* Opens path, identifies the architecture and checks every tensor's shape.
+ * Errors name the file and the tensor or key at fault. */
+int model_open(const char *path, model_desc **out, char *err, size_t errlen);
+void model_close(model_desc *m);
+
+/* ---- for loaders (model/<arch>.c) ---- */
+
+/* The tensor name, its expected [rows][cols] (rows 1 for vectors), and
+ * whether it must exist. Fills w or fails with "tensor NAME: ...". */
+int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w,
+               char *err, size_t errlen);
+
+int qwen3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,50 @@
+/* Token sampling from a row of logits. Order of operations (as vLLM):
+ * logit bias, repetition penalty (prompt and output tokens), presence and
+ * frequency penalties (output tokens), then logprobs are taken from that
+ * distribution; then temperature (0: greedy), top-k, top-p, min-p, and a
+ * draw from the request's own seeded generator, so a seed reproduces a
+ * sequence exactly whatever else runs in the same batch. */
+#ifndef INFERNO_SAMPLER_H
+#define INFERNO_SAMPLER_H
+
+#include <stdint.h>
+
+#define SAMPLER_MAX_LOGPROBS 20
+
+typedef struct {
+    float temperature;        /* 0: greedy */
+    int32_t top_k;            /* 0: off */
+    float top_p;              /* 1: off */
+    float min_p;              /* 0: off */
+    float repetition_penalty; /* 1: off */
+    float presence_penalty, frequency_penalty; /* 0: off */
+    uint64_t seed;
+    const int32_t *bias_ids;  /* logit_bias */
+    const float *bias_values;
+    int32_t n_bias;
+    int32_t logprobs;         /* top alternatives to report, 0..SAMPLER_MAX_LOGPROBS */
+} sampling_params;
+
+typedef struct {
+    sampling_params p;
+    uint64_t rng[4];
+} sampler;
+
+typedef struct {
+    int32_t token;
+    float logprob; /* of the chosen token */
+    int32_t n_top;
+    int32_t top_ids[SAMPLER_MAX_LOGPROBS];
+    float top_logprobs[SAMPLER_MAX_LOGPROBS];
+} sample_result;
+
+/* Defaults: greedy, every filter off. */
+sampling_params sampling_defaults(void);
+void sampler_init(sampler *s, const sampling_params *p);
+
+/* Samples from logits (modified in place). history holds the prompt's ids
+ * followed by the ids generated so far (n_prompt of them are the prompt). */
+int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *history, int32_t n_history,
+                       int32_t n_prompt, sample_result *out);
+
+#endif

@@ -1,0 +1,360 @@
+/* CPU engine against the transformers references (../shared/reference):
+ * top-8 ids and logits at every prompt position, the full last-position
+ * logits, greedy continuations; then batch invariance and paged == contiguous.
+ * Runs every kernel set this CPU has. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "kernels.h"
+#include "sampler.h"
+
+static const char *ref_path(const char *name) {
+    static char buf[4][512];
+    static int k;
+    char *out = buf[k++ % 4];
+    const char *dir = getenv("INFERNO_REFERENCE_DIR");
+    snprintf(out, sizeof buf[0], "%s/%s", dir ? dir : "../shared/reference", name);
+    return out;
+}
+
+static float *read_floats(const char *path, size_t *n) {
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    fseek(fp, 0, SEEK_END);
+    *n = (size_t)ftell(fp) / 4;
+    rewind(fp);
+    float *v = malloc(*n * 4);
+    assert_int_equal(fread(v, 4, *n, fp), *n);
+    fclose(fp);
+    return v;
+}
+
+static cpu_engine *make_engine(const model_desc *m, const char *kernels, int threads, int block_size) {
+    cpu_engine_config cfg = {.n_threads = threads, .block_size = block_size, .n_blocks = 128, .kernels = kernels};
+    cpu_engine *e;
+    char err[512];
+    if (cpu_engine_create(m, &cfg, &e, err, sizeof err))
+        fail_msg("%s", err);
+    return e;
+}
+
+/* All-position logits of one prompt, run as a single prefill. */
+static float *prompt_logits(cpu_engine *e, const model_desc *m, const int32_t *ids, int32_t n) {
+    int32_t table[64];
+    for (int i = 0; i < 64; i++)
+        table[i] = i;
+    engine_seq s = {0, n, 0, table, 64, true};
+    engine_batch b = {ids, n, &s, 1};
+    float *logits = malloc((size_t)n * m->vocab * sizeof *logits);
+    char err[512];
+    if (cpu_engine_forward(e, &b, logits, err, sizeof err))
+        fail_msg("%s", err);
+    return logits;
+}
+
+static int32_t argmax(const float *x, uint32_t n) {
+    int32_t best = 0;
+    for (uint32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = (int32_t)i;
+    return best;
+}
+
+struct tolerance {
+    bool exact;        /* float activations: 1e-3 absolute, top-8 ids identical */
+    double mean, max;  /* 8-bit activations: last-position error bounds */
+    double top1;       /* fraction of positions whose top-1 must agree */
+};
+
+/* Checks one model file against its reference json with one kernel set. */
+static void check_reference(const char *gguf, const char *ref_json, const char *ref_logits, const char *kernels,
+                            struct tolerance tol) {
+    char err[512];
+    model_desc *m;
+    if (model_open(ref_path(gguf), &m, err, sizeof err))
+        fail_msg("%s", err);
+    json_t *ref = json_load_file(ref_path(ref_json), 0, NULL);
+    assert_non_null(ref);
+    size_t n_full;
+    float *full = read_floats(ref_path(ref_logits), &n_full);
+    cpu_engine *e = make_engine(m, kernels, 2, 16);
+    size_t pi;
+    json_t *prompt;
+    int positions = 0, top1_agree = 0;
+    double err_sum = 0, err_max = 0;
+    size_t err_n = 0;
+    json_array_foreach(json_object_get(ref, "prompts"), pi, prompt) {
+        json_t *ids_j = json_object_get(prompt, "ids"), *top_ids = json_object_get(prompt, "top_ids"),
+               *top_logits = json_object_get(prompt, "top_logits");
+        int32_t n = (int32_t)json_array_size(ids_j), ids[256];
+        for (int32_t i = 0; i < n; i++)
+            ids[i] = (int32_t)json_integer_value(json_array_get(ids_j, i));
+        float *logits = prompt_logits(e, m, ids, n);
+        for (int32_t t = 0; t < n; t++) {
+            const float *row = logits + (size_t)t * m->vocab;
+            json_t *want_ids = json_array_get(top_ids, (size_t)t), *want_logits = json_array_get(top_logits, (size_t)t);
+            positions++;
+            top1_agree += argmax(row, m->vocab) == json_integer_value(json_array_get(want_ids, 0));
+            for (size_t k = 0; tol.exact && k < json_array_size(want_ids); k++) {
+                int32_t id = (int32_t)json_integer_value(json_array_get(want_ids, k));
+                double want = json_real_value(json_array_get(want_logits, k));
+                if (fabs(row[id] - want) > 1e-3)
+                    fail_msg("%s/%s prompt %zu pos %d: logit[%d] %f, want %f", gguf, kernels, pi, t, id, row[id], want);
+                /* top-8 ids identical: nothing outside the reference's top 8 may beat its 8th */
+                if (k == json_array_size(want_ids) - 1)
+                    for (uint32_t v = 0; v < m->vocab; v++) {
+                        bool in_top = false;
+                        for (size_t q = 0; q < json_array_size(want_ids) && !in_top; q++)
+                            in_top = json_integer_value(json_array_get(want_ids, q)) == v;
+                        if (!in_top && row[v] > row[id])
+                            fail_msg("%s/%s prompt %zu pos %d: id %u enters the top 8", gguf, kernels, pi, t, v);
+                    }
+            }
+        }
+        /* the full last-position logits */
+        size_t off = (size_t)json_integer_value(json_object_get(prompt, "last_logits_offset"));
+        assert_true(off + m->vocab <= n_full);
+        const float *last = logits + (size_t)(n - 1) * m->vocab;
+        for (uint32_t v = 0; v < m->vocab; v++) {
+            double d = fabs(last[v] - full[off + v]);
+            err_sum += d, err_n++;
+            err_max = d > err_max ? d : err_max;
+            if (tol.exact && d > 1e-3)
+                fail_msg("%s/%s prompt %zu: last logit[%u] %f, want %f", gguf, kernels, pi, v, last[v], full[off + v]);
+        }
+        free(logits);
+        if (tol.exact) { /* greedy continuation, one decode step at a time */
+            json_t *greedy = json_object_get(prompt, "greedy");
+            int32_t table[64];
+            for (int i = 0; i < 64; i++) table[i] = i;
+            int32_t tok = argmax(last + 0, m->vocab), seq[512];
+            float *row = malloc(m->vocab * sizeof *row);
+            memcpy(seq, ids, (size_t)n * 4);
+            logits = prompt_logits(e, m, ids, n);
+            tok = argmax(logits + (size_t)(n - 1) * m->vocab, m->vocab);
+            free(logits);
+            for (size_t g = 0; g < json_array_size(greedy); g++) {
+                if (tok != json_integer_value(json_array_get(greedy, g)))
+                    fail_msg("%s/%s prompt %zu: greedy token %zu is %d, want %lld", gguf, kernels, pi, g, tok,
+                             (long long)json_integer_value(json_array_get(greedy, g)));
+                seq[n + g] = tok;
+                engine_seq s = {0, 1, n + (int32_t)g, table, 64, false};
+                engine_batch b = {&seq[n + g], 1, &s, 1};
+                assert_int_equal(cpu_engine_forward(e, &b, row, err, sizeof err), 0);
+                tok = argmax(row, m->vocab);
+            }
+            free(row);
+        }
+    }
+    if (!tol.exact) {
+        double mean = err_sum / (double)err_n, agree = (double)top1_agree / positions;
+        print_message("%s/%s: last-position |error| mean %.4f max %.4f, top-1 agree %d/%d\n", gguf, kernels, mean,
+                      err_max, top1_agree, positions);
+        assert_true(mean < tol.mean);
+        assert_true(err_max < tol.max);
+        assert_true(agree >= tol.top1);
+    }
+    cpu_engine_free(e);
+    free(full);
+    json_decref(ref);
+    model_close(m);
+}
+
+static const char *kernel_sets[] = {"reference", "avx2", "avx512"};
+
+static bool have(const char *k) {
+    return !strcmp(k, "reference") || (!strcmp(k, "avx2") && kernels_avx2()) || (!strcmp(k, "avx512") && kernels_avx512());
+}
+
+static void test_reference_f32_bf16(void **state) {
+    (void)state;
+    struct tolerance exact = {.exact = true};
+    for (int k = 0; k < 3; k++) {
+        if (!have(kernel_sets[k])) continue;
+        check_reference("tinyA-f32.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], exact);
+        check_reference("tinyA-bf16.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], exact);
+    }
+}
+
+/* Q8_0 weights: float activations match the dequantized reference to 1e-3;
+ * 8-bit activations (the fast kernels) within the README's bounds. */
+static void test_reference_q8_0(void **state) {
+    (void)state;
+    check_reference("tinyA-q8_0.gguf", "tinyA-q8_0.ref.json", "tinyA-q8_0.logits.f32", "reference",
+                    (struct tolerance){.exact = true});
+    struct tolerance q8 = {.mean = 0.08, .max = 0.5, .top1 = 0.9};
+    for (int k = 1; k < 3; k++)
+        if (have(kernel_sets[k]))
+            check_reference("tinyA-q8_0.gguf", "tinyA-q8_0.ref.json", "tinyA-q8_0.logits.f32", kernel_sets[k], q8);
+}
+
+/* A sequence's logits do not depend on what else is in the batch, nor on
+ * where its KV blocks sit or how big they are. */
+static void test_batch_and_paging_invariance(void **state) {
+    (void)state;
+    for (int file = 0; file < 2; file++) {
+        char err[512];
+        model_desc *m;
+        assert_int_equal(model_open(ref_path(file ? "tinyA-q8_0.gguf" : "tinyA-bf16.gguf"), &m, err, sizeof err), 0);
+        uint32_t V = m->vocab;
+        /* 8 sequences of different lengths; the probe is sequence 3 */
+        int32_t lens[8] = {5, 17, 1, 23, 9, 40, 2, 12}, toks[8][64];
+        for (int s = 0; s < 8; s++)
+            for (int i = 0; i < 64; i++)
+                toks[s][i] = (int32_t)((s * 7919 + i * 104729) % 151000);
+        /* alone, contiguous blocks of 16: prefill 20, then 3 decode steps */
+        cpu_engine *alone = make_engine(m, NULL, 2, 16);
+        int32_t table[64];
+        for (int i = 0; i < 64; i++) table[i] = i;
+        float *want = malloc((size_t)4 * V * sizeof *want), *got = malloc((size_t)4 * V * sizeof *got);
+        engine_seq s = {0, 20, 0, table, 64, false};
+        engine_batch b = {toks[3], 20, &s, 1};
+        assert_int_equal(cpu_engine_forward(alone, &b, want, err, sizeof err), 0);
+        for (int d = 0; d < 3; d++) {
+            engine_seq sd = {0, 1, 20 + d, table, 64, false};
+            engine_batch bd = {&toks[3][20 + d], 1, &sd, 1};
+            assert_int_equal(cpu_engine_forward(alone, &bd, want + (size_t)(d + 1) * V, err, sizeof err), 0);
+        }
+        cpu_engine_free(alone);
+
+        /* in a batch of 8, shuffled blocks of 4 positions: every other sequence
+         * prefills or decodes beside it at each step */
+        cpu_engine *mixed = make_engine(m, NULL, 2, 4);
+        int32_t tables[8][16], pos[8] = {0};
+        for (int q = 0; q < 8; q++) /* a permutation of the 128 blocks: no two sequences share one */
+            for (int i = 0; i < 16; i++)
+                tables[q][i] = (q * 16 + i) * 37 % 128;
+        int32_t steps[4][8] = {{5, 17, 1, 20, 9, 3, 2, 12}, {0, 0, 1, 1, 0, 30, 1, 0}, {1, 0, 0, 1, 0, 0, 1, 0},
+                               {0, 0, 1, 1, 0, 7, 0, 0}};
+        for (int step = 0; step < 4; step++) {
+            engine_seq seqs[8];
+            int32_t flat[128], n = 0, ns = 0, probe_row = -1;
+            for (int q = 0; q < 8; q++) {
+                int32_t take = steps[step][q];
+                if (!take || pos[q] + take > lens[q] + 40) continue;
+                if (q == 3) probe_row = ns;
+                seqs[ns++] = (engine_seq){n, take, pos[q], tables[q], 16, false};
+                memcpy(flat + n, toks[q] + pos[q], (size_t)take * 4);
+                n += take;
+                pos[q] += take;
+            }
+            engine_batch mb = {flat, n, seqs, ns};
+            float *rows = malloc((size_t)ns * V * sizeof *rows);
+            assert_int_equal(cpu_engine_forward(mixed, &mb, rows, err, sizeof err), 0);
+            assert_true(probe_row >= 0);
+            memcpy(got + (size_t)step * V, rows + (size_t)probe_row * V, V * sizeof *got);
+            free(rows);
+        }
+        for (size_t i = 0; i < (size_t)4 * V; i++)
+            if (fabsf(got[i] - want[i]) > 1e-4f)
+                fail_msg("row %zu: batched %f, alone %f", i / V, got[i], want[i]);
+        cpu_engine_free(mixed);
+        free(want), free(got);
+        model_close(m);
+    }
+}
+
+static void test_bad_batches(void **state) {
+    (void)state;
+    char err[512];
+    model_desc *m;
+    assert_int_equal(model_open(ref_path("tinyA-f32.gguf"), &m, err, sizeof err), 0);
+    cpu_engine *e = make_engine(m, NULL, 1, 16);
+    float *logits = malloc(m->vocab * sizeof *logits);
+    int32_t table[2] = {0, 1}, bad_table[2] = {0, 128}, toks[3] = {1, 2, 151936};
+    struct { engine_seq s; int32_t n; const char *needle; } cases[] = {
+        {{0, 3, 0, table, 2, false}, 3, "outside the vocabulary"},
+        {{0, 2, 31, table, 2, false}, 2, "do not fit"},
+        {{0, 2, 20, bad_table, 2, false}, 2, "block id 128 out of range"},
+        {{1, 2, 0, table, 2, false}, 2, "do not fit"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        engine_batch b = {toks, cases[i].n, &cases[i].s, 1};
+        assert_int_equal(cpu_engine_forward(e, &b, logits, err, sizeof err), -1);
+        if (!strstr(err, cases[i].needle))
+            fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].needle);
+    }
+    free(logits);
+    cpu_engine_free(e);
+    assert_int_equal(model_open("/nonexistent.gguf", &m, err, sizeof err), -1);
+}
+
+/* Sampling: greedy is argmax, a seed reproduces, filters keep what they must. */
+static void test_sampler(void **state) {
+    (void)state;
+    enum { V = 1000 };
+    float base[V], logits[V];
+    for (int i = 0; i < V; i++)
+        base[i] = sinf((float)i * 0.37f) * 3.0f;
+    sampling_params p = sampling_defaults();
+    sampler s;
+    sampler_init(&s, &p);
+    memcpy(logits, base, sizeof logits);
+    int32_t greedy = sampler_sample(&s, logits, V, NULL, 0, 0, NULL);
+    assert_int_equal(greedy, argmax(base, V));
+    p.temperature = 0.8f, p.top_k = 50, p.top_p = 0.9f, p.seed = 7, p.logprobs = 5;
+    int32_t first[20], second[20];
+    for (int run = 0; run < 2; run++) {
+        sampler_init(&s, &p);
+        for (int i = 0; i < 20; i++) {
+            memcpy(logits, base, sizeof logits);
+            sample_result r;
+            (run ? second : first)[i] = sampler_sample(&s, logits, V, NULL, 0, 0, &r);
+            assert_int_equal(r.n_top, 5);
+            assert_true(r.top_logprobs[0] >= r.top_logprobs[4]);
+            assert_true(r.logprob <= 0.0f);
+        }
+    }
+    assert_memory_equal(first, second, sizeof first);
+    /* top_k 1 is greedy whatever the temperature; a huge bias wins; min_p 1 keeps only the max */
+    p = sampling_defaults();
+    p.temperature = 5.0f, p.top_k = 1;
+    sampler_init(&s, &p);
+    memcpy(logits, base, sizeof logits);
+    assert_int_equal(sampler_sample(&s, logits, V, NULL, 0, 0, NULL), greedy);
+    int32_t bias_id = 3;
+    float bias_val = 100.0f;
+    p = sampling_defaults();
+    p.bias_ids = &bias_id, p.bias_values = &bias_val, p.n_bias = 1;
+    sampler_init(&s, &p);
+    memcpy(logits, base, sizeof logits);
+    assert_int_equal(sampler_sample(&s, logits, V, NULL, 0, 0, NULL), 3);
+    p = sampling_defaults();
+    p.temperature = 1.0f, p.min_p = 1.0f;
+    sampler_init(&s, &p);
+    for (int i = 0; i < 10; i++) {
+        memcpy(logits, base, sizeof logits);
+        assert_int_equal(sampler_sample(&s, logits, V, NULL, 0, 0, NULL), greedy);
+    }
+    /* repetition and frequency penalties push the greedy token down */
+    p = sampling_defaults();
+    p.frequency_penalty = 100.0f;
+    sampler_init(&s, &p);
+    memcpy(logits, base, sizeof logits);
+    int32_t hist[2] = {greedy, greedy};
+    assert_int_not_equal(sampler_sample(&s, logits, V, hist, 2, 0, NULL), greedy);
+    p = sampling_defaults();
+    p.repetition_penalty = 1000.0f;
+    sampler_init(&s, &p);
+    memcpy(logits, base, sizeof logits);
+    assert_int_not_equal(sampler_sample(&s, logits, V, hist, 2, 2, NULL), greedy);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reference_f32_bf16),
+        cmocka_unit_test(test_reference_q8_0),
+        cmocka_unit_test(test_batch_and_paging_invariance),
+        cmocka_unit_test(test_bad_batches),
+        cmocka_unit_test(test_sampler),
+    };
+    return cmocka_run_group_tests_name("engine", tests, NULL, NULL);
+}

@@ -1,0 +1,211 @@
+/* model-generate: run the CPU engine in-process on one prompt.
+ *
+ *   model-generate --model FILE.gguf --prompt TEXT [--chat] [--max-tokens N]
+ *                  [--temperature T --top-p P --top-k K --min-p P --seed S
+ *                   --repetition-penalty R --presence-penalty P --frequency-penalty F]
+ *                  [--threads N] [--kernels reference|avx2|avx512]
+ *   For tests: --prompt-ids 1,2,3  --print-ids  --dump-logits FILE  --ignore-eos
+ *
+ * Streams the text to stdout, then prints prefill and decode speed to stderr. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine.h"
+#include "jinja.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#define PROG "model-generate"
+#define PREFILL_CHUNK 512
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: " PROG " --model FILE.gguf (--prompt TEXT | --prompt-ids 1,2,3) [options]\n"
+                 "  --chat                 wrap the prompt as a user message in the model's chat template\n"
+                 "  --max-tokens N         tokens to generate (default 64)\n"
+                 "  --temperature T        0 = greedy (default)\n"
+                 "  --top-k K --top-p P --min-p P --seed S\n"
+                 "  --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
+                 "  --threads N            CPU threads (default 2)\n"
+                 "  --kernels NAME         reference, avx2 or avx512 (default: best available)\n"
+                 "  --print-ids            print the generated ids, comma separated, on one line\n"
+                 "  --dump-logits FILE     write the float32 logits of the last prompt position\n"
+                 "  --ignore-eos           keep generating past end-of-sequence tokens\n");
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int parse_ids(const char *s, token_list *out) {
+    for (char *end; *s;) {
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > 0x7fffffff)
+            return -1;
+        token_list_push(out, (int32_t)v);
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return -1;
+    }
+    return out->n ? 0 : -1;
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *prompt = NULL, *prompt_ids = NULL, *dump = NULL, *kernels = NULL;
+    bool chat = false, print_ids = false, ignore_eos = false;
+    int max_tokens = 64, threads = 2;
+    sampling_params sp = sampling_defaults();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--version")) { printf(PROG " " INFERNO_VERSION "\n"); return 0; }
+        if (!strcmp(a, "--chat")) { chat = true; continue; }
+        if (!strcmp(a, "--print-ids")) { print_ids = true; continue; }
+        if (!strcmp(a, "--ignore-eos")) { ignore_eos = true; continue; }
+        if (!v) { fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a); return 2; }
+        i++;
+        if (!strcmp(a, "--model")) model_path = v;
+        else if (!strcmp(a, "--prompt")) prompt = v;
+        else if (!strcmp(a, "--prompt-ids")) prompt_ids = v;
+        else if (!strcmp(a, "--dump-logits")) dump = v;
+        else if (!strcmp(a, "--kernels")) kernels = v;
+        else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--temperature")) sp.temperature = strtof(v, NULL);
+        else if (!strcmp(a, "--top-k")) sp.top_k = atoi(v);
+        else if (!strcmp(a, "--top-p")) sp.top_p = strtof(v, NULL);
+        else if (!strcmp(a, "--min-p")) sp.min_p = strtof(v, NULL);
+        else if (!strcmp(a, "--seed")) sp.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--repetition-penalty")) sp.repetition_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--presence-penalty")) sp.presence_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--frequency-penalty")) sp.frequency_penalty = strtof(v, NULL);
+        else { fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a); return 2; }
+    }
+    if (!model_path || (!prompt && !prompt_ids) || max_tokens < 0 || threads < 1) {
+        usage(stderr);
+        return 2;
+    }
+    char err[1024];
+    model_desc *m;
+    tokenizer *tk;
+    if (model_open(model_path, &m, err, sizeof err) || tokenizer_load(m->file, &tk, err, sizeof err)) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 1;
+    }
+    token_list ids = {0};
+    if (prompt_ids) {
+        if (parse_ids(prompt_ids, &ids)) {
+            fprintf(stderr, PROG ": --prompt-ids: expected comma-separated token ids\n");
+            return 2;
+        }
+    } else if (chat) {
+        const char *src = tokenizer_chat_template(tk);
+        jinja_template *t = src ? jinja_compile(src, strlen(src), err, sizeof err) : NULL;
+        json_t *vars = json_pack("{s:[{s:s,s:s}], s:b}", "messages", "role", "user", "content", prompt,
+                                 "add_generation_prompt", 1);
+        char *text;
+        size_t len;
+        if (!t || jinja_render(t, vars, NULL, &text, &len, err, sizeof err)) {
+            fprintf(stderr, PROG ": chat template: %s\n", src ? err : "the model has none");
+            return 1;
+        }
+        tokenizer_encode(tk, text, len, true, &ids);
+        free(text);
+        json_decref(vars);
+        jinja_free(t);
+    } else {
+        tokenizer_encode(tk, prompt, strlen(prompt), true, &ids);
+    }
+    int32_t n_prompt = (int32_t)ids.n, total = n_prompt + max_tokens;
+    cpu_engine_config cfg = {.n_threads = threads, .block_size = 16, .kv_tokens = total + 16, .kernels = kernels};
+    cpu_engine *e;
+    if (cpu_engine_create(m, &cfg, &e, err, sizeof err)) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 1;
+    }
+    int32_t n_table = (total + 15) / 16;
+    int32_t *table = malloc((size_t)n_table * sizeof *table);
+    for (int32_t i = 0; i < n_table; i++)
+        table[i] = i;
+    float *logits = malloc((size_t)m->vocab * sizeof *logits);
+    sampler smp;
+    sampler_init(&smp, &sp);
+    token_list generated = {0};
+    detokenizer dt;
+    detok_init(&dt, tk);
+
+    double t0 = now_s();
+    for (int32_t done = 0; done < n_prompt;) { /* prefill in chunks */
+        int32_t n = n_prompt - done < PREFILL_CHUNK ? n_prompt - done : PREFILL_CHUNK;
+        engine_seq s = {0, n, done, table, n_table, false};
+        engine_batch b = {ids.ids + done, n, &s, 1};
+        if (cpu_engine_forward(e, &b, logits, err, sizeof err)) {
+            fprintf(stderr, PROG ": %s\n", err);
+            return 1;
+        }
+        done += n;
+    }
+    double t1 = now_s();
+    if (dump) {
+        FILE *fp = fopen(dump, "wb");
+        if (!fp || fwrite(logits, sizeof *logits, m->vocab, fp) != m->vocab || fclose(fp)) {
+            fprintf(stderr, PROG ": %s: cannot write\n", dump);
+            return 1;
+        }
+    }
+    int32_t n_gen = 0;
+    for (; n_gen < max_tokens; n_gen++) {
+        int32_t tok = sampler_sample(&smp, logits, (int32_t)m->vocab, ids.ids, (int32_t)ids.n, n_prompt, NULL);
+        token_list_push(&ids, tok);
+        token_list_push(&generated, tok);
+        if (!print_ids) {
+            char *piece = NULL;
+            size_t len = 0, cap = 0;
+            detok_push(&dt, tok, &piece, &len, &cap);
+            fwrite(piece, 1, len, stdout);
+            fflush(stdout);
+            free(piece);
+        }
+        if (!ignore_eos && (tok == tokenizer_eos(tk) || tokenizer_is_control(tk, tok))) {
+            n_gen++;
+            break;
+        }
+        if (n_gen + 1 == max_tokens)
+            continue; /* the last token needs no forward pass */
+        engine_seq s = {0, 1, (int32_t)ids.n - 1, table, n_table, false};
+        engine_batch b = {&ids.ids[ids.n - 1], 1, &s, 1};
+        if (cpu_engine_forward(e, &b, logits, err, sizeof err)) {
+            fprintf(stderr, PROG ": %s\n", err);
+            return 1;
+        }
+    }
+    double t2 = now_s();
+    if (print_ids) {
+        for (size_t i = 0; i < generated.n; i++)
+            printf("%s%d", i ? "," : "", generated.ids[i]);
+        printf("\n");
+    } else {
+        char *rest = NULL;
+        size_t len = 0, cap = 0;
+        detok_flush(&dt, &rest, &len, &cap);
+        fwrite(rest, 1, len, stdout);
+        free(rest);
+        printf("\n");
+    }
+    double gb = (double)m->weight_bytes / 1e9;
+    int32_t decode_steps = n_gen > 1 ? n_gen - 1 : 0;
+    fprintf(stderr, PROG ": %s kernels, %d threads: prefill %d tokens in %.3f s (%.1f tok/s), decode %d tokens in %.3f s "
+                    "(%.1f tok/s, %.1f GB/s of weights)\n",
+            cpu_engine_kernels(e), threads, n_prompt, t1 - t0, n_prompt / (t1 - t0), decode_steps, t2 - t1,
+            decode_steps / (t2 - t1 + 1e-12), decode_steps * gb / (t2 - t1 + 1e-12));
+    free(logits), free(table);
+    token_list_free(&ids), token_list_free(&generated);
+    cpu_engine_free(e);
+    tokenizer_free(tk);
+    model_close(m);
+    return 0;
+}

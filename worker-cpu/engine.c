@@ -1,0 +1,398 @@
+/* The CPU forward pass. Activations are float32 throughout; weights stay in
+ * the GGUF mapping in their own type and the kernels convert on the fly.
+ *
+ * For a batch of T new tokens (many sequences flattened together):
+ *   x = embed(tokens)                                  [T][hidden]
+ *   per layer:
+ *     xn = rmsnorm(x) * attn_norm
+ *     q, k, v = xn Wq^T, xn Wk^T, xn Wv^T              [T][heads*hd], [T][kv_heads*hd] x2
+ *     q, k = rmsnorm per head (q_norm, k_norm), then RoPE (NeoX) at each token's position
+ *     k, v -> the KV blocks of each token's sequence
+ *     att = softmax(q K^T / sqrt(hd)) V, causal, over the sequence's blocks (GQA)
+ *     x += att Wo^T
+ *     xn = rmsnorm(x) * ffn_norm
+ *     x += (silu(xn Wgate^T) * (xn Wup^T)) Wdown^T
+ *   logits = (rmsnorm(x) * output_norm) Wout^T, for the rows asked for */
+#include "engine.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "threadpool.h"
+
+struct cpu_engine {
+    const model_desc *m;
+    const kernel_set *k, *ref;
+    threadpool *tp;
+    int block_size, n_blocks;
+    uint32_t q_dim, kv_dim;
+    float **k_cache, **v_cache; /* per layer: [n_blocks * block_size][kv_dim] */
+    float *inv_freq;            /* RoPE: [head_dim / 2] */
+    /* scratch, grown on demand */
+    int cap_tokens;
+    float *x, *xn, *q, *kk, *vv, *att, *gate, *up;
+    block_q8_0 *xq;
+    int32_t *tok_seq, *tok_pos;
+    int cap_scores;
+    float *scores; /* [n_threads][cap_scores] */
+};
+
+int32_t cpu_engine_logit_rows(const engine_batch *b) {
+    int32_t rows = 0;
+    for (int32_t s = 0; s < b->n_seqs; s++)
+        rows += b->seqs[s].all_logits ? b->seqs[s].n_tokens : 1;
+    return rows;
+}
+
+int cpu_engine_block_size(const cpu_engine *e) { return e->block_size; }
+int cpu_engine_n_blocks(const cpu_engine *e) { return e->n_blocks; }
+const char *cpu_engine_kernels(const cpu_engine *e) { return e->k->name; }
+
+static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+
+int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_engine **out, char *err, size_t errlen) {
+    *out = NULL;
+    cpu_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "engine: out of memory");
+        return -1;
+    }
+    e->m = m;
+    e->ref = kernels_reference();
+    e->k = kernels_select();
+    if (cfg && cfg->kernels) {
+        const kernel_set *want = !strcmp(cfg->kernels, "reference") ? kernels_reference()
+                                 : !strcmp(cfg->kernels, "avx2")    ? kernels_avx2()
+                                 : !strcmp(cfg->kernels, "avx512")  ? kernels_avx512()
+                                                                    : NULL;
+        if (!want) {
+            snprintf(err, errlen, "engine: kernels '%s' unknown or not supported by this CPU", cfg->kernels);
+            free(e);
+            return -1;
+        }
+        e->k = want;
+    }
+    e->block_size = cfg && cfg->block_size > 0 ? cfg->block_size : 16;
+    int kv_tokens = cfg && cfg->kv_tokens > 0 ? cfg->kv_tokens : 4096;
+    e->n_blocks = cfg && cfg->n_blocks > 0 ? cfg->n_blocks : (kv_tokens + e->block_size - 1) / e->block_size;
+    e->q_dim = m->n_heads * m->head_dim;
+    e->kv_dim = m->n_kv_heads * m->head_dim;
+    e->tp = threadpool_create(cfg && cfg->n_threads > 0 ? cfg->n_threads : 1);
+    e->k_cache = calloc(m->n_layers, sizeof *e->k_cache);
+    e->v_cache = calloc(m->n_layers, sizeof *e->v_cache);
+    e->inv_freq = malloc(m->head_dim / 2 * sizeof *e->inv_freq);
+    size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim;
+    bool ok = e->tp && e->k_cache && e->v_cache && e->inv_freq;
+    for (uint32_t l = 0; ok && l < m->n_layers; l++) {
+        e->k_cache[l] = calloc(per_layer, sizeof(float));
+        e->v_cache[l] = calloc(per_layer, sizeof(float));
+        ok = e->k_cache[l] && e->v_cache[l];
+    }
+    if (!ok) {
+        snprintf(err, errlen, "engine: out of memory for a KV cache of %d blocks x %d positions", e->n_blocks,
+                 e->block_size);
+        cpu_engine_free(e);
+        return -1;
+    }
+    /* as transformers: inv_freq = 1 / base^(2i/hd) in float32 */
+    for (uint32_t i = 0; i < m->head_dim / 2; i++)
+        e->inv_freq[i] = 1.0f / powf(m->rope_base, (float)(2 * i) / (float)m->head_dim);
+    *out = e;
+    return 0;
+}
+
+static void free_scratch(cpu_engine *e) {
+    free(e->x), free(e->xn), free(e->q), free(e->kk), free(e->vv), free(e->att), free(e->gate), free(e->up);
+    free(e->xq), free(e->tok_seq), free(e->tok_pos);
+}
+
+void cpu_engine_free(cpu_engine *e) {
+    if (!e)
+        return;
+    for (uint32_t l = 0; l < e->m->n_layers; l++) {
+        if (e->k_cache) free(e->k_cache[l]);
+        if (e->v_cache) free(e->v_cache[l]);
+    }
+    free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores);
+    free_scratch(e);
+    threadpool_free(e->tp);
+    free(e);
+}
+
+static int reserve(cpu_engine *e, int T, int max_pos) {
+    const model_desc *m = e->m;
+    if (T > e->cap_tokens) {
+        free_scratch(e);
+        int cap = T < 16 ? 16 : T;
+        size_t widest = m->ffn > m->hidden ? m->ffn : m->hidden;
+        if (e->q_dim > widest) widest = e->q_dim;
+        e->x = xalloc((size_t)cap * m->hidden * 4), e->xn = xalloc((size_t)cap * widest * 4);
+        e->q = xalloc((size_t)cap * e->q_dim * 4), e->att = xalloc((size_t)cap * e->q_dim * 4);
+        e->kk = xalloc((size_t)cap * e->kv_dim * 4), e->vv = xalloc((size_t)cap * e->kv_dim * 4);
+        e->gate = xalloc((size_t)cap * m->ffn * 4), e->up = xalloc((size_t)cap * m->ffn * 4);
+        e->xq = xalloc((size_t)cap * (widest / 32 + 1) * sizeof(block_q8_0));
+        e->tok_seq = malloc((size_t)cap * 4), e->tok_pos = malloc((size_t)cap * 4);
+        e->cap_tokens = cap;
+        if (!e->x || !e->xn || !e->q || !e->att || !e->kk || !e->vv || !e->gate || !e->up || !e->xq ||
+            !e->tok_seq || !e->tok_pos) {
+            e->cap_tokens = 0;
+            return -1;
+        }
+    }
+    if (max_pos > e->cap_scores) {
+        free(e->scores);
+        e->cap_scores = max_pos + 256;
+        e->scores = xalloc((size_t)threadpool_size(e->tp) * e->cap_scores * 4);
+        if (!e->scores) {
+            e->cap_scores = 0;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- small row operations (single-threaded: cheap next to the matmuls) ---- */
+
+static void load_vector(const weight *w, float *out) { tensor_dequantize_row(w->type, w->data, out, w->cols); }
+
+static void rmsnorm(float *out, const float *x, const float *gain, uint32_t n, float eps) {
+    float ss = 0.0f;
+    for (uint32_t i = 0; i < n; i++)
+        ss += x[i] * x[i];
+    float scale = 1.0f / sqrtf(ss / (float)n + eps);
+    for (uint32_t i = 0; i < n; i++)
+        out[i] = x[i] * scale * gain[i];
+}
+
+/* NeoX RoPE: element i pairs with i + hd/2. */
+static void rope(float *v, int pos, const float *inv_freq, uint32_t hd) {
+    uint32_t half = hd / 2;
+    for (uint32_t i = 0; i < half; i++) {
+        float angle = (float)pos * inv_freq[i];
+        float c = cosf(angle), s = sinf(angle), a = v[i], b = v[i + half];
+        v[i] = a * c - b * s;
+        v[i + half] = a * s + b * c;
+    }
+}
+
+/* ---- parallel matmuls ---- */
+
+struct matmul_job {
+    cpu_engine *e;
+    int n;                /* matmuls sharing one input */
+    const weight *w[3];
+    float *y[3];
+    size_t y_stride[3];
+    const float *x;
+    int T;
+};
+
+static const kernel_set *kernels_for(const cpu_engine *e, uint32_t type) {
+    return e->k->matmul[type] ? e->k : e->ref;
+}
+
+static void matmul_worker(void *p, int ith, int nth) {
+    struct matmul_job *j = p;
+    for (int i = 0; i < j->n; i++) {
+        const weight *w = j->w[i];
+        const kernel_set *k = kernels_for(j->e, w->type);
+        uint64_t chunk = (w->rows + (uint64_t)nth - 1) / (uint64_t)nth;
+        chunk = (chunk + 15) / 16 * 16;
+        uint64_t r0 = (uint64_t)ith * chunk, r1 = r0 + chunk < w->rows ? r0 + chunk : w->rows;
+        if (r0 >= r1)
+            continue;
+        matmul_args a = {j->x, j->e->xq, j->T, j->y[i], j->y_stride[i]};
+        k->matmul[w->type](w, &a, r0, r1);
+    }
+}
+
+/* y_i = x W_i^T for up to three weights with the same input (q/k/v, gate/up). */
+static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weight *const *w, float *const *y) {
+    struct matmul_job j = {.e = e, .n = n, .x = x, .T = T};
+    bool need_q8 = false;
+    for (int i = 0; i < n; i++) {
+        j.w[i] = w[i], j.y[i] = y[i], j.y_stride[i] = w[i]->rows;
+        need_q8 = need_q8 || (w[i]->type == TENSOR_Q8_0 && kernels_for(e, TENSOR_Q8_0)->q8_activations);
+    }
+    if (need_q8) {
+        uint64_t cols = w[0]->cols;
+        for (int t = 0; t < T; t++)
+            e->k->quantize_q8_0(x + (size_t)t * cols, e->xq + (size_t)t * (cols / 32), cols);
+    }
+    threadpool_run(e->tp, matmul_worker, &j);
+}
+
+static void matmul1(cpu_engine *e, const float *x, int T, const weight *w, float *y) {
+    matmul_many(e, x, T, 1, &w, &y);
+}
+
+/* ---- attention ---- */
+
+struct attention_job {
+    cpu_engine *e;
+    const engine_batch *b;
+    uint32_t layer;
+    int T;
+};
+
+static void attention_worker(void *p, int ith, int nth) {
+    struct attention_job *j = p;
+    cpu_engine *e = j->e;
+    const model_desc *m = e->m;
+    uint32_t hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
+    float scale = 1.0f / sqrtf((float)hd), *scores = e->scores + (size_t)ith * e->cap_scores;
+    const float *kc = e->k_cache[j->layer], *vc = e->v_cache[j->layer];
+    for (int i = ith; i < j->T * (int)m->n_heads; i += nth) {
+        int t = i / (int)m->n_heads;
+        uint32_t h = (uint32_t)i % m->n_heads, kvh = h / group;
+        const engine_seq *s = &j->b->seqs[e->tok_seq[t]];
+        int pos = e->tok_pos[t];
+        const float *q = e->q + (size_t)t * e->q_dim + h * hd;
+        float max = -INFINITY;
+        for (int p2 = 0; p2 <= pos; p2++) { /* causal: every position up to this token's */
+            size_t slot = (size_t)s->block_table[p2 / e->block_size] * e->block_size + p2 % e->block_size;
+            scores[p2] = e->k->dot(q, kc + slot * e->kv_dim + kvh * hd, (int)hd) * scale;
+            max = scores[p2] > max ? scores[p2] : max;
+        }
+        float sum = 0.0f;
+        for (int p2 = 0; p2 <= pos; p2++)
+            sum += scores[p2] = expf(scores[p2] - max);
+        float *out = e->att + (size_t)t * e->q_dim + h * hd;
+        memset(out, 0, hd * sizeof *out);
+        for (int p2 = 0; p2 <= pos; p2++) {
+            size_t slot = (size_t)s->block_table[p2 / e->block_size] * e->block_size + p2 % e->block_size;
+            e->k->axpy(out, scores[p2] / sum, vc + slot * e->kv_dim + kvh * hd, (int)hd);
+        }
+    }
+}
+
+/* ---- the step ---- */
+
+static int validate(const cpu_engine *e, const engine_batch *b, int *max_pos, char *err, size_t errlen) {
+    int32_t covered = 0;
+    *max_pos = 0;
+    if (b->n_tokens <= 0 || b->n_seqs <= 0) {
+        snprintf(err, errlen, "engine: empty batch");
+        return -1;
+    }
+    for (int32_t i = 0; i < b->n_tokens; i++)
+        if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= e->m->vocab) {
+            snprintf(err, errlen, "engine: token %d at %d is outside the vocabulary (%u)", b->tokens[i], i, e->m->vocab);
+            return -1;
+        }
+    for (int32_t s = 0; s < b->n_seqs; s++) {
+        const engine_seq *q = &b->seqs[s];
+        int64_t end = (int64_t)q->pos0 + q->n_tokens;
+        if (q->n_tokens <= 0 || q->start != covered || q->pos0 < 0 ||
+            end > (int64_t)q->n_table * e->block_size) {
+            snprintf(err, errlen, "engine: sequence %d: tokens [%d, +%d) at position %d do not fit its %d blocks", s,
+                     q->start, q->n_tokens, q->pos0, q->n_table);
+            return -1;
+        }
+        for (int32_t i = 0; i < (end + e->block_size - 1) / e->block_size; i++)
+            if (q->block_table[i] < 0 || q->block_table[i] >= e->n_blocks) {
+                snprintf(err, errlen, "engine: sequence %d: block id %d out of range (pool of %d)", s,
+                         q->block_table[i], e->n_blocks);
+                return -1;
+            }
+        covered += q->n_tokens;
+        if (end > *max_pos)
+            *max_pos = (int)end;
+    }
+    if (covered != b->n_tokens) {
+        snprintf(err, errlen, "engine: sequences cover %d of %d tokens", covered, b->n_tokens);
+        return -1;
+    }
+    return 0;
+}
+
+int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char *err, size_t errlen) {
+    const model_desc *m = e->m;
+    int max_pos, T = b->n_tokens;
+    if (validate(e, b, &max_pos, err, errlen))
+        return -1;
+    if (reserve(e, T, max_pos)) {
+        snprintf(err, errlen, "engine: out of memory for a batch of %d tokens", T);
+        return -1;
+    }
+    uint32_t H = m->hidden, hd = m->head_dim;
+    float *norm_gain = malloc((H > hd ? H : hd) * sizeof(float) * 2), *gain2 = norm_gain + (H > hd ? H : hd);
+    if (!norm_gain) {
+        snprintf(err, errlen, "engine: out of memory");
+        return -1;
+    }
+    for (int32_t s = 0; s < b->n_seqs; s++)
+        for (int32_t i = 0; i < b->seqs[s].n_tokens; i++) {
+            e->tok_seq[b->seqs[s].start + i] = s;
+            e->tok_pos[b->seqs[s].start + i] = b->seqs[s].pos0 + i;
+        }
+    for (int t = 0; t < T; t++) /* embeddings */
+        tensor_dequantize_row(m->token_embd.type,
+                              (const uint8_t *)m->token_embd.data + (size_t)b->tokens[t] * m->token_embd.row_bytes,
+                              e->x + (size_t)t * H, H);
+
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        /* attention */
+        load_vector(&L->attn_norm, norm_gain);
+        for (int t = 0; t < T; t++)
+            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, norm_gain, H, m->rms_eps);
+        const weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
+        float *qkv_out[3] = {e->q, e->kk, e->vv};
+        matmul_many(e, e->xn, T, 3, qkv, qkv_out);
+        load_vector(&L->q_norm, norm_gain);
+        load_vector(&L->k_norm, gain2);
+        for (int t = 0; t < T; t++) {
+            for (uint32_t h = 0; h < m->n_heads; h++) {
+                float *q = e->q + (size_t)t * e->q_dim + h * hd;
+                rmsnorm(q, q, norm_gain, hd, m->rms_eps);
+                rope(q, e->tok_pos[t], e->inv_freq, hd);
+            }
+            for (uint32_t h = 0; h < m->n_kv_heads; h++) {
+                float *k = e->kk + (size_t)t * e->kv_dim + h * hd;
+                rmsnorm(k, k, gain2, hd, m->rms_eps);
+                rope(k, e->tok_pos[t], e->inv_freq, hd);
+            }
+            const engine_seq *s = &b->seqs[e->tok_seq[t]];
+            int pos = e->tok_pos[t];
+            size_t slot = (size_t)s->block_table[pos / e->block_size] * e->block_size + pos % e->block_size;
+            memcpy(e->k_cache[l] + slot * e->kv_dim, e->kk + (size_t)t * e->kv_dim, e->kv_dim * sizeof(float));
+            memcpy(e->v_cache[l] + slot * e->kv_dim, e->vv + (size_t)t * e->kv_dim, e->kv_dim * sizeof(float));
+        }
+        struct attention_job aj = {e, b, l, T};
+        threadpool_run(e->tp, attention_worker, &aj);
+        matmul1(e, e->att, T, &L->wo, e->xn);
+        for (size_t i = 0; i < (size_t)T * H; i++)
+            e->x[i] += e->xn[i];
+
+        /* feed-forward */
+        load_vector(&L->ffn_norm, norm_gain);
+        for (int t = 0; t < T; t++)
+            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, norm_gain, H, m->rms_eps);
+        const weight *gu[2] = {&L->w_gate, &L->w_up};
+        float *gu_out[2] = {e->gate, e->up};
+        matmul_many(e, e->xn, T, 2, gu, gu_out);
+        for (size_t i = 0; i < (size_t)T * m->ffn; i++) {
+            float g = e->gate[i];
+            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i];
+        }
+        matmul1(e, e->gate, T, &L->w_down, e->xn);
+        for (size_t i = 0; i < (size_t)T * H; i++)
+            e->x[i] += e->xn[i];
+    }
+
+    /* output: final norm and head, only for the rows asked for */
+    load_vector(&m->output_norm, norm_gain);
+    int rows = 0;
+    for (int32_t s = 0; s < b->n_seqs; s++) {
+        const engine_seq *q = &b->seqs[s];
+        for (int32_t i = q->all_logits ? 0 : q->n_tokens - 1; i < q->n_tokens; i++, rows++)
+            rmsnorm(e->xn + (size_t)rows * H, e->x + (size_t)(q->start + i) * H, norm_gain, H, m->rms_eps);
+    }
+    matmul1(e, e->xn, rows, &m->output, logits);
+    free(norm_gain);
+    return 0;
+}

@@ -1,0 +1,44 @@
+/* CPU matrix kernels. Every kernel computes, for rows r0..r1 of a weight
+ * matrix W and T activation rows x[t]:   y[t][r] = dot(W[r], x[t])
+ *
+ * Kernel sets: "reference" (plain C: each weight row dequantized to float,
+ * float activations; the ground truth for tests), "avx2" and "avx512"
+ * (SIMD, F16C, and for Q8_0 weights 8-bit activations in Q8_0 blocks with
+ * integer dot products, as llama.cpp does). kernels_select picks the best
+ * the CPU supports at run time. */
+#ifndef INFERNO_KERNELS_H
+#define INFERNO_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model.h"
+#include "tensor_types.h"
+
+typedef struct {
+    const float *x;        /* [T][cols] */
+    const block_q8_0 *xq;  /* [T][cols/32]: x quantized, for Q8_0 weights when q8_activations */
+    int T;
+    float *y;              /* y[t * y_stride + r] */
+    size_t y_stride;
+} matmul_args;
+
+typedef void (*matmul_fn)(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1);
+
+typedef struct {
+    const char *name;
+    matmul_fn matmul[32];    /* by tensor type; NULL: unsupported */
+    bool q8_activations;     /* Q8_0 weights want a->xq */
+    void (*quantize_q8_0)(const float *x, block_q8_0 *q, uint64_t n);
+    float (*dot)(const float *a, const float *b, int n);        /* attention scores */
+    void (*axpy)(float *y, float alpha, const float *x, int n); /* attention values: y += alpha x */
+} kernel_set;
+
+const kernel_set *kernels_reference(void);
+const kernel_set *kernels_avx2(void);   /* NULL when the CPU lacks AVX2/FMA/F16C */
+const kernel_set *kernels_avx512(void); /* NULL when the CPU lacks AVX-512 F/BW/VL/VNNI */
+/* The best available; INFERNO_KERNELS=reference|avx2|avx512 overrides. */
+const kernel_set *kernels_select(void);
+
+#endif

@@ -1,0 +1,96 @@
+/* AVX2 + FMA + F16C kernels (8 floats a vector). */
+#include <immintrin.h>
+#include <string.h>
+
+#include "fp16.h"
+#include "kernels.h"
+
+#define KERNEL_TARGET __attribute__((target("avx2,fma,f16c")))
+#define VEC __m256
+#define VLEN 8
+#define VZERO() _mm256_setzero_ps()
+#define VLOAD_F32(p) _mm256_loadu_ps(p)
+#define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+
+KERNEL_TARGET static inline float VSUM(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+KERNEL_TARGET static inline __m256 load_f32(const uint8_t *p, uint64_t c) { return _mm256_loadu_ps((const float *)p + c); }
+KERNEL_TARGET static inline __m256 load_f16(const uint8_t *p, uint64_t c) {
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * c)));
+}
+KERNEL_TARGET static inline __m256 load_bf16(const uint8_t *p, uint64_t c) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * c)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+#include "kernels_x86.h"
+
+DEFINE_FLOAT_TILE(tile_f32, load_f32, scalar_f32)
+DEFINE_FLOAT_TILE(tile_f16, load_f16, scalar_f16)
+DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16)
+DEFINE_TILED_MATMUL(matmul_f32, tile_f32)
+DEFINE_TILED_MATMUL(matmul_f16, tile_f16)
+DEFINE_TILED_MATMUL(matmul_bf16, tile_bf16)
+
+/* Q8_0 x Q8_0: per 32-value block, |w| (unsigned) times x with w's sign
+ * (signed) through maddubs, summed to 8 int32 lanes and scaled by dw*dx. */
+KERNEL_TARGET static inline __m256 q8_block(const block_q8_0 *wb, const block_q8_0 *xb, __m256 acc) {
+    __m256i wq = _mm256_loadu_si256((const __m256i *)wb->qs), xq = _mm256_loadu_si256((const __m256i *)xb->qs);
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+    __m256i p32 = _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+    float scale = _cvtsh_ss(wb->d) * _cvtsh_ss(xb->d);
+    return _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(p32), acc);
+}
+
+KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const weight *w, const matmul_args *a,
+                                                                          uint64_t r, int t, const int rb,
+                                                                          const int tb) {
+    uint64_t nb = w->cols / 32;
+    __m256 acc[RB][TB];
+    const block_q8_0 *wrow[RB], *xrow[TB];
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] = (const block_q8_0 *)((const uint8_t *)w->data + (r + i) * w->row_bytes);
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->xq + (size_t)(t + j) * nb;
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm256_setzero_ps();
+    for (uint64_t b = 0; b < nb; b++)
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+            acc[i][j] = q8_block(&wrow[i][b], &xrow[j][b], acc[i][j]);
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+        a->y[(size_t)(t + j) * a->y_stride + r + i] = VSUM(acc[i][j]);
+}
+DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0)
+
+KERNEL_TARGET static float dot_avx2(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    float s = VSUM(acc);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n) {
+    __m256 al = _mm256_set1_ps(alpha);
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(al, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += alpha * x[i];
+}
+
+const kernel_set *kernels_avx2(void) {
+    static kernel_set k = {.name = "avx2", .q8_activations = true, .quantize_q8_0 = quantize_q8_0_rows,
+                           .dot = dot_avx2, .axpy = axpy_avx2};
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+        return NULL;
+    k.matmul[TENSOR_F32] = matmul_f32;
+    k.matmul[TENSOR_F16] = matmul_f16;
+    k.matmul[TENSOR_BF16] = matmul_bf16;
+    k.matmul[TENSOR_Q8_0] = matmul_q8_0;
+    return &k;
+}
