@@ -11,6 +11,7 @@
 #define VZERO() _mm256_setzero_ps()
 #define VLOAD_F32(p) _mm256_loadu_ps(p)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm256_add_ps(a, b)
 
 KERNEL_TARGET static inline float VSUM(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -29,12 +30,15 @@ KERNEL_TARGET static inline __m256 load_bf16(const uint8_t *p, uint64_t c) {
 
 #include "kernels_x86.h"
 
-DEFINE_FLOAT_TILE(tile_f32, load_f32, scalar_f32)
-DEFINE_FLOAT_TILE(tile_f16, load_f16, scalar_f16)
-DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16)
-DEFINE_TILED_MATMUL(matmul_f32, tile_f32)
-DEFINE_TILED_MATMUL(matmul_f16, tile_f16)
-DEFINE_TILED_MATMUL(matmul_bf16, tile_bf16)
+DEFINE_FLOAT_TILE(tile_f32, load_f32, scalar_f32, 4)
+DEFINE_FLOAT_TILE(tile_f16, load_f16, scalar_f16, 2)
+DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16, 2)
+DEFINE_FLOAT_GEMV(gemv_f32, load_f32, scalar_f32, 4)
+DEFINE_FLOAT_GEMV(gemv_f16, load_f16, scalar_f16, 2)
+DEFINE_FLOAT_GEMV(gemv_bf16, load_bf16, scalar_bf16, 2)
+DEFINE_TILED_MATMUL(matmul_f32, tile_f32, gemv_f32)
+DEFINE_TILED_MATMUL(matmul_f16, tile_f16, gemv_f16)
+DEFINE_TILED_MATMUL(matmul_bf16, tile_bf16, gemv_bf16)
 
 /* Q8_0 x Q8_0: per 32-value block, |w| (unsigned) times x with w's sign
  * (signed) through maddubs, summed to 8 int32 lanes and scaled by dw*dx. */
@@ -56,12 +60,36 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const 
     _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->xq + (size_t)(t + j) * nb;
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm256_setzero_ps();
     for (uint64_t b = 0; b < nb; b++)
-        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
-            acc[i][j] = q8_block(&wrow[i][b], &xrow[j][b], acc[i][j]);
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
+            _mm_prefetch((const char *)&wrow[i][b] + (size_t)RB * w->row_bytes, _MM_HINT_T0);
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = q8_block(&wrow[i][b], &xrow[j][b], acc[i][j]);
+        }
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
         a->y[(size_t)(t + j) * a->y_stride + r + i] = VSUM(acc[i][j]);
 }
-DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0)
+/* Decode: one weight row, tb tokens, two accumulators per token. */
+KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8_0(const weight *w, const matmul_args *a,
+                                                                          uint64_t r, int t, const int tb) {
+    uint64_t nb = w->cols / 32;
+    const block_q8_0 *wrow = (const block_q8_0 *)((const uint8_t *)w->data + r * w->row_bytes);
+    __m256 acc[TB][2];
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    uint64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        _mm_prefetch((const char *)(wrow + b) + PREFETCH_BYTES, _MM_HINT_T0);
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
+            const block_q8_0 *x = a->xq + (size_t)(t + j) * nb;
+            acc[j][0] = q8_block(&wrow[b], &x[b], acc[j][0]);
+            acc[j][1] = q8_block(&wrow[b + 1], &x[b + 1], acc[j][1]);
+        }
+    }
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
+        if (b < nb)
+            acc[j][0] = q8_block(&wrow[b], &a->xq[(size_t)(t + j) * nb + b], acc[j][0]);
+        a->y[(size_t)(t + j) * a->y_stride + r] = VSUM(_mm256_add_ps(acc[j][0], acc[j][1]));
+    }
+}
+DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0, gemv_q8_0)
 
 KERNEL_TARGET static float dot_avx2(const float *a, const float *b, int n) {
     __m256 acc = _mm256_setzero_ps();

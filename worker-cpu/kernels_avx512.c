@@ -11,6 +11,7 @@
 #define VZERO() _mm512_setzero_ps()
 #define VLOAD_F32(p) _mm512_loadu_ps(p)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define VADD(a, b) _mm512_add_ps(a, b)
 #define VSUM(v) _mm512_reduce_add_ps(v)
 
 KERNEL_TARGET static inline __m512 load_f32(const uint8_t *p, uint64_t c) { return _mm512_loadu_ps((const float *)p + c); }
@@ -24,19 +25,49 @@ KERNEL_TARGET static inline __m512 load_bf16(const uint8_t *p, uint64_t c) {
 
 #include "kernels_x86.h"
 
-DEFINE_FLOAT_TILE(tile_f32, load_f32, scalar_f32)
-DEFINE_FLOAT_TILE(tile_f16, load_f16, scalar_f16)
-DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16)
-DEFINE_TILED_MATMUL(matmul_f32, tile_f32)
-DEFINE_TILED_MATMUL(matmul_f16, tile_f16)
-DEFINE_TILED_MATMUL(matmul_bf16, tile_bf16)
+DEFINE_FLOAT_TILE(tile_f32, load_f32, scalar_f32, 4)
+DEFINE_FLOAT_TILE(tile_f16, load_f16, scalar_f16, 2)
+DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16, 2)
+DEFINE_FLOAT_GEMV(gemv_f32, load_f32, scalar_f32, 4)
+DEFINE_FLOAT_GEMV(gemv_f16, load_f16, scalar_f16, 2)
+DEFINE_FLOAT_GEMV(gemv_bf16, load_bf16, scalar_bf16, 2)
+DEFINE_TILED_MATMUL(matmul_f32, tile_f32, gemv_f32)
+DEFINE_TILED_MATMUL(matmul_f16, tile_f16, gemv_f16)
+DEFINE_TILED_MATMUL(matmul_bf16, tile_bf16, gemv_bf16)
 
-/* Q8_0 x Q8_0, two blocks per 512-bit register: vpdpbusd takes |w| as
- * unsigned and x with w's sign; each 256-bit half is then scaled by its own
- * block's dw*dx. */
+/* Q8_0 x Q8_0, two blocks per 512-bit register. vpdpbusd multiplies
+ * unsigned by signed bytes, so activations go in offset by 128 (x ^ 0x80):
+ * dpbusd(x + 128, w) = dot(x, w) + 128 sum(w), and sum(w) is one more
+ * dpbusd per weight block (not per weight-activation pair). Each 256-bit
+ * half is then scaled by its own block's dw * dx. */
 KERNEL_TARGET static inline __m512i load2(const block_q8_0 *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b[0].qs)),
                               _mm256_loadu_si256((const __m256i *)b[1].qs), 1);
+}
+
+KERNEL_TARGET static inline __m512 scales2(const block_q8_0 *b) {
+    return _mm512_insertf32x8(_mm512_set1_ps(_cvtsh_ss(b[0].d)), _mm256_set1_ps(_cvtsh_ss(b[1].d)), 1);
+}
+
+/* dot(x, w) for the two blocks at w and x (x already offset), as floats
+ * scaled by dw * dx (scale given), added to acc. */
+KERNEL_TARGET static inline __m512 q8_pair(__m512i xu, __m512i wv, __m512i wsum128, __m512 scale, __m512 acc) {
+    __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv), wsum128);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), scale, acc);
+}
+
+KERNEL_TARGET static inline __m512i weight_sum128(__m512i wv) {
+    return _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(1), wv), 7);
+}
+
+/* Odd last block, one block at a time in 256 bits. */
+KERNEL_TARGET static inline float q8_single(const block_q8_0 *w, const block_q8_0 *x) {
+    __m256i wq = _mm256_loadu_si256((const __m256i *)w->qs), xq = _mm256_loadu_si256((const __m256i *)x->qs);
+    __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(dp), _mm256_extracti128_si256(dp, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    return (float)_mm_cvtsi128_si32(h) * _cvtsh_ss(w->d) * _cvtsh_ss(x->d);
 }
 
 KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const weight *w, const matmul_args *a,
@@ -48,41 +79,60 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const 
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] = (const block_q8_0 *)((const uint8_t *)w->data + (r + i) * w->row_bytes);
     _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->xq + (size_t)(t + j) * nb;
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm512_setzero_ps();
+    const __m512i offset = _mm512_set1_epi8((char)0x80);
     uint64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
-        __m512i xv[TB];
-        float xd[TB][2];
+        __m512i xu[TB];
+        __m512 xs[TB];
         _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
-            xv[j] = load2(&xrow[j][b]);
-            xd[j][0] = _cvtsh_ss(xrow[j][b].d), xd[j][1] = _cvtsh_ss(xrow[j][b + 1].d);
+            xu[j] = _mm512_xor_si512(load2(&xrow[j][b]), offset);
+            xs[j] = scales2(&xrow[j][b]);
         }
         _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
-            __m512i wv = load2(&wrow[i][b]);
-            __mmask64 neg = _mm512_movepi8_mask(wv);
-            __m512i aw = _mm512_abs_epi8(wv);
-            float wd0 = _cvtsh_ss(wrow[i][b].d), wd1 = _cvtsh_ss(wrow[i][b + 1].d);
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
-                __m512i sx = _mm512_mask_sub_epi8(xv[j], neg, _mm512_setzero_si512(), xv[j]);
-                __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), aw, sx);
-                __m512 scale = _mm512_insertf32x8(_mm512_set1_ps(wd0 * xd[j][0]), _mm256_set1_ps(wd1 * xd[j][1]), 1);
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), scale, acc[i][j]);
-            }
+            _mm_prefetch((const char *)&wrow[i][b] + (size_t)RB * w->row_bytes, _MM_HINT_T0);
+            __m512i wv = load2(&wrow[i][b]), ws = weight_sum128(wv);
+            __m512 wsc = scales2(&wrow[i][b]);
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+                acc[i][j] = q8_pair(xu[j], wv, ws, _mm512_mul_ps(wsc, xs[j]), acc[i][j]);
         }
     }
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
         float s = _mm512_reduce_add_ps(acc[i][j]);
-        for (uint64_t k = b; k < nb; k++) { /* odd block count: one at a time */
-            __m256i wq = _mm256_loadu_si256((const __m256i *)wrow[i][k].qs), xq = _mm256_loadu_si256((const __m256i *)xrow[j][k].qs);
-            __m256i dp = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(dp), _mm256_extracti128_si256(dp, 1));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-            s += (float)_mm_cvtsi128_si32(h) * _cvtsh_ss(wrow[i][k].d) * _cvtsh_ss(xrow[j][k].d);
-        }
+        if (b < nb)
+            s += q8_single(&wrow[i][b], &xrow[j][b]);
         a->y[(size_t)(t + j) * a->y_stride + r + i] = s;
     }
 }
-DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0)
+
+/* Decode: one weight row as one stream, tb tokens, two accumulators each. */
+KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8_0(const weight *w, const matmul_args *a,
+                                                                          uint64_t r, int t, const int tb) {
+    uint64_t nb = w->cols / 32;
+    const block_q8_0 *wrow = (const block_q8_0 *)((const uint8_t *)w->data + r * w->row_bytes);
+    const __m512i offset = _mm512_set1_epi8((char)0x80);
+    __m512 acc[TB][2];
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    uint64_t b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        _mm_prefetch((const char *)(wrow + b) + PREFETCH_BYTES, _MM_HINT_T0);
+        _mm_prefetch((const char *)(wrow + b) + PREFETCH_BYTES + 64, _MM_HINT_T0);
+        _Pragma("GCC unroll 2") for (int u = 0; u < 2; u++) {
+            __m512i wv = load2(&wrow[b + 2 * u]), ws = weight_sum128(wv);
+            __m512 wsc = scales2(&wrow[b + 2 * u]);
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
+                const block_q8_0 *x = a->xq + (size_t)(t + j) * nb + b + 2 * u;
+                acc[j][u] = q8_pair(_mm512_xor_si512(load2(x), offset), wv, ws, _mm512_mul_ps(wsc, scales2(x)), acc[j][u]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
+        float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
+        for (uint64_t k = b; k < nb; k++)
+            s += q8_single(&wrow[k], &a->xq[(size_t)(t + j) * nb + k]);
+        a->y[(size_t)(t + j) * a->y_stride + r] = s;
+    }
+}
+DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0, gemv_q8_0)
 
 KERNEL_TARGET static float dot_avx512(const float *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
