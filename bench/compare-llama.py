@@ -1,0 +1,76 @@
+"""Side-by-side with llama.cpp on the same GGUF, same machine, same run.
+
+    python bench/compare-llama.py MODEL.gguf [--threads 2] [--prompt 128] [--gen 32]
+
+Needs the llama_cpp Python package (pip install llama-cpp-python builds
+llama.cpp from source, about 10 minutes on 2 cores); inferno's numbers come
+from build/bin/inferno-bench and bench/tokenizer-bench.sh's corpus.
+Prints one table: tokenizer MB/s, prefill tok/s, decode tok/s for both."""
+import argparse
+import json
+import pathlib
+import subprocess
+import time
+
+import llama_cpp
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def llama_numbers(model, threads, prompt, gen, corpus):
+    llm = llama_cpp.Llama(model_path=str(model), n_ctx=prompt + gen + 16, n_threads=threads, n_threads_batch=threads,
+                          n_batch=512, verbose=False)
+    text = corpus.read_bytes()
+    best = 1e9
+    for _ in range(3):
+        t = time.perf_counter()
+        ids = llm.tokenize(text, add_bos=False, special=True)
+        best = min(best, time.perf_counter() - t)
+    tok_mbs = len(text) / best / 1e6
+    tokens = [(i * 2654435761) % (llm.n_vocab() - 1000) for i in range(prompt)]
+    llm.reset()
+    t = time.perf_counter()
+    llm.eval(tokens)
+    prefill = prompt / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(gen):
+        llm.eval([tokens[i % prompt]])
+    decode = gen / (time.perf_counter() - t)
+    return {"tokenizer_mb_s": tok_mbs, "tokens": len(ids), "prefill_tok_s": prefill, "decode_tok_s": decode}
+
+
+def inferno_numbers(model, threads, prompt, gen, corpus):
+    out = subprocess.run([ROOT / "build/bin/inferno-bench", "--model", model, "--threads", str(threads), "--prompt",
+                          str(prompt), "--gen", str(gen), "--batch", "1", "--json"], capture_output=True, text=True,
+                         check=True).stdout
+    r = json.loads(out)
+    tok = subprocess.run([ROOT / "build/bin/tokenizer-demo", "--model", model, "--bench", corpus, "--repeat", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    mbs = float(tok.split(" MB/s")[0].split()[-1])
+    return {"tokenizer_mb_s": mbs, "prefill_tok_s": r["prefill_tokens_per_s"],
+            "decode_tok_s": r["decode"][0]["tokens_per_s"], "decode_gb_s": r["decode"][0]["gb_per_s"],
+            "kernels": r["kernels"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--gen", type=int, default=32)
+    a = ap.parse_args()
+    corpus = ROOT / "build/bench/corpus.txt"
+    if not corpus.exists():
+        subprocess.run([ROOT / "bench/tokenizer-bench.sh"], check=True, capture_output=True)
+    ours = inferno_numbers(a.model, a.threads, a.prompt, a.gen, corpus)
+    theirs = llama_numbers(a.model, a.threads, a.prompt, a.gen, corpus)
+    print(f"{a.model}, {a.threads} threads, prompt {a.prompt}, gen {a.gen}")
+    print(f"{'':24}{'inferno':>12}{'llama.cpp':>12}{'ratio':>8}")
+    for key, label in [("tokenizer_mb_s", "tokenizer MB/s"), ("prefill_tok_s", "prefill tok/s"),
+                       ("decode_tok_s", "decode tok/s (batch 1)")]:
+        print(f"{label:24}{ours[key]:12.1f}{theirs[key]:12.1f}{ours[key] / theirs[key]:8.2f}")
+    print(json.dumps({"inferno": ours, "llama.cpp": theirs}))
+
+
+if __name__ == "__main__":
+    main()
