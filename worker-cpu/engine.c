@@ -20,12 +20,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fp16.h"
 #include "kernels.h"
 #include "threadpool.h"
 
 struct cpu_engine {
     const model_desc *m;
     const kernel_set *k, *ref;
+    /* the matrices as the kernels read them: the model's, or repacked copies */
+    layer_weights *layers;
+    weight output;
+    void **repacked;
+    int n_repacked;
     threadpool *tp;
     int block_size, n_blocks;
     uint32_t q_dim, kv_dim;
@@ -35,6 +41,8 @@ struct cpu_engine {
     int cap_tokens;
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up;
     block_q8_0 *xq;
+    uint8_t *xu; /* for repacked Q8_0: activation quants + 128 */
+    float *xd;   /* and their scales, [T][blocks rounded up to 16], zero-padded */
     int32_t *tok_seq, *tok_pos;
     int cap_scores;
     float *scores; /* [n_threads][cap_scores] */
@@ -97,6 +105,30 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
         cpu_engine_free(e);
         return -1;
     }
+    /* matrices the kernel set prefers in another layout are repacked once */
+    e->layers = malloc(m->n_layers * sizeof *e->layers);
+    e->repacked = calloc((size_t)m->n_layers * 7 + 1, sizeof *e->repacked);
+    if (!e->layers || !e->repacked) {
+        snprintf(err, errlen, "engine: out of memory");
+        cpu_engine_free(e);
+        return -1;
+    }
+    memcpy(e->layers, m->layers, m->n_layers * sizeof *e->layers);
+    e->output = m->output;
+    for (uint32_t l = 0; l <= m->n_layers && e->k->repack; l++) {
+        layer_weights *L = &e->layers[l < m->n_layers ? l : 0];
+        weight *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        int n = l < m->n_layers ? 7 : 1;
+        if (l == m->n_layers)
+            mats[0] = &e->output;
+        for (int i = 0; i < n; i++) {
+            weight packed;
+            if (e->k->repack(mats[i], &packed) == 0) {
+                e->repacked[e->n_repacked++] = (void *)packed.data;
+                *mats[i] = packed;
+            }
+        }
+    }
     /* as transformers: inv_freq = 1 / base^(2i/hd) in float32 */
     for (uint32_t i = 0; i < m->head_dim / 2; i++)
         e->inv_freq[i] = 1.0f / powf(m->rope_base, (float)(2 * i) / (float)m->head_dim);
@@ -106,7 +138,7 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
 
 static void free_scratch(cpu_engine *e) {
     free(e->x), free(e->xn), free(e->q), free(e->kk), free(e->vv), free(e->att), free(e->gate), free(e->up);
-    free(e->xq), free(e->tok_seq), free(e->tok_pos);
+    free(e->xq), free(e->xu), free(e->xd), free(e->tok_seq), free(e->tok_pos);
 }
 
 void cpu_engine_free(cpu_engine *e) {
@@ -117,6 +149,9 @@ void cpu_engine_free(cpu_engine *e) {
         if (e->v_cache) free(e->v_cache[l]);
     }
     free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores);
+    for (int i = 0; i < e->n_repacked; i++)
+        free(e->repacked[i]);
+    free(e->repacked), free(e->layers);
     free_scratch(e);
     threadpool_free(e->tp);
     free(e);
@@ -134,10 +169,12 @@ static int reserve(cpu_engine *e, int T, int max_pos) {
         e->kk = xalloc((size_t)cap * e->kv_dim * 4), e->vv = xalloc((size_t)cap * e->kv_dim * 4);
         e->gate = xalloc((size_t)cap * m->ffn * 4), e->up = xalloc((size_t)cap * m->ffn * 4);
         e->xq = xalloc((size_t)cap * (widest / 32 + 1) * sizeof(block_q8_0));
+        e->xu = xalloc((size_t)cap * widest);
+        e->xd = xalloc((size_t)cap * ((widest / 32 + 15) / 16 * 16) * sizeof(float));
         e->tok_seq = malloc((size_t)cap * 4), e->tok_pos = malloc((size_t)cap * 4);
         e->cap_tokens = cap;
-        if (!e->x || !e->xn || !e->q || !e->att || !e->kk || !e->vv || !e->gate || !e->up || !e->xq ||
-            !e->tok_seq || !e->tok_pos) {
+        if (!e->x || !e->xn || !e->q || !e->att || !e->kk || !e->vv || !e->gate || !e->up || !e->xq || !e->xu ||
+            !e->xd || !e->tok_seq || !e->tok_pos) {
             e->cap_tokens = 0;
             return -1;
         }
@@ -204,7 +241,7 @@ static void matmul_worker(void *p, int ith, int nth) {
         uint64_t r0 = (uint64_t)ith * chunk, r1 = r0 + chunk < w->rows ? r0 + chunk : w->rows;
         if (r0 >= r1)
             continue;
-        matmul_args a = {j->x, j->e->xq, j->T, j->y[i], j->y_stride[i]};
+        matmul_args a = {j->x, j->e->xq, j->e->xu, j->e->xd, j->T, j->y[i], j->y_stride[i]};
         k->matmul[w->type](w, &a, r0, r1);
     }
 }
@@ -212,15 +249,29 @@ static void matmul_worker(void *p, int ith, int nth) {
 /* y_i = x W_i^T for up to three weights with the same input (q/k/v, gate/up). */
 static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weight *const *w, float *const *y) {
     struct matmul_job j = {.e = e, .n = n, .x = x, .T = T};
-    bool need_q8 = false;
+    bool need_q8 = false, need_packed = false;
     for (int i = 0; i < n; i++) {
         j.w[i] = w[i], j.y[i] = y[i], j.y_stride[i] = w[i]->rows;
         need_q8 = need_q8 || (w[i]->type == TENSOR_Q8_0 && kernels_for(e, TENSOR_Q8_0)->q8_activations);
+        need_packed = need_packed || w[i]->type == TENSOR_Q8_0_PACKED;
     }
-    if (need_q8) {
-        uint64_t cols = w[0]->cols;
-        for (int t = 0; t < T; t++)
-            e->k->quantize_q8_0(x + (size_t)t * cols, e->xq + (size_t)t * (cols / 32), cols);
+    if (need_q8 || need_packed) {
+        uint64_t cols = w[0]->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
+        for (int t = 0; t < T; t++) {
+            block_q8_0 *q = e->xq + (size_t)t * nb;
+            e->k->quantize_q8_0(x + (size_t)t * cols, q, cols);
+            if (!need_packed)
+                continue;
+            uint8_t *u = e->xu + (size_t)t * cols;
+            float *d = e->xd + (size_t)t * xd_stride;
+            for (uint64_t b = 0; b < nb; b++) {
+                d[b] = fp16_to_f32(q[b].d);
+                for (int k = 0; k < 32; k++)
+                    u[32 * b + k] = (uint8_t)(q[b].qs[k] ^ 0x80);
+            }
+            for (uint64_t b = nb; b < xd_stride; b++)
+                d[b] = 0.0f;
+        }
     }
     threadpool_run(e->tp, matmul_worker, &j);
 }
@@ -335,7 +386,7 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
                               e->x + (size_t)t * H, H);
 
     for (uint32_t l = 0; l < m->n_layers; l++) {
-        const layer_weights *L = &m->layers[l];
+        const layer_weights *L = &e->layers[l];
         /* attention */
         load_vector(&L->attn_norm, norm_gain);
         for (int t = 0; t < T; t++)
@@ -392,7 +443,7 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         for (int32_t i = q->all_logits ? 0 : q->n_tokens - 1; i < q->n_tokens; i++, rows++)
             rmsnorm(e->xn + (size_t)rows * H, e->x + (size_t)(q->start + i) * H, norm_gain, H, m->rms_eps);
     }
-    matmul1(e, e->xn, rows, &m->output, logits);
+    matmul1(e, e->xn, rows, &e->output, logits);
     free(norm_gain);
     return 0;
 }

@@ -154,6 +154,133 @@ KERNEL_TARGET static void axpy_avx512(float *y, float alpha, const float *x, int
         y[i] += alpha * x[i];
 }
 
+/* ---- Q8_0 repacked: [cols int8 quants][nb fp16 scales, padded to 64 bytes] per row ---- */
+
+static uint64_t packed_row_bytes(uint64_t cols) { return cols + ((cols / 32) * 2 + 63) / 64 * 64; }
+
+static int repack_q8_0(const weight *src, weight *dst) {
+    if (src->type != TENSOR_Q8_0 || src->cols % 32)
+        return -1;
+    uint64_t nb = src->cols / 32, rb = packed_row_bytes(src->cols);
+    uint8_t *out = aligned_alloc(64, src->rows * rb);
+    if (!out)
+        return -1;
+    for (uint64_t r = 0; r < src->rows; r++) {
+        const block_q8_0 *in = (const block_q8_0 *)((const uint8_t *)src->data + r * src->row_bytes);
+        uint8_t *row = out + r * rb;
+        memset(row + src->cols, 0, rb - src->cols);
+        for (uint64_t b = 0; b < nb; b++) {
+            memcpy(row + 32 * b, in[b].qs, 32);
+            memcpy(row + src->cols + 2 * b, &in[b].d, 2);
+        }
+    }
+    *dst = *src;
+    dst->data = out, dst->type = TENSOR_Q8_0_PACKED, dst->row_bytes = rb;
+    return 0;
+}
+
+/* Lane l of the 16 block scales s -> the scale of the block lane 16k+l of
+ * a 512-bit quant vector k belongs to: vector k holds blocks 2k and 2k+1. */
+KERNEL_TARGET static inline __m512i pair_index(int k) {
+    return _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
+                            2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
+}
+
+/* One tile of rb packed weight rows and tb activation rows; 16 blocks (512
+ * values) per step, the scales of the 16 blocks multiplied once per step. */
+KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8p(const weight *w, const matmul_args *a,
+                                                                         uint64_t r, int t, const int rb,
+                                                                         const int tb) {
+    uint64_t cols = w->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
+    const uint8_t *wq[RB];
+    const uint16_t *wd[RB];
+    __m512 acc[RB][TB];
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
+        wq[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
+        wd[i] = (const uint16_t *)(wq[i] + cols);
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm512_setzero_ps();
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (uint64_t b = 0; b < nb; b += 16) {
+        uint64_t nbl = nb - b < 16 ? nb - b : 16;
+        __mmask16 bm = (__mmask16)((1u << nbl) - 1);
+        __m512 s[RB][TB];
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
+            _mm_prefetch((const char *)(wq[i] + RB * w->row_bytes + 32 * b), _MM_HINT_T0);
+            __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, wd[i] + b));
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+                s[i][j] = _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+        }
+#define TILE_PAIR(K, QM)                                                                                           \
+    do {                                                                                                           \
+        __m512i idx = pair_index(K), xu[TB];                                                                       \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)                                                       \
+            xu[j] = _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));             \
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {                                                     \
+            __m512i wv = _mm512_maskz_loadu_epi8(QM, wq[i] + 32 * (b + 2 * (K)));                                  \
+            __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);            \
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                 \
+                __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[j], wv), wsum);       \
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[i][j]), acc[i][j]); \
+            }                                                                                                      \
+        }                                                                                                          \
+    } while (0)
+        if (nbl == 16) { /* a full group: constant indices, everything in registers */
+            _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) TILE_PAIR(k, ~(__mmask64)0);
+        } else {
+            for (int k = 0; 2 * k < (int)nbl; k++)
+                TILE_PAIR(k, 2 * k + 1 < (int)nbl ? ~(__mmask64)0 : (__mmask64)0xffffffffu);
+        }
+#undef TILE_PAIR
+    }
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+        a->y[(size_t)(t + j) * a->y_stride + r + i] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+/* Decode: the same per row, rows walked in memory order with a prefetch
+ * ahead; two accumulators per token. */
+KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8p(const weight *w, const matmul_args *a,
+                                                                         uint64_t r, int t, const int tb) {
+    uint64_t cols = w->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
+    const uint8_t *wq = (const uint8_t *)w->data + r * w->row_bytes;
+    const uint16_t *wd = (const uint16_t *)(wq + cols);
+    __m512 acc[TB][2];
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    const __m512i ones = _mm512_set1_epi8(1);
+    for (uint64_t b = 0; b < nb; b += 16) {
+        uint64_t nbl = nb - b < 16 ? nb - b : 16;
+        __mmask16 bm = (__mmask16)((1u << nbl) - 1);
+        __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, wd + b)), s[TB];
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) s[j] = _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+#define GEMV_PAIR(K, QM, A)                                                                                        \
+    do {                                                                                                           \
+        _mm_prefetch((const char *)(wq + 32 * (b + 2 * (K))) + PREFETCH_BYTES, _MM_HINT_T2);                       \
+        __m512i wv = _mm512_maskz_loadu_epi8(QM, wq + 32 * (b + 2 * (K)));                                         \
+        __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);                \
+        __m512i idx = pair_index(K);                                                                               \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                     \
+            __m512i xu = _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));         \
+            __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv), wsum);              \
+            acc[j][A] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[j]), acc[j][A]);     \
+        }                                                                                                          \
+    } while (0)
+        if (nbl == 16) {
+            _Pragma("GCC unroll 4") for (int k = 0; k < 8; k += 2) {
+                GEMV_PAIR(k, ~(__mmask64)0, 0);
+                GEMV_PAIR(k + 1, ~(__mmask64)0, 1);
+            }
+        } else {
+            for (int k = 0; 2 * k < (int)nbl; k++)
+                GEMV_PAIR(k, 2 * k + 1 < (int)nbl ? ~(__mmask64)0 : (__mmask64)0xffffffffu, 0);
+        }
+#undef GEMV_PAIR
+    }
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+        a->y[(size_t)(t + j) * a->y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
+}
+/* 4 x 2 tiles: 4 x 4 would need 32 registers for accumulators and scales alone. */
+DEFINE_TILED_MATMUL_TB(matmul_q8p, tile_q8p, gemv_q8p, 2)
+
 const kernel_set *kernels_avx512(void) {
     static kernel_set k = {.name = "avx512", .q8_activations = true, .quantize_q8_0 = quantize_q8_0_rows,
                            .dot = dot_avx512, .axpy = axpy_avx512};
@@ -165,5 +292,7 @@ const kernel_set *kernels_avx512(void) {
     k.matmul[TENSOR_F16] = matmul_f16;
     k.matmul[TENSOR_BF16] = matmul_bf16;
     k.matmul[TENSOR_Q8_0] = matmul_q8_0;
+    k.matmul[TENSOR_Q8_0_PACKED] = matmul_q8p;
+    k.repack = repack_q8_0;
     return &k;
 }

@@ -81,20 +81,23 @@
 
 /* The matmul over rows r0..r1: RB x TB tiles while at least TB activation
  * rows remain, then the row-sequential GEMV for the last 1..TB-1. */
-#define DEFINE_TILED_MATMUL(NAME, TILE, GEMV)                                                                      \
+#define DEFINE_TILED_MATMUL(NAME, TILE, GEMV) DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TB)
+/* TBV: activation rows per tile (<= TB), smaller where a tile needs more registers. */
+#define DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TBV)                                                              \
     KERNEL_TARGET static void NAME(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1) {              \
-        int t = 0;                                                                                                 \
-        for (; t + TB <= a->T; t += TB) {                                                                          \
-            uint64_t r = r0;                                                                                       \
-            for (; r + RB <= r1; r += RB) TILE(w, a, r, t, RB, TB);                                                \
-            for (; r < r1; r++) TILE(w, a, r, t, 1, TB);                                                           \
-        }                                                                                                          \
-        int left = a->T - t;                                                                                       \
-        for (uint64_t r = r0; left > 0 && r < r1; r++) {                                                           \
+        /* rows outer: a tile's weight rows stay in L1 while every token tile uses them */                       \
+        int full = a->T / TBV * TBV;                                                                               \
+        uint64_t r = r0;                                                                                           \
+        for (; full && r + RB <= r1; r += RB)                                                                      \
+            for (int t = 0; t < full; t += TBV) TILE(w, a, r, t, RB, TBV);                                         \
+        for (; full && r < r1; r++)                                                                                \
+            for (int t = 0; t < full; t += TBV) TILE(w, a, r, t, 1, TBV);                                          \
+        int t = full, left = a->T - full;                                                                          \
+        for (uint64_t g = r0; left > 0 && g < r1; g++) {                                                           \
             switch (left) {                                                                                        \
-            case 1: GEMV(w, a, r, t, 1); break;                                                                    \
-            case 2: GEMV(w, a, r, t, 2); break;                                                                    \
-            default: GEMV(w, a, r, t, 3); break;                                                                   \
+            case 1: GEMV(w, a, g, t, 1); break;                                                                    \
+            case 2: GEMV(w, a, g, t, 2); break;                                                                    \
+            default: GEMV(w, a, g, t, 3); break;                                                                   \
             }                                                                                                      \
         }                                                                                                          \
     }
