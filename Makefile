@@ -32,7 +32,7 @@ TST := $(BUILD)/tests
 GEN := $(BUILD)/gen
 
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
-            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -I$(GEN) $(EXTRA_CFLAGS)
+            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -Ischeduler-svc -I$(GEN) $(EXTRA_CFLAGS)
 LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
 LDLIBS   := -lm -lpthread
 
@@ -51,6 +51,8 @@ MODEL_SRC     := $(wildcard model/*.c)
 MODEL_LIB     := $(LIB)/libmodel.a
 ENGINE_SRC    := $(filter-out worker-cpu/main.c,$(wildcard worker-cpu/*.c))
 ENGINE_LIB    := $(LIB)/libengine.a
+SCHED_SRC     := $(filter-out scheduler-svc/main.c,$(wildcard scheduler-svc/*.c))
+SCHED_LIB     := $(LIB)/libscheduler.a
 
 # ---- programs ----
 TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc \
@@ -105,6 +107,10 @@ $(MODEL_LIB): $(MODEL_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+$(SCHED_LIB): $(SCHED_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
 $(ENGINE_LIB): $(ENGINE_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
@@ -132,7 +138,7 @@ $(BIN)/make-test-model: $(OBJ)/tools/make-test-model.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
-$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(SCHED_LIB) $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lcmocka -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 

@@ -12,5 +12,8 @@ if [[ ! -f $MODEL ]]; then
 fi
 build/bin/gguf-inspect "$MODEL" | head -40
 echo
+echo "run: generating with the CPU engine (random weights: expect noise) ..."
+build/bin/model-generate --model "$MODEL" --prompt "Hello" --chat --max-tokens 16 --threads "$(nproc)" || true
+echo
 echo "run: the gateway, tokenizer, scheduler and worker services are not built yet;"
 echo "     see README.md 'Status' for what works today."
