@@ -56,7 +56,7 @@ SCHED_LIB     := $(LIB)/libscheduler.a
 
 # ---- programs ----
 TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc \
-         $(BIN)/model-generate $(BIN)/inferno-bench
+         $(BIN)/model-generate $(BIN)/inferno-bench $(BIN)/inferno-worker-cpu
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -121,6 +121,12 @@ ENGINE_LDLIBS := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS)
 $(BIN)/model-generate: $(OBJ)/tools/model-generate.o $(ENGINE_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ $(ENGINE_LDLIBS) -o $@
+
+$(BIN)/inferno-worker-cpu: $(OBJ)/worker-cpu/main.o $(ENGINE_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(ENGINE_LDLIBS) -o $@
+
+$(ENGINE_SRC:%.c=$(OBJ)/%.o) $(OBJ)/worker-cpu/main.o: $(PROTO_H)
 
 $(BIN)/inferno-bench: $(OBJ)/tools/inferno-bench.o $(ENGINE_LIBS)
 	@mkdir -p $(dir $@)

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "gguf.h"
-#include "service.h"
+#include "tokenizer_service.h"
 
 #define PROG "tokenizer-svc"
 

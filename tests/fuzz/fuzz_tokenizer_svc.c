@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "inferno.pb-c.h"
-#include "service.h"
+#include "tokenizer_service.h"
 
 static tokenizer_service_state st;
 

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sched.h"
+#include "scheduler.h"
 
 enum { BS = 4, VOCAB = 1000, MAXR = 64, MAXLEN = 256 };
 

@@ -21,7 +21,7 @@
 
 #include "inferno.pb-c.h"
 #include "protocol.h"
-#include "service.h"
+#include "tokenizer_service.h"
 
 static tokenizer *tk;
 static jinja_template *tmpl;

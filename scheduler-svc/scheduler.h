@@ -9,8 +9,8 @@
  * if that is not enough, the newest running sequence is preempted: its
  * blocks are freed and it waits again at the head of the queue with all its
  * tokens, to be recomputed. Not thread-safe: one owner thread. */
-#ifndef INFERNO_SCHED_H
-#define INFERNO_SCHED_H
+#ifndef INFERNO_SCHEDULER_H
+#define INFERNO_SCHEDULER_H
 
 #include <stdbool.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /* Scheduling policy (see sched.h). Sequences live in one array in arrival
  * order; a state says whether each waits or runs. */
-#include "sched.h"
+#include "scheduler.h"
 
 #include <stdlib.h>
 #include <string.h>

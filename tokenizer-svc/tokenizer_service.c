@@ -1,6 +1,6 @@
 /* Tokenizer service: request handling and the nng REP socket. Threading
  * model in service.h. */
-#include "service.h"
+#include "tokenizer_service.h"
 
 #include <jansson.h>
 #include <nng/nng.h>

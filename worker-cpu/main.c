@@ -1,0 +1,76 @@
+/* inferno-worker-cpu: the CPU engine as a service for the scheduler.
+ *
+ *   inferno-worker-cpu --model FILE.gguf [--listen URL] [--threads N]
+ *                      [--block-size N] [--kv-tokens N]
+ *
+ * Threading: the main thread serves (see service.h); the engine's pool adds
+ * threads-1 workers; SIGINT/SIGTERM end the loop cleanly. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker_service.h"
+#include "tokenizer.h"
+
+#define PROG "inferno-worker-cpu"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) { (void)sig, stop_flag = 1; }
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: " PROG " --model FILE.gguf [--listen URL] [--threads N] [--block-size N] [--kv-tokens N]\n"
+                 "  --listen      nng URL (default ipc:///tmp/inferno-worker-0.ipc)\n"
+                 "  --threads     CPU threads for the engine (default 2)\n"
+                 "  --block-size  positions per KV block (default 16)\n"
+                 "  --kv-tokens   KV cache capacity in positions (default 16384)\n");
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *url = "ipc:///tmp/inferno-worker-0.ipc";
+    int threads = 2, block_size = 16, kv_tokens = 16384;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
+        if (!strcmp(a, "--version")) { printf(PROG " " INFERNO_VERSION "\n"); return 0; }
+        if (!v) { fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a); return 2; }
+        i++;
+        if (!strcmp(a, "--model")) model_path = v;
+        else if (!strcmp(a, "--listen")) url = v;
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--block-size")) block_size = atoi(v);
+        else if (!strcmp(a, "--kv-tokens")) kv_tokens = atoi(v);
+        else { fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a); return 2; }
+    }
+    if (!model_path || threads < 1 || block_size < 1 || kv_tokens < block_size) {
+        usage(stderr);
+        return 2;
+    }
+    char err[1024];
+    model_desc *m;
+    if (model_open(model_path, &m, err, sizeof err)) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 1;
+    }
+    uint32_t eos;
+    int32_t eos_id = gguf_get_u32(m->file, "tokenizer.ggml.eos_token_id", &eos, NULL, 0) ? -1 : (int32_t)eos;
+    cpu_engine_config cfg = {.n_threads = threads, .block_size = block_size, .kv_tokens = kv_tokens};
+    cpu_engine *e;
+    if (cpu_engine_create(m, &cfg, &e, err, sizeof err)) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 1;
+    }
+    worker_state *w = worker_state_create(m, e, eos_id, model_path);
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    fprintf(stderr, PROG ": serving %s on %s (%s kernels, %d threads, %d KV blocks of %d)\n", model_path, url,
+            cpu_engine_kernels(e), threads, cpu_engine_n_blocks(e), block_size);
+    int rc = worker_serve(w, url, &stop_flag, err, sizeof err);
+    if (rc)
+        fprintf(stderr, PROG ": %s\n", err);
+    worker_state_free(w);
+    cpu_engine_free(e);
+    model_close(m);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,297 @@
+/* Worker service: request handling and the serving loop (see service.h). */
+#include "worker_service.h"
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "inferno.pb-c.h"
+#include "protocol.h"
+#include "sampler.h"
+
+typedef struct {
+    uint64_t id;
+    int32_t *tokens;
+    int32_t n, cap;
+} seq_history;
+
+struct worker_state {
+    const model_desc *m;
+    cpu_engine *e;
+    int32_t eos_id;
+    const char *model_name;
+    seq_history *hist;
+    int32_t n_hist, cap_hist;
+    float *logits;
+    int32_t cap_logits;
+};
+
+worker_state *worker_state_create(const model_desc *m, cpu_engine *e, int32_t eos_id, const char *model_name) {
+    worker_state *w = calloc(1, sizeof *w);
+    if (w)
+        w->m = m, w->e = e, w->eos_id = eos_id, w->model_name = model_name;
+    return w;
+}
+
+void worker_state_free(worker_state *w) {
+    if (!w)
+        return;
+    for (int32_t i = 0; i < w->n_hist; i++)
+        free(w->hist[i].tokens);
+    free(w->hist), free(w->logits);
+    free(w);
+}
+
+static seq_history *history(worker_state *w, uint64_t id, bool create) {
+    for (int32_t i = 0; i < w->n_hist; i++)
+        if (w->hist[i].id == id)
+            return &w->hist[i];
+    if (!create)
+        return NULL;
+    if (w->n_hist == w->cap_hist) {
+        int32_t cap = w->cap_hist ? 2 * w->cap_hist : 64;
+        seq_history *h = realloc(w->hist, (size_t)cap * sizeof *h);
+        if (!h)
+            return NULL;
+        w->hist = h, w->cap_hist = cap;
+    }
+    w->hist[w->n_hist] = (seq_history){.id = id};
+    return &w->hist[w->n_hist++];
+}
+
+static void release(worker_state *w, uint64_t id) {
+    for (int32_t i = 0; i < w->n_hist; i++)
+        if (w->hist[i].id == id) {
+            free(w->hist[i].tokens);
+            w->hist[i] = w->hist[--w->n_hist];
+            return;
+        }
+}
+
+/* History covers positions 0..pos0 exactly, then the new tokens follow. */
+static int extend_history(seq_history *h, int32_t pos0, const int32_t *tokens, int32_t n) {
+    if (pos0 == 0 || pos0 > h->n)
+        h->n = 0; /* a (re)start, or state lost: keep what the step shows */
+    else
+        h->n = pos0;
+    if (h->n + n > h->cap) {
+        int32_t cap = 2 * (h->n + n) + 16;
+        int32_t *t = realloc(h->tokens, (size_t)cap * sizeof *t);
+        if (!t)
+            return -1;
+        h->tokens = t, h->cap = cap;
+    }
+    memcpy(h->tokens + h->n, tokens, (size_t)n * sizeof *tokens);
+    h->n += n;
+    return 0;
+}
+
+static uint64_t mix_seed(uint64_t seed, int32_t k) {
+    uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t)(k + 1);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static sampling_params params_from(const Inferno__SamplingParams *sp, int32_t n_generated) {
+    sampling_params p = sampling_defaults();
+    if (!sp)
+        return p;
+    p.temperature = sp->temperature > 0 ? sp->temperature : 0.0f;
+    p.top_k = sp->top_k > 0 ? sp->top_k : 0;
+    p.top_p = sp->top_p > 0 && sp->top_p < 1 ? sp->top_p : 1.0f;
+    p.min_p = sp->min_p > 0 ? sp->min_p : 0.0f;
+    p.repetition_penalty = sp->repetition_penalty > 0 ? sp->repetition_penalty : 1.0f;
+    p.presence_penalty = sp->presence_penalty, p.frequency_penalty = sp->frequency_penalty;
+    p.seed = mix_seed(sp->seed, n_generated);
+    size_t nb = sp->n_bias_ids < sp->n_bias_values ? sp->n_bias_ids : sp->n_bias_values;
+    p.bias_ids = sp->bias_ids, p.bias_values = sp->bias_values, p.n_bias = (int32_t)nb;
+    p.logprobs = sp->logprobs < 0 ? 0 : sp->logprobs > SAMPLER_MAX_LOGPROBS ? SAMPLER_MAX_LOGPROBS : sp->logprobs;
+    return p;
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+typedef Inferno__SampledToken SampledToken_t;
+
+/* Runs a step; on a bad request writes a message into err and returns -1. */
+static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__StepResult *res, char *err,
+                    size_t errlen);
+
+
+
+int worker_handle(worker_state *w, const uint8_t *req, size_t len, uint8_t **resp, size_t *resp_len) {
+    Inferno__WorkerResponse r = INFERNO__WORKER_RESPONSE__INIT;
+    Inferno__Error e = INFERNO__ERROR__INIT;
+    Inferno__WorkerInfo info = INFERNO__WORKER_INFO__INIT;
+    Inferno__StepResult step = INFERNO__STEP_RESULT__INIT;
+    r.version = INFERNO_PROTOCOL_VERSION;
+    char msg[1024];
+    Inferno__WorkerRequest *q = inferno__worker_request__unpack(NULL, len, req);
+    if (!q) {
+        e.code = INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, e.message = "malformed WorkerRequest";
+        r.body_case = INFERNO__WORKER_RESPONSE__BODY_ERROR, r.error = &e;
+    } else if ((r.request_id = q->request_id), q->version != INFERNO_PROTOCOL_VERSION) {
+        snprintf(msg, sizeof msg, "protocol version %u not supported (this worker speaks %d)", q->version,
+                 INFERNO_PROTOCOL_VERSION);
+        e.code = INFERNO__ERROR_CODE__ERROR_VERSION, e.message = msg;
+        r.body_case = INFERNO__WORKER_RESPONSE__BODY_ERROR, r.error = &e;
+    } else if (q->body_case == INFERNO__WORKER_REQUEST__BODY_INFO) {
+        info.model = (char *)w->model_name, info.backend = "cpu", info.vocab_size = w->m->vocab;
+        info.block_size = cpu_engine_block_size(w->e), info.n_blocks = cpu_engine_n_blocks(w->e);
+        info.eos_id = w->eos_id, info.max_context = w->m->context;
+        r.body_case = INFERNO__WORKER_RESPONSE__BODY_INFO, r.info = &info;
+    } else if (q->body_case == INFERNO__WORKER_REQUEST__BODY_STEP) {
+        if (run_step(w, q->step, &step, msg, sizeof msg)) {
+            e.code = INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, e.message = msg;
+            r.body_case = INFERNO__WORKER_RESPONSE__BODY_ERROR, r.error = &e;
+        } else {
+            r.body_case = INFERNO__WORKER_RESPONSE__BODY_STEP, r.step = &step;
+        }
+        *resp_len = inferno__worker_response__get_packed_size(&r);
+        *resp = malloc(*resp_len ? *resp_len : 1);
+        if (*resp)
+            inferno__worker_response__pack(&r, *resp);
+        for (size_t i = 0; i < step.n_tokens; i++)
+            free(step.tokens[i]);
+        free(step.tokens);
+        inferno__worker_request__free_unpacked(q, NULL);
+        return *resp ? 0 : -1;
+    } else {
+        e.code = INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, e.message = "request has no body";
+        r.body_case = INFERNO__WORKER_RESPONSE__BODY_ERROR, r.error = &e;
+    }
+    *resp_len = inferno__worker_response__get_packed_size(&r);
+    *resp = malloc(*resp_len ? *resp_len : 1);
+    if (*resp)
+        inferno__worker_response__pack(&r, *resp);
+    if (q)
+        inferno__worker_request__free_unpacked(q, NULL);
+    return *resp ? 0 : -1;
+}
+
+static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__StepResult *res, char *err,
+                    size_t errlen) {
+    for (size_t i = 0; i < q->n_released; i++)
+        release(w, q->released[i]);
+    if (q->n_seqs == 0)
+        return 0; /* a release-only step */
+    int32_t n_tokens = 0;
+    for (size_t i = 0; i < q->n_seqs; i++) {
+        if (q->seqs[i]->n_tokens == 0) {
+            snprintf(err, errlen, "sequence %llu: no tokens", (unsigned long long)q->seqs[i]->seq_id);
+            return -1;
+        }
+        if (q->seqs[i]->n_tokens > (size_t)INT32_MAX - (size_t)n_tokens) {
+            snprintf(err, errlen, "step too large");
+            return -1;
+        }
+        n_tokens += (int32_t)q->seqs[i]->n_tokens;
+    }
+    int32_t *tokens = malloc((size_t)n_tokens * sizeof *tokens);
+    engine_seq *seqs = calloc(q->n_seqs, sizeof *seqs);
+    int rc = -1;
+    if (!tokens || !seqs) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0, at = 0; i < q->n_seqs; i++) {
+        const Inferno__StepSequence *s = q->seqs[i];
+        memcpy(tokens + at, s->tokens, s->n_tokens * sizeof *tokens);
+        seqs[i] = (engine_seq){(int32_t)at, (int32_t)s->n_tokens, s->pos0, s->block_table, (int32_t)s->n_block_table, false};
+        at += s->n_tokens;
+    }
+    if ((int32_t)q->n_seqs > w->cap_logits) {
+        free(w->logits);
+        w->cap_logits = (int32_t)q->n_seqs;
+        w->logits = malloc((size_t)w->cap_logits * w->m->vocab * sizeof *w->logits);
+        if (!w->logits) {
+            w->cap_logits = 0;
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+    }
+    engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
+    double t0 = now_s();
+    if (cpu_engine_forward(w->e, &b, w->logits, err, errlen))
+        goto out;
+    res->tokens = calloc(q->n_seqs, sizeof *res->tokens);
+    if (!res->tokens) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < q->n_seqs; i++) {
+        const Inferno__StepSequence *s = q->seqs[i];
+        seq_history *h = history(w, s->seq_id, true);
+        if (!h || extend_history(h, s->pos0, s->tokens, (int32_t)s->n_tokens)) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        if (!s->sample)
+            continue;
+        sampling_params p = params_from(s->sampling, s->n_generated);
+        sampler smp;
+        sampler_init(&smp, &p);
+        sample_result sr;
+        int32_t n_prompt = s->n_prompt > 0 && s->n_prompt <= h->n ? s->n_prompt : h->n;
+        sampler_sample(&smp, w->logits + i * w->m->vocab, (int32_t)w->m->vocab, h->tokens, h->n, n_prompt, &sr);
+        SampledToken_t *t = malloc(sizeof *t + (size_t)sr.n_top * (sizeof(int32_t) + sizeof(float)));
+        if (!t) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        inferno__sampled_token__init(t);
+        t->seq_id = s->seq_id, t->token = sr.token, t->logprob = sr.logprob;
+        t->n_top_ids = t->n_top_logprobs = (size_t)sr.n_top;
+        t->top_ids = (int32_t *)(t + 1);
+        t->top_logprobs = (float *)(t->top_ids + sr.n_top);
+        memcpy(t->top_ids, sr.top_ids, (size_t)sr.n_top * sizeof(int32_t));
+        memcpy(t->top_logprobs, sr.top_logprobs, (size_t)sr.n_top * sizeof(float));
+        res->tokens[res->n_tokens++] = t;
+    }
+    res->step_seconds = (float)(now_s() - t0);
+    rc = 0;
+out:
+    free(tokens);
+    free(seqs);
+    return rc;
+}
+
+int worker_serve(worker_state *w, const char *url, volatile sig_atomic_t *stop, char *err, size_t errlen) {
+    nng_socket sock;
+    int rv;
+    if ((rv = nng_rep0_open(&sock)) != 0 || (rv = nng_socket_set_size(sock, NNG_OPT_RECVMAXSZ, INFERNO_MAX_MESSAGE_BYTES)) ||
+        (rv = nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, 200)) || (rv = nng_listen(sock, url, NULL, 0)) != 0) {
+        snprintf(err, errlen, "listen on %s: %s", url, nng_strerror(rv));
+        return -1;
+    }
+    while (!*stop) {
+        void *buf;
+        size_t len;
+        rv = nng_recv(sock, &buf, &len, NNG_FLAG_ALLOC);
+        if (rv == NNG_ETIMEDOUT)
+            continue;
+        if (rv != 0) {
+            snprintf(err, errlen, "receive: %s", nng_strerror(rv));
+            nng_close(sock);
+            return -1;
+        }
+        uint8_t *resp;
+        size_t resp_len;
+        int hrc = worker_handle(w, buf, len, &resp, &resp_len);
+        nng_free(buf, len);
+        if (hrc == 0) {
+            nng_send(sock, resp, resp_len, 0);
+            free(resp);
+        }
+    }
+    nng_close(sock);
+    return 0;
+}
