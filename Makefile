@@ -159,7 +159,8 @@ FUZZ_DIR   := build/fuzz
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DINFERNO_VERSION='"$(VERSION)"' -g -O1 -Icommon -Itokenizer-svc -I$(FUZZ_DIR)/gen \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_LIBS  := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson -lm -lpthread
-FUZZ_BINS  := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_jinja $(FUZZ_DIR)/fuzz_tokenizer_svc
+FUZZ_BINS  := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_jinja $(FUZZ_DIR)/fuzz_tokenizer_svc \
+              $(FUZZ_DIR)/fuzz_worker_svc
 
 $(FUZZ_DIR)/gen/inferno.pb-c.c: proto/inferno.proto
 	@mkdir -p $(dir $@)
@@ -172,6 +173,12 @@ $(FUZZ_DIR)/fuzz_gguf: tests/fuzz/fuzz_gguf.c $(COMMON_SRC) common/*.h
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c common/*.h tokenizer-svc/*.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
+
+$(FUZZ_DIR)/fuzz_worker_svc: tests/fuzz/fuzz_worker_svc.c $(COMMON_SRC) $(MODEL_SRC) $(ENGINE_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c \
+                             common/*.h model/*.h worker-cpu/*.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Imodel -Iworker-cpu -Wno-unknown-pragmas $< $(COMMON_SRC) $(MODEL_SRC) $(ENGINE_SRC) \
+	  $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
 
 fuzz: $(FUZZ_BINS)
 

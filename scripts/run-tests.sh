@@ -57,7 +57,7 @@ fuzz() { # name corpus-dir [libFuzzer flags...]
 echo "== fuzz: ${FUZZ_SECONDS}s per target"
 export INFERNO_FUZZ_MODEL="$INFERNO_REFERENCE_DIR/tinyA-q8_0.gguf"
 corpus=build/fuzz/corpus
-mkdir -p "$corpus"/{gguf,tokenizer,jinja,tokenizer_svc}
+mkdir -p "$corpus"/{gguf,tokenizer,jinja,tokenizer_svc,worker_svc}
 "$BUILD/tests/write-type-samples" "$corpus/gguf/seed-samples.gguf"
 cp "$INFERNO_REFERENCE_DIR"/chat_templates/*.jinja "$corpus/jinja/"
 .venv/bin/python - "$INFERNO_REFERENCE_DIR" "$corpus/tokenizer" <<'PY'
@@ -70,6 +70,7 @@ fuzz fuzz_gguf "$corpus/gguf" -max_len=32768
 fuzz fuzz_tokenizer "$corpus/tokenizer" -max_len=4096
 fuzz fuzz_jinja "$corpus/jinja" -max_len=16384
 fuzz fuzz_tokenizer_svc "$corpus/tokenizer_svc" -max_len=4096
+fuzz fuzz_worker_svc "$corpus/worker_svc" -max_len=1024
 
 echo "== python system tests"
 PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-}" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python \

@@ -114,7 +114,7 @@ KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n
 const kernel_set *kernels_avx2(void) {
     static kernel_set k = {.name = "avx2", .q8_activations = true, .quantize_q8_0 = quantize_q8_0_rows,
                            .dot = dot_avx2, .axpy = axpy_avx2};
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
         return NULL;
     k.matmul[TENSOR_F32] = matmul_f32;
     k.matmul[TENSOR_F16] = matmul_f16;

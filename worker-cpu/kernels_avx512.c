@@ -286,7 +286,7 @@ const kernel_set *kernels_avx512(void) {
                            .dot = dot_avx512, .axpy = axpy_avx512};
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni") ||
-        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("fma") || !__builtin_cpu_supports("f16c"))
+        !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
         return NULL;
     k.matmul[TENSOR_F32] = matmul_f32;
     k.matmul[TENSOR_F16] = matmul_f16;

@@ -102,6 +102,14 @@
         }                                                                                                          \
     }
 
+/* F16C from CPUID (leaf 1, ECX bit 29): not every compiler's
+ * __builtin_cpu_supports knows the name. */
+#include <cpuid.h>
+static inline bool cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
+}
+
 static inline float scalar_f32(const uint8_t *p, uint64_t k) {
     float f;
     memcpy(&f, p + 4 * k, 4);
