@@ -62,16 +62,23 @@ static void set_err(char *err, size_t errlen, const char *fmt, ...) {
 
 size_t gguf_value_type_size(enum gguf_value_type t) {
     switch (t) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_INT8: case GGUF_TYPE_BOOL: return 1;
-    case GGUF_TYPE_UINT16: case GGUF_TYPE_INT16: return 2;
-    case GGUF_TYPE_UINT32: case GGUF_TYPE_INT32: case GGUF_TYPE_FLOAT32: return 4;
-    case GGUF_TYPE_UINT64: case GGUF_TYPE_INT64: case GGUF_TYPE_FLOAT64: return 8;
+    case GGUF_TYPE_UINT8:
+    case GGUF_TYPE_INT8:
+    case GGUF_TYPE_BOOL: return 1;
+    case GGUF_TYPE_UINT16:
+    case GGUF_TYPE_INT16: return 2;
+    case GGUF_TYPE_UINT32:
+    case GGUF_TYPE_INT32:
+    case GGUF_TYPE_FLOAT32: return 4;
+    case GGUF_TYPE_UINT64:
+    case GGUF_TYPE_INT64:
+    case GGUF_TYPE_FLOAT64: return 8;
     default: return 0;
     }
 }
 
 const char *gguf_value_type_name(enum gguf_value_type t) {
-    static const char *names[] = {"u8", "i8", "u16", "i16", "u32", "i32", "f32",
+    static const char *names[] = {"u8",   "i8",  "u16", "i16", "u32", "i32", "f32",
                                   "bool", "str", "arr", "u64", "i64", "f64"};
     return (unsigned)t < sizeof names / sizeof names[0] ? names[t] : "?";
 }
@@ -118,9 +125,7 @@ static int64_t name_index_find(const struct name_index *ix, const char *name,
 }
 
 static const char *kv_name_of(const void *ctx, uint64_t i) { return ((const gguf_file *)ctx)->kv[i].key; }
-static const char *tensor_name_of(const void *ctx, uint64_t i) {
-    return ((const gguf_file *)ctx)->tensors[i].name;
-}
+static const char *tensor_name_of(const void *ctx, uint64_t i) { return ((const gguf_file *)ctx)->tensors[i].name; }
 
 /* ---- cursor ---- */
 
@@ -212,8 +217,7 @@ static int parse_value(cursor *c, struct gguf_kv *kv) {
     if (elem == GGUF_TYPE_STRING) {
         /* every string costs at least its 8-byte length: bound count before allocating */
         if (count > cur_left(c) / 8) {
-            set_err(c->err, c->errlen, "%s: array of %llu strings past end of file", what,
-                    (unsigned long long)count);
+            set_err(c->err, c->errlen, "%s: array of %llu strings past end of file", what, (unsigned long long)count);
             return -1;
         }
         kv->arr_strs = malloc((count ? count : 1) * sizeof *kv->arr_strs);
@@ -524,13 +528,9 @@ const char *gguf_kv_key(const gguf_file *f, uint64_t i) { return i < f->n_kv ? f
 enum gguf_value_type gguf_kv_type(const gguf_file *f, uint64_t i) { return f->kv[i].type; }
 uint64_t gguf_tensor_count(const gguf_file *f) { return f->n_tensors; }
 
-int64_t gguf_find_key(const gguf_file *f, const char *key) {
-    return name_index_find(&f->kv_index, key, kv_name_of, f);
-}
+int64_t gguf_find_key(const gguf_file *f, const char *key) { return name_index_find(&f->kv_index, key, kv_name_of, f); }
 
-const gguf_tensor *gguf_tensor_at(const gguf_file *f, uint64_t i) {
-    return i < f->n_tensors ? &f->tensors[i] : NULL;
-}
+const gguf_tensor *gguf_tensor_at(const gguf_file *f, uint64_t i) { return i < f->n_tensors ? &f->tensors[i] : NULL; }
 
 const gguf_tensor *gguf_find_tensor(const gguf_file *f, const char *name) {
     int64_t i = name_index_find(&f->tensor_index, name, tensor_name_of, f);
@@ -549,26 +549,64 @@ static bool is_unsigned_int(enum gguf_value_type t) {
 /* Reads one packed little-endian scalar of type t at p, widened. */
 static int64_t load_signed(enum gguf_value_type t, const uint8_t *p) {
     switch (t) {
-    case GGUF_TYPE_INT8: { int8_t v; memcpy(&v, p, 1); return v; }
-    case GGUF_TYPE_INT16: { int16_t v; memcpy(&v, p, 2); return v; }
-    case GGUF_TYPE_INT32: { int32_t v; memcpy(&v, p, 4); return v; }
-    default: { int64_t v; memcpy(&v, p, 8); return v; }
+    case GGUF_TYPE_INT8: {
+        int8_t v;
+        memcpy(&v, p, 1);
+        return v;
+    }
+    case GGUF_TYPE_INT16: {
+        int16_t v;
+        memcpy(&v, p, 2);
+        return v;
+    }
+    case GGUF_TYPE_INT32: {
+        int32_t v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    default: {
+        int64_t v;
+        memcpy(&v, p, 8);
+        return v;
+    }
     }
 }
 
 static uint64_t load_unsigned(enum gguf_value_type t, const uint8_t *p) {
     switch (t) {
-    case GGUF_TYPE_UINT8: case GGUF_TYPE_BOOL: return p[0];
-    case GGUF_TYPE_UINT16: { uint16_t v; memcpy(&v, p, 2); return v; }
-    case GGUF_TYPE_UINT32: { uint32_t v; memcpy(&v, p, 4); return v; }
-    default: { uint64_t v; memcpy(&v, p, 8); return v; }
+    case GGUF_TYPE_UINT8:
+    case GGUF_TYPE_BOOL: return p[0];
+    case GGUF_TYPE_UINT16: {
+        uint16_t v;
+        memcpy(&v, p, 2);
+        return v;
+    }
+    case GGUF_TYPE_UINT32: {
+        uint32_t v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    default: {
+        uint64_t v;
+        memcpy(&v, p, 8);
+        return v;
+    }
     }
 }
 
 static double load_float(enum gguf_value_type t, const uint8_t *p) {
-    if (t == GGUF_TYPE_FLOAT32) { float v; memcpy(&v, p, 4); return v; }
-    if (t == GGUF_TYPE_FLOAT64) { double v; memcpy(&v, p, 8); return v; }
-    if (is_signed_int(t)) return (double)load_signed(t, p);
+    if (t == GGUF_TYPE_FLOAT32) {
+        float v;
+        memcpy(&v, p, 4);
+        return v;
+    }
+    if (t == GGUF_TYPE_FLOAT64) {
+        double v;
+        memcpy(&v, p, 8);
+        return v;
+    }
+    if (is_signed_int(t))
+        return (double)load_signed(t, p);
     return (double)load_unsigned(t, p);
 }
 

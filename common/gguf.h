@@ -22,7 +22,7 @@
 
 #include "tensor_types.h"
 
-#define GGUF_MAX_DIMS 4
+#define GGUF_MAX_DIMS          4
 #define GGUF_DEFAULT_ALIGNMENT 32
 
 enum gguf_value_type {
@@ -60,13 +60,13 @@ typedef struct {
 
 typedef struct {
     const char *name;
-    uint32_t type;     /* enum tensor_type */
-    uint32_t n_dims;   /* 1..GGUF_MAX_DIMS */
+    uint32_t type;              /* enum tensor_type */
+    uint32_t n_dims;            /* 1..GGUF_MAX_DIMS */
     uint64_t ne[GGUF_MAX_DIMS]; /* ne[0] is the row length; unused dims are 1 */
     uint64_t n_elements;
-    uint64_t offset;   /* relative to the start of the data section */
+    uint64_t offset; /* relative to the start of the data section */
     uint64_t n_bytes;
-    const void *data;  /* inside the mapping */
+    const void *data; /* inside the mapping */
 } gguf_tensor;
 
 /* Opens and validates. On failure returns -1, *out = NULL, and err holds
@@ -142,15 +142,15 @@ int gguf_writer_add_str(gguf_writer *w, const char *key, const char *v);
 /* Any scalar type, value given as its little-endian bytes. */
 int gguf_writer_add_scalar(gguf_writer *w, const char *key, enum gguf_value_type t, const void *v);
 /* Numeric array: count elements of elem_type packed at data. */
-int gguf_writer_add_array(gguf_writer *w, const char *key, enum gguf_value_type elem_type,
-                          const void *data, uint64_t count);
+int gguf_writer_add_array(gguf_writer *w, const char *key, enum gguf_value_type elem_type, const void *data,
+                          uint64_t count);
 /* String array: strs[i] of lens[i] bytes (lens NULL: NUL-terminated). */
-int gguf_writer_add_str_array(gguf_writer *w, const char *key, const char *const *strs,
-                              const uint64_t *lens, uint64_t count);
+int gguf_writer_add_str_array(gguf_writer *w, const char *key, const char *const *strs, const uint64_t *lens,
+                              uint64_t count);
 /* Tensor: data (n_bytes, must equal the size implied by type and shape) is
  * referenced, not copied: keep it alive until gguf_writer_write returns. */
-int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims,
-                           const uint64_t *ne, const void *data, uint64_t n_bytes);
+int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint32_t n_dims, const uint64_t *ne,
+                           const void *data, uint64_t n_bytes);
 /* version: 2 or 3 (llama.cpp writes 3). */
 int gguf_writer_set_version(gguf_writer *w, uint32_t version);
 int gguf_writer_write(gguf_writer *w, const char *path);

@@ -145,8 +145,9 @@ int gguf_writer_add_array(gguf_writer *w, const char *key, enum gguf_value_type 
     size_t sz = gguf_value_type_size(elem_type);
     if (!sz)
         return fail(w, "gguf writer: key %s: array element type %d is not numeric", key, elem_type);
-    return (begin_kv(w, key, GGUF_TYPE_ARRAY) || put_u32(w, elem_type) || put_u64(w, count) ||
-           put(w, data, count * sz)) ? -1 : 0;
+    return (begin_kv(w, key, GGUF_TYPE_ARRAY) || put_u32(w, elem_type) || put_u64(w, count) || put(w, data, count * sz))
+               ? -1
+               : 0;
 }
 
 int gguf_writer_add_str_array(gguf_writer *w, const char *key, const char *const *strs, const uint64_t *lens,

@@ -79,12 +79,18 @@ bool tensor_row_bytes(uint32_t type, uint64_t n, uint64_t *bytes) {
 
 bool tensor_type_can_dequantize(uint32_t type) {
     switch (type) {
-    case TENSOR_F32: case TENSOR_F16: case TENSOR_BF16:
-    case TENSOR_Q4_0: case TENSOR_Q4_1: case TENSOR_Q5_0: case TENSOR_Q5_1: case TENSOR_Q8_0:
-    case TENSOR_Q4_K: case TENSOR_Q5_K: case TENSOR_Q6_K:
-        return true;
-    default:
-        return false;
+    case TENSOR_F32:
+    case TENSOR_F16:
+    case TENSOR_BF16:
+    case TENSOR_Q4_0:
+    case TENSOR_Q4_1:
+    case TENSOR_Q5_0:
+    case TENSOR_Q5_1:
+    case TENSOR_Q8_0:
+    case TENSOR_Q4_K:
+    case TENSOR_Q5_K:
+    case TENSOR_Q6_K: return true;
+    default: return false;
     }
 }
 
@@ -266,9 +272,7 @@ static void quantize_q8_0(const float *x, block_q8_0 *b, uint64_t nb) {
 int tensor_quantize_row(uint32_t type, const float *src, void *dst, uint64_t n) {
     uint8_t *out = dst;
     switch (type) {
-    case TENSOR_F32:
-        memcpy(dst, src, n * sizeof(float));
-        return 0;
+    case TENSOR_F32: memcpy(dst, src, n * sizeof(float)); return 0;
     case TENSOR_F16:
     case TENSOR_BF16:
         for (uint64_t i = 0; i < n; i++) {
@@ -282,7 +286,6 @@ int tensor_quantize_row(uint32_t type, const float *src, void *dst, uint64_t n) 
             return -1;
         quantize_q8_0(src, dst, n / 32);
         return 0;
-    default:
-        return -1;
+    default: return -1;
     }
 }

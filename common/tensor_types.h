@@ -39,11 +39,28 @@ enum tensor_type {
 #define QK_K 256
 
 /* Block layouts, byte for byte as stored in GGUF (little-endian). */
-typedef struct { uint16_t d; uint8_t qs[16]; } block_q4_0;              /* x = (q-8)*d */
-typedef struct { uint16_t d, m; uint8_t qs[16]; } block_q4_1;           /* x = q*d + m */
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[16]; } block_q5_0; /* x = (q-16)*d */
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[16]; } block_q5_1;
-typedef struct { uint16_t d; int8_t qs[32]; } block_q8_0;               /* x = q*d */
+typedef struct {
+    uint16_t d;
+    uint8_t qs[16];
+} block_q4_0; /* x = (q-8)*d */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qs[16];
+} block_q4_1; /* x = q*d + m */
+typedef struct {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[16];
+} block_q5_0; /* x = (q-16)*d */
+typedef struct {
+    uint16_t d, m;
+    uint8_t qh[4];
+    uint8_t qs[16];
+} block_q5_1;
+typedef struct {
+    uint16_t d;
+    int8_t qs[32];
+} block_q8_0; /* x = q*d */
 typedef struct {
     uint16_t d, dmin;   /* super-block scales for the 6-bit scales and mins */
     uint8_t scales[12]; /* 8 (scale, min) pairs, 6 bits each */
@@ -56,8 +73,8 @@ typedef struct {
     uint8_t qs[QK_K / 2];
 } block_q5_K;
 typedef struct {
-    uint8_t ql[QK_K / 2];    /* low 4 bits */
-    uint8_t qh[QK_K / 4];    /* high 2 bits */
+    uint8_t ql[QK_K / 2];     /* low 4 bits */
+    uint8_t qh[QK_K / 4];     /* high 2 bits */
     int8_t scales[QK_K / 16]; /* 8-bit scale per 16 values */
     uint16_t d;
 } block_q6_K;

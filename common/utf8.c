@@ -57,13 +57,17 @@ static int second_byte_range(uint8_t lead, uint8_t *lo, uint8_t *hi) {
     if (lead >= 0xc2 && lead <= 0xdf)
         return 2;
     if (lead >= 0xe0 && lead <= 0xef) {
-        if (lead == 0xe0) *lo = 0xa0;
-        if (lead == 0xed) *hi = 0x9f;
+        if (lead == 0xe0)
+            *lo = 0xa0;
+        if (lead == 0xed)
+            *hi = 0x9f;
         return 3;
     }
     if (lead >= 0xf0 && lead <= 0xf4) {
-        if (lead == 0xf0) *lo = 0x90;
-        if (lead == 0xf4) *hi = 0x8f;
+        if (lead == 0xf0)
+            *lo = 0x90;
+        if (lead == 0xf4)
+            *hi = 0x8f;
         return 4;
     }
     return 0;

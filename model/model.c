@@ -12,8 +12,8 @@ static const struct {
     {"qwen3", qwen3_load},
 };
 
-int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w,
-               char *err, size_t errlen) {
+int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w, char *err,
+               size_t errlen) {
     memset(w, 0, sizeof *w);
     const gguf_tensor *t = gguf_find_tensor(f, name);
     if (!t) {

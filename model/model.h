@@ -54,8 +54,8 @@ void model_close(model_desc *m);
 
 /* The tensor name, its expected [rows][cols] (rows 1 for vectors), and
  * whether it must exist. Fills w or fails with "tensor NAME: ...". */
-int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w,
-               char *err, size_t errlen);
+int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w, char *err,
+               size_t errlen);
 
 int qwen3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
 

@@ -57,12 +57,22 @@ int qwen3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen) {
     m->weight_bytes = m->output.row_bytes * m->vocab;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         layer_weights *L = &m->layers[l];
-        struct { const char *name; uint64_t rows, cols; weight *w; } binds[] = {
-            {"attn_norm", 1, H, &L->attn_norm},  {"attn_q", Q, H, &L->wq},         {"attn_k", KV, H, &L->wk},
-            {"attn_v", KV, H, &L->wv},           {"attn_q_norm", 1, m->head_dim, &L->q_norm},
-            {"attn_k_norm", 1, m->head_dim, &L->k_norm}, {"attn_output", H, Q, &L->wo},
-            {"ffn_norm", 1, H, &L->ffn_norm},    {"ffn_gate", m->ffn, H, &L->w_gate},
-            {"ffn_up", m->ffn, H, &L->w_up},     {"ffn_down", H, m->ffn, &L->w_down},
+        struct {
+            const char *name;
+            uint64_t rows, cols;
+            weight *w;
+        } binds[] = {
+            {"attn_norm", 1, H, &L->attn_norm},
+            {"attn_q", Q, H, &L->wq},
+            {"attn_k", KV, H, &L->wk},
+            {"attn_v", KV, H, &L->wv},
+            {"attn_q_norm", 1, m->head_dim, &L->q_norm},
+            {"attn_k_norm", 1, m->head_dim, &L->k_norm},
+            {"attn_output", H, Q, &L->wo},
+            {"ffn_norm", 1, H, &L->ffn_norm},
+            {"ffn_gate", m->ffn, H, &L->w_gate},
+            {"ffn_up", m->ffn, H, &L->w_up},
+            {"ffn_down", H, m->ffn, &L->w_down},
         };
         for (size_t i = 0; i < sizeof binds / sizeof binds[0]; i++) {
             char name[96];

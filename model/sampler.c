@@ -55,13 +55,19 @@ static void select_top(cand *c, int32_t n, int32_t k) {
         cand pivot = c[(lo + hi) / 2];
         int32_t i = lo, j = hi;
         while (i <= j) {
-            while (greater(&c[i], &pivot)) i++;
-            while (greater(&pivot, &c[j])) j--;
-            if (i <= j) swap(&c[i++], &c[j--]);
+            while (greater(&c[i], &pivot))
+                i++;
+            while (greater(&pivot, &c[j]))
+                j--;
+            if (i <= j)
+                swap(&c[i++], &c[j--]);
         }
-        if (k - 1 <= j) hi = j;
-        else if (k - 1 >= i) lo = i;
-        else break;
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
     }
 }
 
@@ -70,9 +76,12 @@ static int cmp_desc(const void *a, const void *b) { return greater(b, a) - great
 static void sift_down(cand *c, int32_t n, int32_t i) {
     for (;;) {
         int32_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < n && greater(&c[l], &c[m])) m = l;
-        if (r < n && greater(&c[r], &c[m])) m = r;
-        if (m == i) return;
+        if (l < n && greater(&c[l], &c[m]))
+            m = l;
+        if (r < n && greater(&c[r], &c[m]))
+            m = r;
+        if (m == i)
+            return;
         swap(&c[i], &c[m]);
         i = m;
     }
@@ -81,12 +90,13 @@ static void sift_down(cand *c, int32_t n, int32_t i) {
 static int32_t argmax(const float *x, int32_t n) {
     int32_t best = 0;
     for (int32_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
+        if (x[i] > x[best])
+            best = i;
     return best;
 }
 
-static void apply_penalties(const sampling_params *p, float *logits, int32_t vocab, const int32_t *hist,
-                            int32_t n_hist, int32_t n_prompt) {
+static void apply_penalties(const sampling_params *p, float *logits, int32_t vocab, const int32_t *hist, int32_t n_hist,
+                            int32_t n_prompt) {
     for (int32_t i = 0; i < p->n_bias; i++)
         if (p->bias_ids[i] >= 0 && p->bias_ids[i] < vocab)
             logits[p->bias_ids[i]] += p->bias_values[i];
@@ -99,13 +109,16 @@ static void apply_penalties(const sampling_params *p, float *logits, int32_t voc
     if (!seen)
         return;
     for (int32_t i = 0; i < n_hist; i++) {
-        if (hist[i] < 0 || hist[i] >= vocab) continue;
+        if (hist[i] < 0 || hist[i] >= vocab)
+            continue;
         seen[hist[i]] |= 0x80000000u;
-        if (i >= n_prompt) seen[hist[i]]++;
+        if (i >= n_prompt)
+            seen[hist[i]]++;
     }
     for (int32_t i = 0; i < n_hist; i++) {
         int32_t id = hist[i];
-        if (id < 0 || id >= vocab || !(seen[id] & 0x80000000u)) continue;
+        if (id < 0 || id >= vocab || !(seen[id] & 0x80000000u))
+            continue;
         uint32_t count = seen[id] & 0x7fffffffu;
         seen[id] = 0; /* each distinct token once */
         if (repetition)
@@ -151,21 +164,25 @@ int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *
             sorted = true;
         }
         max = c[0].v;
-        for (int32_t i = 1; i < n; i++) max = c[i].v > max ? c[i].v : max;
+        for (int32_t i = 1; i < n; i++)
+            max = c[i].v > max ? c[i].v : max;
         double total = 0;
         for (int32_t i = 0; i < n; i++)
             total += exp((double)(c[i].v - max));
         if ((p->top_p > 0.0f && p->top_p < 1.0f) || p->min_p > 0.0f) {
             if (!sorted) { /* heap: pop in descending order only as far as needed */
-                for (int32_t i = n / 2 - 1; i >= 0; i--) sift_down(c, n, i);
+                for (int32_t i = n / 2 - 1; i >= 0; i--)
+                    sift_down(c, n, i);
                 int32_t heap = n;
                 double cum = 0, pmax = 0;
                 int32_t kept = 0;
                 while (heap > 0) {
                     cand top = c[0];
                     double pr = exp((double)(top.v - max)) / total;
-                    if (kept == 0) pmax = pr;
-                    if (kept > 0 && ((p->top_p < 1.0f && cum >= p->top_p) || pr < p->min_p * pmax)) break;
+                    if (kept == 0)
+                        pmax = pr;
+                    if (kept > 0 && ((p->top_p < 1.0f && cum >= p->top_p) || pr < p->min_p * pmax))
+                        break;
                     c[0] = c[--heap];
                     sift_down(c, heap, 0);
                     c[heap] = top; /* popped items collect at the end, largest last */
@@ -183,13 +200,15 @@ int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *
                 int32_t kept = 0;
                 while (kept < n) {
                     double pr = exp((double)(c[kept].v - max)) / total;
-                    if (kept > 0 && ((p->top_p < 1.0f && cum >= p->top_p) || pr < p->min_p * pmax)) break;
+                    if (kept > 0 && ((p->top_p < 1.0f && cum >= p->top_p) || pr < p->min_p * pmax))
+                        break;
                     cum += pr, kept++;
                 }
                 n = kept;
             }
             total = 0;
-            for (int32_t i = 0; i < n; i++) total += exp((double)(c[i].v - max));
+            for (int32_t i = 0; i < n; i++)
+                total += exp((double)(c[i].v - max));
         }
         double r = next_uniform(s) * total, acc = 0;
         token = c[n - 1].id;
@@ -210,7 +229,8 @@ int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *
         if (k > 0) {
             cand *c = malloc((size_t)vocab * sizeof *c);
             if (c) {
-                for (int32_t i = 0; i < vocab; i++) c[i] = (cand){logits[i], i};
+                for (int32_t i = 0; i < vocab; i++)
+                    c[i] = (cand){logits[i], i};
                 select_top(c, vocab, k);
                 qsort(c, (size_t)k, sizeof *c, cmp_desc);
                 for (int32_t i = 0; i < k; i++)

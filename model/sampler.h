@@ -12,17 +12,17 @@
 #define SAMPLER_MAX_LOGPROBS 20
 
 typedef struct {
-    float temperature;        /* 0: greedy */
-    int32_t top_k;            /* 0: off */
-    float top_p;              /* 1: off */
-    float min_p;              /* 0: off */
-    float repetition_penalty; /* 1: off */
+    float temperature;                         /* 0: greedy */
+    int32_t top_k;                             /* 0: off */
+    float top_p;                               /* 1: off */
+    float min_p;                               /* 0: off */
+    float repetition_penalty;                  /* 1: off */
     float presence_penalty, frequency_penalty; /* 0: off */
     uint64_t seed;
-    const int32_t *bias_ids;  /* logit_bias */
+    const int32_t *bias_ids; /* logit_bias */
     const float *bias_values;
     int32_t n_bias;
-    int32_t logprobs;         /* top alternatives to report, 0..SAMPLER_MAX_LOGPROBS */
+    int32_t logprobs; /* top alternatives to report, 0..SAMPLER_MAX_LOGPROBS */
 } sampling_params;
 
 typedef struct {

@@ -66,7 +66,8 @@ static rnode *find_child(const radix_tree *t, const rnode *n, const int32_t *blo
 /* Blocks of child's edge that equal tokens (at most max). */
 static int32_t edge_match(const radix_tree *t, const rnode *child, const int32_t *tokens, int32_t max) {
     int32_t k = 0;
-    while (k < child->n_blocks && k < max && block_equal(t, child->tokens + (size_t)k * t->bs, tokens + (size_t)k * t->bs))
+    while (k < child->n_blocks && k < max &&
+           block_equal(t, child->tokens + (size_t)k * t->bs, tokens + (size_t)k * t->bs))
         k++;
     return k;
 }

@@ -88,8 +88,12 @@ int sched_submit(sched *s, const sched_request *r) {
             return SCHED_OVERLOADED;
         s->seqs = v, s->cap_seqs = cap;
     }
-    seq q = {.id = r->id, .state = SEQ_WAITING, .n_prompt = r->n_prompt, .max_tokens = r->max_tokens,
-             .eos_id = r->eos_id, .cap_tokens = r->n_prompt + r->max_tokens};
+    seq q = {.id = r->id,
+             .state = SEQ_WAITING,
+             .n_prompt = r->n_prompt,
+             .max_tokens = r->max_tokens,
+             .eos_id = r->eos_id,
+             .cap_tokens = r->n_prompt + r->max_tokens};
     q.tokens = malloc((size_t)q.cap_tokens * sizeof *q.tokens);
     q.cap_blocks = (q.cap_tokens + s->cfg.block_size - 1) / s->cfg.block_size;
     q.blocks = malloc((size_t)q.cap_blocks * sizeof *q.blocks);
@@ -193,13 +197,12 @@ int32_t sched_plan(sched *s, sched_step *p) {
     for (int pass = 0; pass < 2; pass++) {
         for (int32_t i = 0; i < s->n_seqs && p->n_seqs < s->cfg.max_running && budget > 0; i++) {
             seq *q = &s->seqs[i];
-            if (pass == 0 ? q->state != SEQ_RUNNING || q->n_tokens - q->n_computed <= 1
-                          : q->state != SEQ_WAITING)
+            if (pass == 0 ? q->state != SEQ_RUNNING || q->n_tokens - q->n_computed <= 1 : q->state != SEQ_WAITING)
                 continue;
             if (q->state == SEQ_WAITING) {
                 /* reuse the cached prefix, always leaving one token to compute */
-                int32_t hit = radix_match(s->cache, q->tokens, q->n_tokens, (q->n_tokens - 1) / s->cfg.block_size,
-                                          q->blocks);
+                int32_t hit =
+                    radix_match(s->cache, q->tokens, q->n_tokens, (q->n_tokens - 1) / s->cfg.block_size, q->blocks);
                 q->n_blocks = hit;
                 q->n_computed = hit * s->cfg.block_size;
                 s->stats.prefix_hit_tokens += (uint64_t)q->n_computed;
@@ -247,7 +250,9 @@ void sched_complete(sched *s, const sched_step *step, const int32_t *sampled, sc
         s->stats.generated_tokens++;
         if (fn)
             fn(ctx, q->id, SCHED_TOKEN, tok, FINISH_NONE);
-        enum sched_finish why = tok == q->eos_id ? FINISH_EOS : q->n_generated >= q->max_tokens ? FINISH_LENGTH : FINISH_NONE;
+        enum sched_finish why = tok == q->eos_id                  ? FINISH_EOS
+                                : q->n_generated >= q->max_tokens ? FINISH_LENGTH
+                                                                  : FINISH_NONE;
         if (why != FINISH_NONE) {
             uint64_t id = q->id;
             remove_seq(s, i);

@@ -18,15 +18,22 @@
 /* Code point at s[i] (valid UTF-8 assumed; bad bytes read as themselves). */
 static uint32_t cp_at(const char *s, size_t n, size_t i, size_t *len) {
     const unsigned char *u = (const unsigned char *)s + i;
-    if (u[0] < 0x80 || i + 1 >= n) { *len = 1; return u[0]; }
-    if ((u[0] & 0xe0) == 0xc0) { *len = 2; return (uint32_t)(u[0] & 0x1f) << 6 | (u[1] & 0x3f); }
+    if (u[0] < 0x80 || i + 1 >= n) {
+        *len = 1;
+        return u[0];
+    }
+    if ((u[0] & 0xe0) == 0xc0) {
+        *len = 2;
+        return (uint32_t)(u[0] & 0x1f) << 6 | (u[1] & 0x3f);
+    }
     if ((u[0] & 0xf0) == 0xe0 && i + 2 < n) {
         *len = 3;
         return (uint32_t)(u[0] & 0x0f) << 12 | (uint32_t)(u[1] & 0x3f) << 6 | (u[2] & 0x3f);
     }
     if (i + 3 < n) {
         *len = 4;
-        return (uint32_t)(u[0] & 0x07) << 18 | (uint32_t)(u[1] & 0x3f) << 12 | (uint32_t)(u[2] & 0x3f) << 6 | (u[3] & 0x3f);
+        return (uint32_t)(u[0] & 0x07) << 18 | (uint32_t)(u[1] & 0x3f) << 12 | (uint32_t)(u[2] & 0x3f) << 6 |
+               (u[3] & 0x3f);
     }
     *len = 1;
     return u[0];
@@ -44,7 +51,8 @@ static jstr strip(jstr s, const jstr *chars, bool left, bool right) {
     while (left && b < e) {
         uint32_t c = cp_at(s.p, s.n, b, &len);
         bool hit = chars ? memmem(chars->p, chars->n, s.p + b, len) != NULL : py_space(c);
-        if (!hit) break;
+        if (!hit)
+            break;
         b += len;
     }
     while (right && e > b) {
@@ -53,7 +61,8 @@ static jstr strip(jstr s, const jstr *chars, bool left, bool right) {
             start--;
         uint32_t c = cp_at(s.p, s.n, start, &len);
         bool hit = chars ? memmem(chars->p, chars->n, s.p + start, e - start) != NULL : py_space(c);
-        if (!hit) break;
+        if (!hit)
+            break;
         e = start;
     }
     return (jstr){s.p + b, e - b};
@@ -101,7 +110,10 @@ static value str_replace(render_ctx *c, jstr s, jstr old, jstr new_s, int64_t co
         sb_put(&b, new_s.p, new_s.n);
         done++;
         if (!old.n) { /* empty pattern: insert between characters */
-            if (at >= s.n) { i = s.n + 1; break; }
+            if (at >= s.n) {
+                i = s.n + 1;
+                break;
+            }
             size_t len;
             cp_at(s.p, s.n, at, &len);
             sb_put(&b, s.p + at, len);
@@ -123,7 +135,8 @@ static value str_split(render_ctx *c, jstr s, value sep, int64_t maxsplit) {
         while (i < s.n) {
             while (i < s.n && py_space(cp_at(s.p, s.n, i, &len)))
                 i += len;
-            if (i >= s.n) break;
+            if (i >= s.n)
+                break;
             if (maxsplit >= 0 && splits == maxsplit) {
                 jstr rest = strip((jstr){s.p + i, s.n - i}, NULL, false, true);
                 list_push(c->a, out.l, v_str(rest.p, rest.n));
@@ -142,7 +155,8 @@ static value str_split(render_ctx *c, jstr s, value sep, int64_t maxsplit) {
     size_t i = 0;
     for (int64_t k = 0; maxsplit < 0 || k < maxsplit; k++) {
         const char *hit = memmem(s.p + i, s.n - i, sep.s.p, sep.s.n);
-        if (!hit) break;
+        if (!hit)
+            break;
         list_push(c->a, out.l, v_str(s.p + i, (size_t)(hit - s.p) - i));
         i = (size_t)(hit - s.p) + sep.s.n;
     }
@@ -169,17 +183,20 @@ static jstr need_str(render_ctx *c, value v, const char *what) {
 }
 
 static int64_t need_int(render_ctx *c, value v, int64_t dflt) {
-    if (v.t == V_UNDEF || v.t == V_NONE) return dflt;
-    if (v.t == V_INT) return v.i;
-    if (v.t == V_BOOL) return v.b;
+    if (v.t == V_UNDEF || v.t == V_NONE)
+        return dflt;
+    if (v.t == V_INT)
+        return v.i;
+    if (v.t == V_BOOL)
+        return v.b;
     rerr(c, "TypeError", "expected an integer, got %s", v_type_name(v));
 }
 
 /* ---- methods ---- */
 
-static const char *const str_methods[] = {"strip", "lstrip", "rstrip", "split", "startswith", "endswith", "replace",
-                                          "upper", "lower", "title", "capitalize", "find", "count", "join",
-                                          "splitlines", "isdigit", "isalpha", "isspace", NULL};
+static const char *const str_methods[] = {
+    "strip",      "lstrip", "rstrip", "split", "startswith", "endswith", "replace", "upper",   "lower", "title",
+    "capitalize", "find",   "count",  "join",  "splitlines", "isdigit",  "isalpha", "isspace", NULL};
 static const char *const dict_methods[] = {"items", "keys", "values", "get", NULL};
 static const char *const list_methods[] = {"index", "count", NULL};
 
@@ -191,9 +208,12 @@ static bool in_table(const char *const *t, const char *name, size_t n) {
 }
 
 bool is_method(value self, const char *name, size_t n) {
-    if (self.t == V_STR) return in_table(str_methods, name, n);
-    if (self.t == V_DICT) return in_table(dict_methods, name, n);
-    if (self.t == V_LIST) return in_table(list_methods, name, n);
+    if (self.t == V_STR)
+        return in_table(str_methods, name, n);
+    if (self.t == V_DICT)
+        return in_table(dict_methods, name, n);
+    if (self.t == V_LIST)
+        return in_table(list_methods, name, n);
     return false;
 }
 
@@ -212,11 +232,14 @@ static value dict_items(render_ctx *c, struct vdict *d) {
 value call_method(render_ctx *c, value self, jstr name, call_args *a) {
     value a0 = arg_get(a, 0, NULL, v_undef()), a1 = arg_get(a, 1, NULL, v_undef());
     if (self.t == V_DICT) {
-        if (NAME_IS(name, "items")) return dict_items(c, self.d);
-        if (NAME_IS(name, "keys")) return (value){.t = V_LIST, .l = iterate(c, self)};
+        if (NAME_IS(name, "items"))
+            return dict_items(c, self.d);
+        if (NAME_IS(name, "keys"))
+            return (value){.t = V_LIST, .l = iterate(c, self)};
         if (NAME_IS(name, "values")) {
             value out = v_list(c->a);
-            for (size_t i = 0; i < self.d->n; i++) list_push(c->a, out.l, self.d->v[i]);
+            for (size_t i = 0; i < self.d->n; i++)
+                list_push(c->a, out.l, self.d->v[i]);
             return out;
         }
         if (NAME_IS(name, "get")) {
@@ -227,11 +250,14 @@ value call_method(render_ctx *c, value self, jstr name, call_args *a) {
     if (self.t == V_LIST) {
         int64_t count = 0;
         for (size_t i = 0; i < self.l->n; i++) {
-            if (!v_equal(self.l->v[i], a0)) continue;
-            if (NAME_IS(name, "index")) return v_int((int64_t)i);
+            if (!v_equal(self.l->v[i], a0))
+                continue;
+            if (NAME_IS(name, "index"))
+                return v_int((int64_t)i);
             count++;
         }
-        if (NAME_IS(name, "index")) rerr(c, "ValueError", "value is not in list");
+        if (NAME_IS(name, "index"))
+            rerr(c, "ValueError", "value is not in list");
         return v_int(count);
     }
     jstr s = self.s;
@@ -241,14 +267,21 @@ value call_method(render_ctx *c, value self, jstr name, call_args *a) {
         jstr out = strip(s, a0.t == V_STR ? &chars : NULL, l, r);
         return v_str(out.p, out.n);
     }
-    if (NAME_IS(name, "split")) return str_split(c, s, arg_get(a, 0, "sep", v_none()), need_int(c, arg_get(a, 1, "maxsplit", v_undef()), -1));
-    if (NAME_IS(name, "startswith")) return v_bool(affix_match(s, a0, false));
-    if (NAME_IS(name, "endswith")) return v_bool(affix_match(s, a0, true));
+    if (NAME_IS(name, "split"))
+        return str_split(c, s, arg_get(a, 0, "sep", v_none()), need_int(c, arg_get(a, 1, "maxsplit", v_undef()), -1));
+    if (NAME_IS(name, "startswith"))
+        return v_bool(affix_match(s, a0, false));
+    if (NAME_IS(name, "endswith"))
+        return v_bool(affix_match(s, a0, true));
     if (NAME_IS(name, "replace"))
-        return str_replace(c, s, need_str(c, a0, "replace"), need_str(c, a1, "replace"), need_int(c, arg_get(a, 2, "count", v_undef()), -1));
-    if (NAME_IS(name, "upper")) return str_case(c, s, 0);
-    if (NAME_IS(name, "lower")) return str_case(c, s, 1);
-    if (NAME_IS(name, "title")) return str_case(c, s, 2);
+        return str_replace(c, s, need_str(c, a0, "replace"), need_str(c, a1, "replace"),
+                           need_int(c, arg_get(a, 2, "count", v_undef()), -1));
+    if (NAME_IS(name, "upper"))
+        return str_case(c, s, 0);
+    if (NAME_IS(name, "lower"))
+        return str_case(c, s, 1);
+    if (NAME_IS(name, "title"))
+        return str_case(c, s, 2);
     if (NAME_IS(name, "capitalize")) {
         value lower = str_case(c, s, 1);
         return str_case(c, lower.s, 3);
@@ -262,7 +295,8 @@ value call_method(render_ctx *c, value self, jstr name, call_args *a) {
         int64_t n = 0;
         for (size_t i = 0; sub.n && i + sub.n <= s.n;) {
             const char *hit = memmem(s.p + i, s.n - i, sub.p, sub.n);
-            if (!hit) break;
+            if (!hit)
+                break;
             n++, i = (size_t)(hit - s.p) + sub.n;
         }
         return v_int(sub.n ? n : (int64_t)utf8_chars(s) + 1);
@@ -271,7 +305,8 @@ value call_method(render_ctx *c, value self, jstr name, call_args *a) {
         struct vlist *items = iterate(c, a0);
         strbuf b = {.a = c->a};
         for (size_t i = 0; i < items->n; i++) {
-            if (i) sb_put(&b, s.p, s.n);
+            if (i)
+                sb_put(&b, s.p, s.n);
             jstr part = need_str(c, items->v[i], "join");
             sb_put(&b, part.p, part.n);
         }
@@ -281,20 +316,26 @@ value call_method(render_ctx *c, value self, jstr name, call_args *a) {
         value out = v_list(c->a);
         size_t b = 0;
         for (size_t i = 0; i < s.n; i++) {
-            if (s.p[i] != '\n' && s.p[i] != '\r') continue;
+            if (s.p[i] != '\n' && s.p[i] != '\r')
+                continue;
             list_push(c->a, out.l, v_str(s.p + b, i - b));
-            if (s.p[i] == '\r' && i + 1 < s.n && s.p[i + 1] == '\n') i++;
+            if (s.p[i] == '\r' && i + 1 < s.n && s.p[i + 1] == '\n')
+                i++;
             b = i + 1;
         }
-        if (b < s.n) list_push(c->a, out.l, v_str(s.p + b, s.n - b));
+        if (b < s.n)
+            list_push(c->a, out.l, v_str(s.p + b, s.n - b));
         return out;
     }
     bool all = s.n > 0;
     for (size_t i = 0; i < s.n; i++) {
         char ch = s.p[i];
-        if (NAME_IS(name, "isdigit")) all = all && ch >= '0' && ch <= '9';
-        else if (NAME_IS(name, "isalpha")) all = all && ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z');
-        else all = all && py_space((unsigned char)ch);
+        if (NAME_IS(name, "isdigit"))
+            all = all && ch >= '0' && ch <= '9';
+        else if (NAME_IS(name, "isalpha"))
+            all = all && ((ch | 0x20) >= 'a' && (ch | 0x20) <= 'z');
+        else
+            all = all && py_space((unsigned char)ch);
     }
     return v_bool(all);
 }
@@ -303,42 +344,67 @@ value call_method(render_ctx *c, value self, jstr name, call_args *a) {
 
 bool apply_test(render_ctx *c, jstr name, value v, call_args *a) {
     value a0 = arg_get(a, 0, NULL, v_undef());
-    if (NAME_IS(name, "defined")) return v.t != V_UNDEF;
-    if (NAME_IS(name, "undefined")) return v.t == V_UNDEF;
-    if (NAME_IS(name, "none")) return v.t == V_NONE;
-    if (NAME_IS(name, "string")) return v.t == V_STR;
-    if (NAME_IS(name, "number")) return v.t == V_INT || v.t == V_FLOAT;
-    if (NAME_IS(name, "integer")) return v.t == V_INT;
-    if (NAME_IS(name, "float")) return v.t == V_FLOAT;
-    if (NAME_IS(name, "boolean")) return v.t == V_BOOL;
-    if (NAME_IS(name, "true")) return v.t == V_BOOL && v.b;
-    if (NAME_IS(name, "false")) return v.t == V_BOOL && !v.b;
-    if (NAME_IS(name, "mapping")) return v.t == V_DICT;
-    if (NAME_IS(name, "iterable")) return v.t == V_LIST || v.t == V_DICT || v.t == V_STR;
-    if (NAME_IS(name, "sequence")) return v.t == V_LIST || v.t == V_DICT || v.t == V_STR;
-    if (NAME_IS(name, "callable")) return v.t == V_FUNC;
-    if (NAME_IS(name, "equalto") || NAME_IS(name, "eq") || NAME_IS(name, "sameas")) return v_equal(v, a0);
-    if (NAME_IS(name, "ne")) return !v_equal(v, a0);
-    if (NAME_IS(name, "lt")) return compare_values(c, v, a0) < 0;
-    if (NAME_IS(name, "le")) return compare_values(c, v, a0) <= 0;
-    if (NAME_IS(name, "gt")) return compare_values(c, v, a0) > 0;
-    if (NAME_IS(name, "ge")) return compare_values(c, v, a0) >= 0;
+    if (NAME_IS(name, "defined"))
+        return v.t != V_UNDEF;
+    if (NAME_IS(name, "undefined"))
+        return v.t == V_UNDEF;
+    if (NAME_IS(name, "none"))
+        return v.t == V_NONE;
+    if (NAME_IS(name, "string"))
+        return v.t == V_STR;
+    if (NAME_IS(name, "number"))
+        return v.t == V_INT || v.t == V_FLOAT;
+    if (NAME_IS(name, "integer"))
+        return v.t == V_INT;
+    if (NAME_IS(name, "float"))
+        return v.t == V_FLOAT;
+    if (NAME_IS(name, "boolean"))
+        return v.t == V_BOOL;
+    if (NAME_IS(name, "true"))
+        return v.t == V_BOOL && v.b;
+    if (NAME_IS(name, "false"))
+        return v.t == V_BOOL && !v.b;
+    if (NAME_IS(name, "mapping"))
+        return v.t == V_DICT;
+    if (NAME_IS(name, "iterable"))
+        return v.t == V_LIST || v.t == V_DICT || v.t == V_STR;
+    if (NAME_IS(name, "sequence"))
+        return v.t == V_LIST || v.t == V_DICT || v.t == V_STR;
+    if (NAME_IS(name, "callable"))
+        return v.t == V_FUNC;
+    if (NAME_IS(name, "equalto") || NAME_IS(name, "eq") || NAME_IS(name, "sameas"))
+        return v_equal(v, a0);
+    if (NAME_IS(name, "ne"))
+        return !v_equal(v, a0);
+    if (NAME_IS(name, "lt"))
+        return compare_values(c, v, a0) < 0;
+    if (NAME_IS(name, "le"))
+        return compare_values(c, v, a0) <= 0;
+    if (NAME_IS(name, "gt"))
+        return compare_values(c, v, a0) > 0;
+    if (NAME_IS(name, "ge"))
+        return compare_values(c, v, a0) >= 0;
     if (NAME_IS(name, "in")) {
         struct vlist *items = a0.t == V_STR ? NULL : iterate(c, a0);
-        if (!items) return v.t == V_STR && memmem(a0.s.p, a0.s.n, v.s.p, v.s.n);
+        if (!items)
+            return v.t == V_STR && memmem(a0.s.p, a0.s.n, v.s.p, v.s.n);
         for (size_t i = 0; i < items->n; i++)
-            if (v_equal(items->v[i], v)) return true;
+            if (v_equal(items->v[i], v))
+                return true;
         return false;
     }
     if (NAME_IS(name, "odd") || NAME_IS(name, "even") || NAME_IS(name, "divisibleby")) {
         int64_t x = need_int(c, v, 0);
-        if (NAME_IS(name, "odd")) return x % 2 != 0;
-        if (NAME_IS(name, "even")) return x % 2 == 0;
+        if (NAME_IS(name, "odd"))
+            return x % 2 != 0;
+        if (NAME_IS(name, "even"))
+            return x % 2 == 0;
         int64_t d = need_int(c, a0, 1);
         return d != 0 && x % d == 0;
     }
     if (NAME_IS(name, "lower") || NAME_IS(name, "upper")) {
-        if (v.t != V_STR) return false;
+        if (v.t != V_STR)
+            return false;
         value conv = str_case(c, v.s, NAME_IS(name, "lower") ? 1 : 0);
         return !memcmp(conv.s.p, v.s.p, v.s.n);
     }
@@ -369,7 +435,11 @@ static value select_items(render_ctx *c, value v, call_args *a, bool by_attr, bo
     return out;
 }
 
-typedef struct { render_ctx *c; jstr attr; bool reverse; } sort_spec;
+typedef struct {
+    render_ctx *c;
+    jstr attr;
+    bool reverse;
+} sort_spec;
 static value sort_key(sort_spec *s, value v) { return s->attr.n ? get_attr(s->c, v, s->attr.p, s->attr.n) : v; }
 
 static value sort_list(render_ctx *c, struct vlist *items, jstr attr, bool reverse) {
@@ -380,7 +450,8 @@ static value sort_list(render_ctx *c, struct vlist *items, jstr attr, bool rever
     for (size_t i = 1; i < out.l->n; i++) /* stable insertion sort: template lists are short */
         for (size_t j = i; j > 0; j--) {
             int r = compare_values(c, sort_key(&spec, out.l->v[j - 1]), sort_key(&spec, out.l->v[j]));
-            if (reverse ? r >= 0 : r <= 0) break;
+            if (reverse ? r >= 0 : r <= 0)
+                break;
             value t = out.l->v[j];
             out.l->v[j] = out.l->v[j - 1], out.l->v[j - 1] = t;
         }
@@ -419,15 +490,23 @@ static value html_escape(render_ctx *c, jstr s) {
 
 value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
     value a0 = arg_get(a, 0, NULL, v_undef());
-    if (NAME_IS(name, "tojson")) return filter_tojson(c, v, a);
-    if (NAME_IS(name, "safe")) return v;
-    if (NAME_IS(name, "string")) return v.t == V_STR ? v : (value){.t = V_STR, .s = to_str(c, v)};
-    if (NAME_IS(name, "e") || NAME_IS(name, "escape")) return html_escape(c, to_str(c, v));
+    if (NAME_IS(name, "tojson"))
+        return filter_tojson(c, v, a);
+    if (NAME_IS(name, "safe"))
+        return v;
+    if (NAME_IS(name, "string"))
+        return v.t == V_STR ? v : (value){.t = V_STR, .s = to_str(c, v)};
+    if (NAME_IS(name, "e") || NAME_IS(name, "escape"))
+        return html_escape(c, to_str(c, v));
     if (NAME_IS(name, "length") || NAME_IS(name, "count")) {
-        if (v.t == V_STR) return v_int((int64_t)utf8_chars(v.s));
-        if (v.t == V_LIST) return v_int((int64_t)v.l->n);
-        if (v.t == V_DICT) return v_int((int64_t)v.d->n);
-        if (v.t == V_UNDEF) return v_int(0);
+        if (v.t == V_STR)
+            return v_int((int64_t)utf8_chars(v.s));
+        if (v.t == V_LIST)
+            return v_int((int64_t)v.l->n);
+        if (v.t == V_DICT)
+            return v_int((int64_t)v.d->n);
+        if (v.t == V_UNDEF)
+            return v_int(0);
         rerr(c, "TypeError", "object of type '%s' has no len()", v_type_name(v));
     }
     if (NAME_IS(name, "trim") || NAME_IS(name, "strip")) {
@@ -435,22 +514,31 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
         jstr s = strip(to_str(c, v), a0.t == V_STR ? &chars : NULL, true, true);
         return v_str(s.p, s.n);
     }
-    if (NAME_IS(name, "upper")) return str_case(c, to_str(c, v), 0);
-    if (NAME_IS(name, "lower")) return str_case(c, to_str(c, v), 1);
-    if (NAME_IS(name, "title")) return str_case(c, to_str(c, v), 2);
-    if (NAME_IS(name, "capitalize")) return str_case(c, str_case(c, to_str(c, v), 1).s, 3);
+    if (NAME_IS(name, "upper"))
+        return str_case(c, to_str(c, v), 0);
+    if (NAME_IS(name, "lower"))
+        return str_case(c, to_str(c, v), 1);
+    if (NAME_IS(name, "title"))
+        return str_case(c, to_str(c, v), 2);
+    if (NAME_IS(name, "capitalize"))
+        return str_case(c, str_case(c, to_str(c, v), 1).s, 3);
     if (NAME_IS(name, "replace"))
-        return str_replace(c, to_str(c, v), need_str(c, a0, "replace"), need_str(c, arg_get(a, 1, NULL, v_undef()), "replace"),
+        return str_replace(c, to_str(c, v), need_str(c, a0, "replace"),
+                           need_str(c, arg_get(a, 1, NULL, v_undef()), "replace"),
                            need_int(c, arg_get(a, 2, "count", v_undef()), -1));
     if (NAME_IS(name, "items")) {
-        if (v.t == V_UNDEF) return v_list(c->a);
-        if (v.t != V_DICT) rerr(c, "TypeError", "items filter needs a mapping, got %s", v_type_name(v));
+        if (v.t == V_UNDEF)
+            return v_list(c->a);
+        if (v.t != V_DICT)
+            rerr(c, "TypeError", "items filter needs a mapping, got %s", v_type_name(v));
         return call_method(c, v, (jstr){"items", 5}, a);
     }
-    if (NAME_IS(name, "list")) return (value){.t = V_LIST, .l = iterate(c, v)};
+    if (NAME_IS(name, "list"))
+        return (value){.t = V_LIST, .l = iterate(c, v)};
     if (NAME_IS(name, "first") || NAME_IS(name, "last")) {
         struct vlist *items = iterate(c, v);
-        if (!items->n) return v_undef();
+        if (!items->n)
+            return v_undef();
         return NAME_IS(name, "first") ? items->v[0] : items->v[items->n - 1];
     }
     if (NAME_IS(name, "join")) {
@@ -459,7 +547,8 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
         value attr = arg_get(a, 1, "attribute", v_undef());
         strbuf b = {.a = c->a};
         for (size_t i = 0; i < items->n; i++) {
-            if (i) sb_put(&b, sep.p, sep.n);
+            if (i)
+                sb_put(&b, sep.p, sep.n);
             value item = attr.t == V_STR ? get_attr(c, items->v[i], attr.s.p, attr.s.n) : items->v[i];
             jstr part = to_str(c, item);
             sb_put(&b, part.p, part.n);
@@ -471,18 +560,24 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
         bool use_default = v.t == V_UNDEF || (boolean && !v_truthy(v));
         return use_default ? (a0.t == V_UNDEF ? v_str("", 0) : a0) : v;
     }
-    if (NAME_IS(name, "select")) return select_items(c, v, a, false, true);
-    if (NAME_IS(name, "reject")) return select_items(c, v, a, false, false);
-    if (NAME_IS(name, "selectattr")) return select_items(c, v, a, true, true);
-    if (NAME_IS(name, "rejectattr")) return select_items(c, v, a, true, false);
+    if (NAME_IS(name, "select"))
+        return select_items(c, v, a, false, true);
+    if (NAME_IS(name, "reject"))
+        return select_items(c, v, a, false, false);
+    if (NAME_IS(name, "selectattr"))
+        return select_items(c, v, a, true, true);
+    if (NAME_IS(name, "rejectattr"))
+        return select_items(c, v, a, true, false);
     if (NAME_IS(name, "map")) {
         struct vlist *items = iterate(c, v);
         value attr = arg_get(a, -1, "attribute", v_undef()), out = v_list(c->a);
         call_args rest = {a->pos + 1, a->n_pos > 1 ? a->n_pos - 1 : 0, NULL, NULL, 0};
         for (size_t i = 0; i < items->n; i++) {
             value item = items->v[i];
-            if (attr.t == V_STR) item = get_attr(c, item, attr.s.p, attr.s.n);
-            else if (a0.t == V_STR) item = apply_filter(c, a0.s, item, &rest);
+            if (attr.t == V_STR)
+                item = get_attr(c, item, attr.s.p, attr.s.n);
+            else if (a0.t == V_STR)
+                item = apply_filter(c, a0.s, item, &rest);
             list_push(c->a, out.l, item);
         }
         return out;
@@ -493,7 +588,8 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
                          v_truthy(arg_get(a, 0, "reverse", v_bool(false))));
     }
     if (NAME_IS(name, "dictsort")) {
-        if (v.t != V_DICT) rerr(c, "TypeError", "dictsort needs a mapping");
+        if (v.t != V_DICT)
+            rerr(c, "TypeError", "dictsort needs a mapping");
         value items = dict_items(c, v.d);
         return sort_list(c, items.l, (jstr){0}, false);
     }
@@ -504,7 +600,8 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
             bool seen = false;
             for (size_t k = 0; k < out.l->n && !seen; k++)
                 seen = v_equal(out.l->v[k], items->v[i]);
-            if (!seen) list_push(c->a, out.l, items->v[i]);
+            if (!seen)
+                list_push(c->a, out.l, items->v[i]);
         }
         return out;
     }
@@ -513,26 +610,35 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
         value acc = v_int(0);
         for (size_t i = 0; i < items->n; i++) {
             value x = items->v[i];
-            if (x.t != V_INT && x.t != V_FLOAT) rerr(c, "TypeError", "sum of non-numbers");
-            acc = acc.t == V_INT && x.t == V_INT ? v_int(acc.i + x.i)
-                                                 : v_float((acc.t == V_INT ? (double)acc.i : acc.f) + (x.t == V_INT ? (double)x.i : x.f));
+            if (x.t != V_INT && x.t != V_FLOAT)
+                rerr(c, "TypeError", "sum of non-numbers");
+            acc = acc.t == V_INT && x.t == V_INT
+                      ? v_int(acc.i + x.i)
+                      : v_float((acc.t == V_INT ? (double)acc.i : acc.f) + (x.t == V_INT ? (double)x.i : x.f));
         }
         return acc;
     }
     if (NAME_IS(name, "int")) {
-        if (v.t == V_INT) return v;
-        if (v.t == V_BOOL) return v_int(v.b);
-        if (v.t == V_FLOAT) return isfinite(v.f) && fabs(v.f) < 9.2e18 ? v_int((int64_t)v.f) : a0.t == V_INT ? a0 : v_int(0);
+        if (v.t == V_INT)
+            return v;
+        if (v.t == V_BOOL)
+            return v_int(v.b);
+        if (v.t == V_FLOAT)
+            return isfinite(v.f) && fabs(v.f) < 9.2e18 ? v_int((int64_t)v.f) : a0.t == V_INT ? a0 : v_int(0);
         if (v.t == V_STR) {
             char *end, *s = arena_strndup(c->a, v.s.p, v.s.n);
             long long x = strtoll(s, &end, 10);
-            return end != s && *strip((jstr){end, strlen(end)}, NULL, true, true).p == 0 ? v_int(x) : (a0.t == V_INT ? a0 : v_int(0));
+            return end != s && *strip((jstr){end, strlen(end)}, NULL, true, true).p == 0
+                       ? v_int(x)
+                       : (a0.t == V_INT ? a0 : v_int(0));
         }
         return a0.t == V_INT ? a0 : v_int(0);
     }
     if (NAME_IS(name, "float")) {
-        if (v.t == V_FLOAT) return v;
-        if (v.t == V_INT) return v_float((double)v.i);
+        if (v.t == V_FLOAT)
+            return v;
+        if (v.t == V_INT)
+            return v_float((double)v.i);
         if (v.t == V_STR) {
             char *end, *s = arena_strndup(c->a, v.s.p, v.s.n);
             double x = strtod(s, &end);
@@ -541,8 +647,10 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
         return v_float(0);
     }
     if (NAME_IS(name, "abs")) {
-        if (v.t == V_INT) return v_int(v.i < 0 ? -v.i : v.i);
-        if (v.t == V_FLOAT) return v_float(fabs(v.f));
+        if (v.t == V_INT)
+            return v_int(v.i < 0 ? -v.i : v.i);
+        if (v.t == V_FLOAT)
+            return v_float(fabs(v.f));
         rerr(c, "TypeError", "bad operand type for abs(): '%s'", v_type_name(v));
     }
     if (NAME_IS(name, "round")) {
@@ -557,7 +665,8 @@ value apply_filter(render_ctx *c, jstr name, value v, call_args *a) {
         strbuf b = {.a = c->a};
         for (size_t i = 0; i < s.n; i++) {
             if ((i == 0 && first) || (i > 0 && s.p[i - 1] == '\n' && s.p[i] != '\n'))
-                for (int64_t k = 0; k < width && k < 256; k++) sb_puts(&b, " ");
+                for (int64_t k = 0; k < width && k < 256; k++)
+                    sb_puts(&b, " ");
             sb_put(&b, s.p + i, 1);
         }
         return v_strbuf(&b);
@@ -578,12 +687,16 @@ value call_global(render_ctx *c, jstr name, call_args *a) {
     }
     if (NAME_IS(name, "range")) {
         int64_t start = 0, stop, step = need_int(c, arg_get(a, 2, NULL, v_undef()), 1);
-        if (a->n_pos >= 2) start = need_int(c, a->pos[0], 0), stop = need_int(c, a->pos[1], 0);
-        else stop = need_int(c, arg_get(a, 0, NULL, v_int(0)), 0);
-        if (step == 0) rerr(c, "ValueError", "range() arg 3 must not be zero");
+        if (a->n_pos >= 2)
+            start = need_int(c, a->pos[0], 0), stop = need_int(c, a->pos[1], 0);
+        else
+            stop = need_int(c, arg_get(a, 0, NULL, v_int(0)), 0);
+        if (step == 0)
+            rerr(c, "ValueError", "range() arg 3 must not be zero");
         value out = v_list(c->a);
         for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-            if (out.l->n >= 100000) rerr(c, "OverflowError", "range too large");
+            if (out.l->n >= 100000)
+                rerr(c, "OverflowError", "range too large");
             list_push(c->a, out.l, v_int(i));
         }
         return out;
@@ -593,7 +706,8 @@ value call_global(render_ctx *c, jstr name, call_args *a) {
         d.d->is_namespace = NAME_IS(name, "namespace");
         value init = arg_get(a, 0, NULL, v_undef());
         if (init.t == V_DICT)
-            for (size_t i = 0; i < init.d->n; i++) dict_set(c->a, d.d, init.d->k[i], init.d->v[i]);
+            for (size_t i = 0; i < init.d->n; i++)
+                dict_set(c->a, d.d, init.d->k[i], init.d->v[i]);
         for (int i = 0; i < a->n_kw; i++)
             dict_set(c->a, d.d, a->kw_names[i], a->kw[i]);
         return d;

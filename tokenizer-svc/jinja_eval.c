@@ -10,7 +10,7 @@
 #include "jinja_internal.h"
 
 #define MAX_MACRO_DEPTH 64
-#define MAX_STEPS 20000000
+#define MAX_STEPS       20000000
 
 void rerr(render_ctx *c, const char *kind, const char *fmt, ...) {
     int n = kind ? snprintf(c->err, c->errlen, "%s: line %d: ", kind, c->line) : 0;
@@ -153,8 +153,8 @@ static value get_item(render_ctx *c, value obj, value key) {
         int64_t i = key.t == V_INT ? key.i : key.b;
         struct vlist *items = iterate(c, obj);
         return norm_index(&i, items->n) ? items->v[i]
-                                         : undefined_because(c, "'%s object' has no element %lld", v_type_name(obj),
-                                                             (long long)(key.t == V_INT ? key.i : key.b));
+                                        : undefined_because(c, "'%s object' has no element %lld", v_type_name(obj),
+                                                            (long long)(key.t == V_INT ? key.i : key.b));
     }
     if (key.t == V_STR)
         return get_attr(c, obj, key.s.p, key.s.n);
@@ -183,8 +183,10 @@ static value get_slice(render_ctx *c, value obj, const node *n, scope *s) {
     value vs = n->b ? eval_expr(c, n->b, s) : v_none(), ve = n->c ? eval_expr(c, n->c, s) : v_none();
     int64_t start = slice_bound(c, vs, step > 0 ? 0 : len - 1), stop = slice_bound(c, ve, step > 0 ? len : -len - 1);
     /* clamp as Python's PySlice_AdjustIndices */
-    if (start < 0) start += len;
-    if (stop < 0) stop += len;
+    if (start < 0)
+        start += len;
+    if (stop < 0)
+        stop += len;
     if (step > 0) {
         start = start < 0 ? 0 : start > len ? len : start;
         stop = stop < 0 ? 0 : stop > len ? len : stop;
@@ -236,18 +238,30 @@ static value binary(render_ctx *c, int op, value a, value b) {
         int64_t x = inum(a), y = inum(b), r;
         double fx = num(a), fy = num(b);
         switch (op) {
-        case OP_ADD: if (ints && !__builtin_add_overflow(x, y, &r)) return v_int(r); return v_float(fx + fy);
-        case OP_SUB: if (ints && !__builtin_sub_overflow(x, y, &r)) return v_int(r); return v_float(fx - fy);
-        case OP_MUL: if (ints && !__builtin_mul_overflow(x, y, &r)) return v_int(r); return v_float(fx * fy);
+        case OP_ADD:
+            if (ints && !__builtin_add_overflow(x, y, &r))
+                return v_int(r);
+            return v_float(fx + fy);
+        case OP_SUB:
+            if (ints && !__builtin_sub_overflow(x, y, &r))
+                return v_int(r);
+            return v_float(fx - fy);
+        case OP_MUL:
+            if (ints && !__builtin_mul_overflow(x, y, &r))
+                return v_int(r);
+            return v_float(fx * fy);
         case OP_DIV:
-            if (fy == 0) rerr(c, "ZeroDivisionError", "division by zero");
+            if (fy == 0)
+                rerr(c, "ZeroDivisionError", "division by zero");
             return v_float(fx / fy);
         case OP_FLOORDIV:
         case OP_MOD:
-            if (fy == 0) rerr(c, "ZeroDivisionError", "integer division or modulo by zero");
+            if (fy == 0)
+                rerr(c, "ZeroDivisionError", "integer division or modulo by zero");
             if (ints && !(x == INT64_MIN && y == -1)) {
                 int64_t q = x / y, m = x % y;
-                if (m && ((m < 0) != (y < 0))) q--, m += y; /* Python floors */
+                if (m && ((m < 0) != (y < 0)))
+                    q--, m += y; /* Python floors */
                 return op == OP_FLOORDIV ? v_int(q) : v_int(m);
             } else {
                 double q = floor(fx / fy), m = fx - q * fy;
@@ -273,8 +287,10 @@ static value binary(render_ctx *c, int op, value a, value b) {
     }
     if (op == OP_ADD && a.t == V_LIST && b.t == V_LIST) {
         value out = v_list(c->a);
-        for (size_t i = 0; i < a.l->n; i++) list_push(c->a, out.l, a.l->v[i]);
-        for (size_t i = 0; i < b.l->n; i++) list_push(c->a, out.l, b.l->v[i]);
+        for (size_t i = 0; i < a.l->n; i++)
+            list_push(c->a, out.l, a.l->v[i]);
+        for (size_t i = 0; i < b.l->n; i++)
+            list_push(c->a, out.l, b.l->v[i]);
         return out;
     }
     if (op == OP_MUL && (a.t == V_STR || a.t == V_LIST) && (b.t == V_INT || b.t == V_BOOL))
@@ -367,7 +383,8 @@ static value call_macro(render_ctx *c, const node *m, call_args *args) {
         scope_set(c, s, m->targets[i], v);
     }
     if (args->n_pos > m->n_targets)
-        rerr(c, "TypeError", "macro '%.*s' takes not more than %d argument(s)", (int)m->name.n, m->name.p, m->n_targets);
+        rerr(c, "TypeError", "macro '%.*s' takes not more than %d argument(s)", (int)m->name.n, m->name.p,
+             m->n_targets);
     strbuf out = {.a = c->a};
     int saved_line = c->line;
     c->depth++;
@@ -454,7 +471,8 @@ value eval_expr(render_ctx *c, const node *n, scope *s) {
         value v = eval_expr(c, n->a, s);
         if (!is_num(v))
             rerr(c, "TypeError", "bad operand type for unary %s: '%s'", n->kind == N_NEG ? "-" : "+", v_type_name(v));
-        if (n->kind == N_POS) return v;
+        if (n->kind == N_POS)
+            return v;
         return v.t == V_FLOAT ? v_float(-v.f) : v_int(-inum(v));
     }
     case N_BINOP: {
@@ -480,8 +498,10 @@ value eval_expr(render_ctx *c, const node *n, scope *s) {
     case N_CONCAT: {
         value a = eval_expr(c, n->a, s), b = eval_expr(c, n->b, s);
         strbuf out = {.a = c->a};
-        if (a.t != V_UNDEF) v_str_into(&out, a);
-        if (b.t != V_UNDEF) v_str_into(&out, b);
+        if (a.t != V_UNDEF)
+            v_str_into(&out, a);
+        if (b.t != V_UNDEF)
+            v_str_into(&out, b);
         return v_strbuf(&out);
     }
     default: rerr(c, "RuntimeError", "statement used as expression");
@@ -505,11 +525,18 @@ static void assign_targets(render_ctx *c, scope *s, const node *n, value v) {
 static value loop_info(render_ctx *c, struct vlist *items, size_t i) {
     value loop = v_dict(c->a);
     size_t n = items->n;
-    struct { const char *k; value v; } f[] = {
-        {"index", v_int((int64_t)i + 1)},        {"index0", v_int((int64_t)i)},
-        {"revindex", v_int((int64_t)(n - i))},   {"revindex0", v_int((int64_t)(n - i - 1))},
-        {"first", v_bool(i == 0)},               {"last", v_bool(i + 1 == n)},
-        {"length", v_int((int64_t)n)},           {"depth", v_int(1)},
+    struct {
+        const char *k;
+        value v;
+    } f[] = {
+        {"index", v_int((int64_t)i + 1)},
+        {"index0", v_int((int64_t)i)},
+        {"revindex", v_int((int64_t)(n - i))},
+        {"revindex0", v_int((int64_t)(n - i - 1))},
+        {"first", v_bool(i == 0)},
+        {"last", v_bool(i + 1 == n)},
+        {"length", v_int((int64_t)n)},
+        {"depth", v_int(1)},
         {"depth0", v_int(0)},
     };
     for (size_t k = 0; k < sizeof f / sizeof f[0]; k++)
@@ -557,9 +584,7 @@ static void exec_stmt(render_ctx *c, const node *n, scope *s, strbuf *out) {
             v_str_into(out, v);
         break;
     }
-    case S_IF:
-        exec_body(c, v_truthy(eval_expr(c, n->a, s)) ? &n->body : &n->alt, s, out);
-        break;
+    case S_IF: exec_body(c, v_truthy(eval_expr(c, n->a, s)) ? &n->body : &n->alt, s, out); break;
     case S_FOR: exec_for(c, n, s, out); break;
     case S_SET: {
         value v = eval_expr(c, n->a, s);

@@ -63,7 +63,7 @@ enum func_kind { FN_GLOBAL, FN_METHOD, FN_MACRO };
 struct vfunc {
     enum func_kind kind;
     jstr name;
-    value self;             /* FN_METHOD: the object */
+    value self;               /* FN_METHOD: the object */
     const struct node *macro; /* FN_MACRO */
 };
 
@@ -106,10 +106,35 @@ void float_repr(double f, char out[40]);
 /* ---- AST ---- */
 enum node_kind {
     /* expressions */
-    N_LITERAL, N_NAME, N_LIST, N_DICT, N_ATTR, N_INDEX, N_SLICE, N_CALL, N_FILTER, N_TEST, N_NOT, N_NEG, N_POS,
-    N_BINOP, N_AND, N_OR, N_COMPARE, N_CONDEXPR, N_CONCAT,
+    N_LITERAL,
+    N_NAME,
+    N_LIST,
+    N_DICT,
+    N_ATTR,
+    N_INDEX,
+    N_SLICE,
+    N_CALL,
+    N_FILTER,
+    N_TEST,
+    N_NOT,
+    N_NEG,
+    N_POS,
+    N_BINOP,
+    N_AND,
+    N_OR,
+    N_COMPARE,
+    N_CONDEXPR,
+    N_CONCAT,
     /* statements */
-    S_TEXT, S_OUTPUT, S_IF, S_FOR, S_SET, S_SET_BLOCK, S_MACRO, S_BREAK, S_CONTINUE
+    S_TEXT,
+    S_OUTPUT,
+    S_IF,
+    S_FOR,
+    S_SET,
+    S_SET_BLOCK,
+    S_MACRO,
+    S_BREAK,
+    S_CONTINUE
 };
 
 typedef struct {
@@ -120,19 +145,35 @@ typedef struct {
 typedef struct node {
     enum node_kind kind;
     int line;
-    int op;            /* N_BINOP/N_COMPARE operator (see OP_*); N_TEST: negated */
-    value lit;         /* N_LITERAL; S_TEXT (a string) */
-    jstr name;         /* N_NAME, N_ATTR, N_FILTER, N_TEST, S_MACRO, S_SET attribute */
+    int op;    /* N_BINOP/N_COMPARE operator (see OP_*); N_TEST: negated */
+    value lit; /* N_LITERAL; S_TEXT (a string) */
+    jstr name; /* N_NAME, N_ATTR, N_FILTER, N_TEST, S_MACRO, S_SET attribute */
     struct node *a, *b, *c;
-    node_list args;    /* call/filter/test arguments, list/dict items (dict: key, value pairs) */
-    jstr *kw_names;    /* keyword arguments (parallel to kw_args) */
+    node_list args; /* call/filter/test arguments, list/dict items (dict: key, value pairs) */
+    jstr *kw_names; /* keyword arguments (parallel to kw_args) */
     node_list kw_args;
     node_list body, alt; /* if: then/else; for: body/else; macro: body */
-    jstr *targets;     /* for / set names */
+    jstr *targets;       /* for / set names */
     int n_targets;
 } node;
 
-enum { OP_ADD, OP_SUB, OP_MUL, OP_DIV, OP_FLOORDIV, OP_MOD, OP_POW, OP_EQ, OP_NE, OP_LT, OP_LE, OP_GT, OP_GE, OP_IN, OP_NOT_IN };
+enum {
+    OP_ADD,
+    OP_SUB,
+    OP_MUL,
+    OP_DIV,
+    OP_FLOORDIV,
+    OP_MOD,
+    OP_POW,
+    OP_EQ,
+    OP_NE,
+    OP_LT,
+    OP_LE,
+    OP_GT,
+    OP_GE,
+    OP_IN,
+    OP_NOT_IN
+};
 
 struct jinja_template {
     arena a;

@@ -70,7 +70,7 @@ typedef struct {
     struct token *tok;
     int n_tok, cap_tok, tpos;
     int line;
-    int depth; /* expression and block nesting: bounded, templates are untrusted */
+    int depth;             /* expression and block nesting: bounded, templates are untrusted */
     const char *line_mark; /* line_of's resume point */
     int line_at_mark;
     char *err;
@@ -192,16 +192,20 @@ static void split_chunks(parser *p) {
         if (kind == '%') {
             /* {% raw %} ... {% endraw %}: copy verbatim */
             const char *a = inner, *b = inner_end;
-            while (a < b && is_space(*a)) a++;
-            while (b > a && is_space(b[-1])) b--;
+            while (a < b && is_space(*a))
+                a++;
+            while (b > a && is_space(b[-1]))
+                b--;
             if (b - a == 3 && !memcmp(a, "raw", 3)) {
                 const char *r = s;
                 for (; r + 1 < end; r++) {
                     if (r[0] != '{' || r[1] != '%')
                         continue;
                     const char *q = r + 2;
-                    if (*q == '-' || *q == '+') q++;
-                    while (q < end && is_space(*q)) q++;
+                    if (*q == '-' || *q == '+')
+                        q++;
+                    while (q < end && is_space(*q))
+                        q++;
                     if (end - q >= 6 && !memcmp(q, "endraw", 6))
                         break;
                 }
@@ -262,7 +266,9 @@ static const char *unescape_string(parser *p, const char *s, const char *end, ch
         case 't': out[n++] = '\t'; break;
         case 'r': out[n++] = '\r'; break;
         case '0': out[n++] = '\0'; break;
-        case '\\': case '\'': case '"': out[n++] = *s; break;
+        case '\\':
+        case '\'':
+        case '"': out[n++] = *s; break;
         case '\n': break;
         default: out[n++] = '\\', out[n++] = *s; break;
         }
@@ -295,13 +301,16 @@ static void tokenize(parser *p, const chunk *c) {
                 s++;
             if (s + 1 < end && *s == '.' && isdigit((unsigned char)s[1])) {
                 is_float = true;
-                for (s++; s < end && isdigit((unsigned char)*s); s++) {}
+                for (s++; s < end && isdigit((unsigned char)*s); s++) {
+                }
             }
             if (s < end && (*s == 'e' || *s == 'E')) {
                 is_float = true;
                 s++;
-                if (s < end && (*s == '+' || *s == '-')) s++;
-                while (s < end && isdigit((unsigned char)*s)) s++;
+                if (s < end && (*s == '+' || *s == '-'))
+                    s++;
+                while (s < end && isdigit((unsigned char)*s))
+                    s++;
             }
             char buf[64];
             size_t k = 0;
@@ -310,8 +319,10 @@ static void tokenize(parser *p, const chunk *c) {
                     buf[k++] = *q;
             buf[k] = 0;
             t.kind = is_float ? T_FLOAT : T_INT;
-            if (is_float) t.f = strtod(buf, NULL);
-            else t.i = strtoll(buf, NULL, 10);
+            if (is_float)
+                t.f = strtod(buf, NULL);
+            else
+                t.i = strtoll(buf, NULL, 10);
         } else if (*s == '\'' || *s == '"') {
             s = unescape_string(p, s, end, *s, &t);
         } else {
@@ -414,10 +425,14 @@ static node *parse_primary(parser *p) {
     case T_NAME:
         p->tpos++;
         n = new_node(p, N_LITERAL);
-        if (tok_is(t, T_NAME, "true") || tok_is(t, T_NAME, "True")) n->lit = v_bool(true);
-        else if (tok_is(t, T_NAME, "false") || tok_is(t, T_NAME, "False")) n->lit = v_bool(false);
-        else if (tok_is(t, T_NAME, "none") || tok_is(t, T_NAME, "None")) n->lit = v_none();
-        else n->kind = N_NAME, n->name = (jstr){t->p, t->n};
+        if (tok_is(t, T_NAME, "true") || tok_is(t, T_NAME, "True"))
+            n->lit = v_bool(true);
+        else if (tok_is(t, T_NAME, "false") || tok_is(t, T_NAME, "False"))
+            n->lit = v_bool(false);
+        else if (tok_is(t, T_NAME, "none") || tok_is(t, T_NAME, "None"))
+            n->lit = v_none();
+        else
+            n->kind = N_NAME, n->name = (jstr){t->p, t->n};
         return n;
     case T_STRING: {
         /* adjacent literals concatenate, as in Python */
@@ -489,8 +504,7 @@ static node *parse_primary(parser *p) {
         }
         perr(p, "unexpected '%.*s'", (int)t->n, t->p);
     case T_END:
-    default:
-        perr(p, "unexpected end of expression");
+    default: perr(p, "unexpected end of expression");
     }
 }
 
@@ -568,8 +582,8 @@ static node *parse_filters_and_tests(parser *p, node *n) {
             } else {
                 struct token *c = cur(p);
                 bool arg_start = c->kind == T_STRING || c->kind == T_INT || c->kind == T_FLOAT ||
-                                 (c->kind == T_NAME && !at_name(p, "else") && !at_name(p, "or") &&
-                                  !at_name(p, "and") && !at_name(p, "if")) ||
+                                 (c->kind == T_NAME && !at_name(p, "else") && !at_name(p, "or") && !at_name(p, "and") &&
+                                  !at_name(p, "if")) ||
                                  at_op(p, "(") || at_op(p, "[") || at_op(p, "{");
                 if (arg_start)
                     list_add(p, &t->args, parse_postfix(p, parse_primary(p)));
@@ -628,11 +642,16 @@ static node *parse_pow(parser *p) {
 static node *parse_math2(parser *p) {
     node *n = parse_pow(p);
     for (;;) {
-        if (accept_op(p, "*")) n = binop(p, OP_MUL, n, parse_pow(p));
-        else if (accept_op(p, "//")) n = binop(p, OP_FLOORDIV, n, parse_pow(p));
-        else if (accept_op(p, "/")) n = binop(p, OP_DIV, n, parse_pow(p));
-        else if (accept_op(p, "%")) n = binop(p, OP_MOD, n, parse_pow(p));
-        else return n;
+        if (accept_op(p, "*"))
+            n = binop(p, OP_MUL, n, parse_pow(p));
+        else if (accept_op(p, "//"))
+            n = binop(p, OP_FLOORDIV, n, parse_pow(p));
+        else if (accept_op(p, "/"))
+            n = binop(p, OP_DIV, n, parse_pow(p));
+        else if (accept_op(p, "%"))
+            n = binop(p, OP_MOD, n, parse_pow(p));
+        else
+            return n;
     }
 }
 
@@ -649,9 +668,12 @@ static node *parse_concat(parser *p) {
 static node *parse_math1(parser *p) {
     node *n = parse_concat(p);
     for (;;) {
-        if (accept_op(p, "+")) n = binop(p, OP_ADD, n, parse_concat(p));
-        else if (accept_op(p, "-")) n = binop(p, OP_SUB, n, parse_concat(p));
-        else return n;
+        if (accept_op(p, "+"))
+            n = binop(p, OP_ADD, n, parse_concat(p));
+        else if (accept_op(p, "-"))
+            n = binop(p, OP_SUB, n, parse_concat(p));
+        else
+            return n;
     }
 }
 
@@ -659,17 +681,25 @@ static node *parse_compare(parser *p) {
     node *n = parse_math1(p);
     for (;;) {
         int op;
-        if (accept_op(p, "==")) op = OP_EQ;
-        else if (accept_op(p, "!=")) op = OP_NE;
-        else if (accept_op(p, "<=")) op = OP_LE;
-        else if (accept_op(p, ">=")) op = OP_GE;
-        else if (accept_op(p, "<")) op = OP_LT;
-        else if (accept_op(p, ">")) op = OP_GT;
-        else if (accept_name(p, "in")) op = OP_IN;
+        if (accept_op(p, "=="))
+            op = OP_EQ;
+        else if (accept_op(p, "!="))
+            op = OP_NE;
+        else if (accept_op(p, "<="))
+            op = OP_LE;
+        else if (accept_op(p, ">="))
+            op = OP_GE;
+        else if (accept_op(p, "<"))
+            op = OP_LT;
+        else if (accept_op(p, ">"))
+            op = OP_GT;
+        else if (accept_name(p, "in"))
+            op = OP_IN;
         else if (at_name(p, "not") && tok_is(&p->tok[p->tpos + 1], T_NAME, "in")) {
             p->tpos += 2;
             op = OP_NOT_IN;
-        } else return n;
+        } else
+            return n;
         node *c = new_node(p, N_COMPARE);
         c->op = op, c->a = n, c->b = parse_math1(p);
         n = c;
@@ -860,14 +890,22 @@ static const char *parse_body(parser *p, node_list *body, const char *const *sto
             break;
         node *n;
 #define KW(s) (kw.n == sizeof(s) - 1 && !memcmp(kw.p, s, kw.n))
-        if (KW("if")) n = parse_if(p);
-        else if (KW("for")) n = parse_for(p);
-        else if (KW("set")) n = parse_set(p);
-        else if (KW("macro")) n = parse_macro(p);
-        else if (KW("break")) n = new_node(p, S_BREAK), expect_end(p);
-        else if (KW("continue")) n = new_node(p, S_CONTINUE), expect_end(p);
-        else if (KW("generation") || KW("endgeneration")) continue; /* training-only markers */
-        else perr(p, "unknown tag '%.*s'", (int)kw.n, kw.p);
+        if (KW("if"))
+            n = parse_if(p);
+        else if (KW("for"))
+            n = parse_for(p);
+        else if (KW("set"))
+            n = parse_set(p);
+        else if (KW("macro"))
+            n = parse_macro(p);
+        else if (KW("break"))
+            n = new_node(p, S_BREAK), expect_end(p);
+        else if (KW("continue"))
+            n = new_node(p, S_CONTINUE), expect_end(p);
+        else if (KW("generation") || KW("endgeneration"))
+            continue; /* training-only markers */
+        else
+            perr(p, "unknown tag '%.*s'", (int)kw.n, kw.p);
 #undef KW
         list_add(p, body, n);
     }
@@ -878,7 +916,8 @@ static const char *parse_body(parser *p, node_list *body, const char *const *sto
 }
 
 int jinja_parse(jinja_template *t, const char *src, size_t len, char *err, size_t errlen) {
-    parser p = {.t = t, .src = src, .len = len, .err = err, .errlen = errlen, .line = 1, .line_mark = src, .line_at_mark = 1};
+    parser p = {
+        .t = t, .src = src, .len = len, .err = err, .errlen = errlen, .line = 1, .line_mark = src, .line_at_mark = 1};
     int rc = 0;
     if (setjmp(p.fail)) {
         rc = -1;

@@ -104,7 +104,8 @@ value v_from_json(arena *a, json_t *j) {
             list_push(a, l.l, v_from_json(a, json_array_get(j, i)));
         return l;
     }
-    case JSON_STRING: return v_str(arena_strndup(a, json_string_value(j), json_string_length(j)), json_string_length(j));
+    case JSON_STRING:
+        return v_str(arena_strndup(a, json_string_value(j), json_string_length(j)), json_string_length(j));
     case JSON_INTEGER: return v_int(json_integer_value(j));
     case JSON_REAL: return v_float(json_real_value(j));
     case JSON_TRUE: return v_bool(true);
@@ -138,7 +139,8 @@ bool v_equal(value a, value b) {
     if (a.t != b.t)
         return false;
     switch (a.t) {
-    case V_UNDEF: case V_NONE: return true;
+    case V_UNDEF:
+    case V_NONE: return true;
     case V_STR: return a.s.n == b.s.n && !memcmp(a.s.p, b.s.p, a.s.n);
     case V_LIST:
         if (a.l->n != b.l->n || a.l->is_tuple != b.l->is_tuple)
@@ -169,8 +171,14 @@ const char *v_type_name(value v) {
 /* Python's repr(float): the shortest digits that round-trip, in fixed
  * notation for exponents -4..15 and scientific outside, ".0" when integral. */
 void float_repr(double f, char out[40]) {
-    if (isnan(f)) { strcpy(out, "nan"); return; }
-    if (isinf(f)) { strcpy(out, f < 0 ? "-inf" : "inf"); return; }
+    if (isnan(f)) {
+        strcpy(out, "nan");
+        return;
+    }
+    if (isinf(f)) {
+        strcpy(out, f < 0 ? "-inf" : "inf");
+        return;
+    }
     char buf[40];
     int prec;
     for (prec = 1; prec <= 17; prec++) {
@@ -183,7 +191,8 @@ void float_repr(double f, char out[40]) {
     int nd = 0, exp10;
     const char *s = buf;
     bool neg = *s == '-';
-    if (neg) s++;
+    if (neg)
+        s++;
     for (; *s && *s != 'e'; s++)
         if (*s != '.')
             digits[nd++] = *s;
@@ -192,15 +201,18 @@ void float_repr(double f, char out[40]) {
         nd--;
     digits[nd] = 0;
     char *o = out;
-    if (neg) *o++ = '-';
+    if (neg)
+        *o++ = '-';
     if (exp10 >= -4 && exp10 < 16) {
         if (exp10 < 0) {
             o += sprintf(o, "0.");
-            for (int i = 0; i < -exp10 - 1; i++) *o++ = '0';
+            for (int i = 0; i < -exp10 - 1; i++)
+                *o++ = '0';
             o += sprintf(o, "%s", digits);
         } else {
             for (int i = 0; i <= exp10 || i < nd; i++) {
-                if (i == exp10 + 1) *o++ = '.';
+                if (i == exp10 + 1)
+                    *o++ = '.';
                 *o++ = i < nd ? digits[i] : '0';
             }
             if (nd <= exp10 + 1)
@@ -211,7 +223,8 @@ void float_repr(double f, char out[40]) {
         *o++ = digits[0];
         if (nd > 1) {
             *o++ = '.';
-            for (int i = 1; i < nd; i++) *o++ = digits[i];
+            for (int i = 1; i < nd; i++)
+                *o++ = digits[i];
         }
         sprintf(o, "e%c%02d", exp10 < 0 ? '-' : '+', exp10 < 0 ? -exp10 : exp10);
     }
@@ -224,12 +237,20 @@ static void repr_str(strbuf *b, jstr s) {
     for (size_t i = 0; i < s.n; i++) {
         unsigned char c = (unsigned char)s.p[i];
         char esc[8];
-        if (c == (unsigned char)q || c == '\\') { esc[0] = '\\', esc[1] = (char)c; sb_put(b, esc, 2); }
-        else if (c == '\n') sb_puts(b, "\\n");
-        else if (c == '\r') sb_puts(b, "\\r");
-        else if (c == '\t') sb_puts(b, "\\t");
-        else if (c < 0x20 || c == 0x7f) { snprintf(esc, sizeof esc, "\\x%02x", c); sb_puts(b, esc); }
-        else sb_put(b, (const char *)&c, 1);
+        if (c == (unsigned char)q || c == '\\') {
+            esc[0] = '\\', esc[1] = (char)c;
+            sb_put(b, esc, 2);
+        } else if (c == '\n')
+            sb_puts(b, "\\n");
+        else if (c == '\r')
+            sb_puts(b, "\\r");
+        else if (c == '\t')
+            sb_puts(b, "\\t");
+        else if (c < 0x20 || c == 0x7f) {
+            snprintf(esc, sizeof esc, "\\x%02x", c);
+            sb_puts(b, esc);
+        } else
+            sb_put(b, (const char *)&c, 1);
     }
     sb_put(b, &q, 1);
 }
@@ -239,9 +260,19 @@ static void scalar_str(strbuf *b, value v) {
     switch (v.t) {
     case V_NONE: sb_puts(b, "None"); break;
     case V_BOOL: sb_puts(b, v.b ? "True" : "False"); break;
-    case V_INT: snprintf(buf, sizeof buf, "%lld", (long long)v.i); sb_puts(b, buf); break;
-    case V_FLOAT: float_repr(v.f, buf); sb_puts(b, buf); break;
-    case V_FUNC: sb_puts(b, "<function "); sb_put(b, v.fn->name.p, v.fn->name.n); sb_puts(b, ">"); break;
+    case V_INT:
+        snprintf(buf, sizeof buf, "%lld", (long long)v.i);
+        sb_puts(b, buf);
+        break;
+    case V_FLOAT:
+        float_repr(v.f, buf);
+        sb_puts(b, buf);
+        break;
+    case V_FUNC:
+        sb_puts(b, "<function ");
+        sb_put(b, v.fn->name.p, v.fn->name.n);
+        sb_puts(b, ">");
+        break;
     default: break;
     }
 }
@@ -253,7 +284,8 @@ void v_repr_into(strbuf *b, value v) {
     case V_LIST:
         sb_puts(b, v.l->is_tuple ? "(" : "[");
         for (size_t i = 0; i < v.l->n; i++) {
-            if (i) sb_puts(b, ", ");
+            if (i)
+                sb_puts(b, ", ");
             v_repr_into(b, v.l->v[i]);
         }
         sb_puts(b, v.l->is_tuple ? (v.l->n == 1 ? ",)" : ")") : "]");
@@ -265,7 +297,8 @@ void v_repr_into(strbuf *b, value v) {
         }
         sb_puts(b, "{");
         for (size_t i = 0; i < v.d->n; i++) {
-            if (i) sb_puts(b, ", ");
+            if (i)
+                sb_puts(b, ", ");
             repr_str(b, v.d->k[i]);
             sb_puts(b, ": ");
             v_repr_into(b, v.d->v[i]);
@@ -290,14 +323,24 @@ static void json_str(strbuf *b, jstr s) {
         unsigned char c = (unsigned char)s.p[i];
         const char *esc = NULL;
         char u[8];
-        if (c == '"') esc = "\\\"";
-        else if (c == '\\') esc = "\\\\";
-        else if (c == '\n') esc = "\\n";
-        else if (c == '\r') esc = "\\r";
-        else if (c == '\t') esc = "\\t";
-        else if (c == '\b') esc = "\\b";
-        else if (c == '\f') esc = "\\f";
-        else if (c < 0x20) { snprintf(u, sizeof u, "\\u%04x", c); esc = u; }
+        if (c == '"')
+            esc = "\\\"";
+        else if (c == '\\')
+            esc = "\\\\";
+        else if (c == '\n')
+            esc = "\\n";
+        else if (c == '\r')
+            esc = "\\r";
+        else if (c == '\t')
+            esc = "\\t";
+        else if (c == '\b')
+            esc = "\\b";
+        else if (c == '\f')
+            esc = "\\f";
+        else if (c < 0x20) {
+            snprintf(u, sizeof u, "\\u%04x", c);
+            esc = u;
+        }
         if (!esc) {
             run++;
             continue;
@@ -329,22 +372,33 @@ int v_json_into(strbuf *b, value v, int indent, const char *item_sep, const char
     switch (v.t) {
     case V_NONE: sb_puts(b, "null"); return 0;
     case V_BOOL: sb_puts(b, v.b ? "true" : "false"); return 0;
-    case V_INT: snprintf(buf, sizeof buf, "%lld", (long long)v.i); sb_puts(b, buf); return 0;
+    case V_INT:
+        snprintf(buf, sizeof buf, "%lld", (long long)v.i);
+        sb_puts(b, buf);
+        return 0;
     case V_FLOAT:
-        if (isnan(v.f)) sb_puts(b, "NaN");
-        else if (isinf(v.f)) sb_puts(b, v.f < 0 ? "-Infinity" : "Infinity");
-        else { float_repr(v.f, buf); sb_puts(b, buf); }
+        if (isnan(v.f))
+            sb_puts(b, "NaN");
+        else if (isinf(v.f))
+            sb_puts(b, v.f < 0 ? "-Infinity" : "Infinity");
+        else {
+            float_repr(v.f, buf);
+            sb_puts(b, buf);
+        }
         return 0;
     case V_STR: json_str(b, v.s); return 0;
     case V_LIST:
         sb_puts(b, "[");
         for (size_t i = 0; i < v.l->n; i++) {
-            if (i) sb_puts(b, item_sep);
-            if (indent >= 0) newline_indent(b, indent, depth + 1);
+            if (i)
+                sb_puts(b, item_sep);
+            if (indent >= 0)
+                newline_indent(b, indent, depth + 1);
             if (v_json_into(b, v.l->v[i], indent, item_sep, key_sep, sort_keys, depth + 1))
                 return -1;
         }
-        if (indent >= 0 && v.l->n) newline_indent(b, indent, depth);
+        if (indent >= 0 && v.l->n)
+            newline_indent(b, indent, depth);
         sb_puts(b, "]");
         return 0;
     case V_DICT: {
@@ -358,14 +412,17 @@ int v_json_into(strbuf *b, value v, int indent, const char *item_sep, const char
             }
         sb_puts(b, "{");
         for (size_t i = 0; i < n; i++) {
-            if (i) sb_puts(b, item_sep);
-            if (indent >= 0) newline_indent(b, indent, depth + 1);
+            if (i)
+                sb_puts(b, item_sep);
+            if (indent >= 0)
+                newline_indent(b, indent, depth + 1);
             json_str(b, v.d->k[order[i]]);
             sb_puts(b, key_sep);
             if (v_json_into(b, v.d->v[order[i]], indent, item_sep, key_sep, sort_keys, depth + 1))
                 return -1;
         }
-        if (indent >= 0 && n) newline_indent(b, indent, depth);
+        if (indent >= 0 && n)
+            newline_indent(b, indent, depth);
         sb_puts(b, "}");
         return 0;
     }

@@ -17,7 +17,14 @@
 static const char QWEN2_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"
                                     " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-enum { TOKEN_NORMAL = 1, TOKEN_UNKNOWN = 2, TOKEN_CONTROL = 3, TOKEN_USER_DEFINED = 4, TOKEN_UNUSED = 5, TOKEN_BYTE = 6 };
+enum {
+    TOKEN_NORMAL = 1,
+    TOKEN_UNKNOWN = 2,
+    TOKEN_CONTROL = 3,
+    TOKEN_USER_DEFINED = 4,
+    TOKEN_UNUSED = 5,
+    TOKEN_BYTE = 6
+};
 
 /* (left id, right id) -> (rank, merged id), open addressing. */
 struct merge_entry {
@@ -33,9 +40,9 @@ struct vocab_index {
 
 struct tokenizer {
     uint32_t n_vocab;
-    char **text;            /* token text as stored in the GGUF (byte-level alphabet) */
+    char **text; /* token text as stored in the GGUF (byte-level alphabet) */
     uint32_t *text_len;
-    uint8_t **bytes;        /* the raw bytes each token decodes to */
+    uint8_t **bytes; /* the raw bytes each token decodes to */
     uint32_t *bytes_len;
     int32_t *type;
     struct vocab_index index;
@@ -99,8 +106,15 @@ static void byte_alphabet(uint32_t byte_to_cp[256]) {
 }
 
 static size_t put_utf8(uint32_t cp, char *out) {
-    if (cp < 0x80) { out[0] = (char)cp; return 1; }
-    if (cp < 0x800) { out[0] = (char)(0xc0 | cp >> 6); out[1] = (char)(0x80 | (cp & 0x3f)); return 2; }
+    if (cp < 0x80) {
+        out[0] = (char)cp;
+        return 1;
+    }
+    if (cp < 0x800) {
+        out[0] = (char)(0xc0 | cp >> 6);
+        out[1] = (char)(0x80 | (cp & 0x3f));
+        return 2;
+    }
     out[0] = (char)(0xe0 | cp >> 12), out[1] = (char)(0x80 | ((cp >> 6) & 0x3f)), out[2] = (char)(0x80 | (cp & 0x3f));
     return 3;
 }
@@ -119,9 +133,12 @@ static int token_raw_bytes(tokenizer *tk, uint32_t id, const int32_t cp_to_byte[
     for (uint32_t i = 0; i < n && mapped;) {
         size_t k = utf8_seq_len(s + i, n - i);
         uint32_t cp = 0;
-        if (k == 1) cp = s[i];
-        else if (k == 2) cp = (uint32_t)(s[i] & 0x1f) << 6 | (s[i + 1] & 0x3f);
-        else mapped = false;
+        if (k == 1)
+            cp = s[i];
+        else if (k == 2)
+            cp = (uint32_t)(s[i] & 0x1f) << 6 | (s[i + 1] & 0x3f);
+        else
+            mapped = false;
         if (mapped && (cp >= 324 || cp_to_byte[cp] < 0))
             mapped = false;
         if (mapped)
@@ -148,8 +165,8 @@ static int load_vocab(tokenizer *tk, const gguf_file *f, char *err, size_t errle
         return fail(err, errlen, "tokenizer.ggml.tokens missing or not strings", why);
     if (tokens.count == 0 || tokens.count > (1u << 24))
         return fail(err, errlen, "tokenizer.ggml.tokens: implausible vocabulary size", NULL);
-    bool have_types = !gguf_get_array(f, "tokenizer.ggml.token_type", &types, NULL, 0) &&
-                      types.count == tokens.count && types.elem_type != GGUF_TYPE_STRING;
+    bool have_types = !gguf_get_array(f, "tokenizer.ggml.token_type", &types, NULL, 0) && types.count == tokens.count &&
+                      types.elem_type != GGUF_TYPE_STRING;
     tk->n_vocab = (uint32_t)tokens.count;
     tk->text = calloc(tk->n_vocab, sizeof *tk->text);
     tk->text_len = calloc(tk->n_vocab, sizeof *tk->text_len);
@@ -385,8 +402,10 @@ static struct bpe_candidate heap_pop(struct bpe_heap *h) {
     h->v[0] = h->v[--h->n];
     for (size_t i = 0;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < h->n && cand_less(&h->v[l], &h->v[m])) m = l;
-        if (r < h->n && cand_less(&h->v[r], &h->v[m])) m = r;
+        if (l < h->n && cand_less(&h->v[l], &h->v[m]))
+            m = l;
+        if (r < h->n && cand_less(&h->v[r], &h->v[m]))
+            m = r;
         if (m == i)
             break;
         struct bpe_candidate t = h->v[i];
@@ -414,8 +433,10 @@ static int bpe_piece(const tokenizer *tk, const uint8_t *s, size_t n, token_list
     struct bpe_symbol *sym = n <= 64 ? stack_sym : malloc(n * sizeof *sym);
     struct bpe_heap h = {n <= 42 ? stack_heap : malloc(3 * n * sizeof *h.v), 0};
     if (!sym || !h.v) {
-        if (sym != stack_sym) free(sym);
-        if (h.v != stack_heap) free(h.v);
+        if (sym != stack_sym)
+            free(sym);
+        if (h.v != stack_heap)
+            free(h.v);
         return -1;
     }
     for (size_t i = 0; i < n; i++)
@@ -440,8 +461,10 @@ static int bpe_piece(const tokenizer *tk, const uint8_t *s, size_t n, token_list
     int rc = 0;
     for (int32_t i = 0; i >= 0 && !rc; i = sym[i].next)
         rc = token_list_push(out, sym[i].id);
-    if (sym != stack_sym) free(sym);
-    if (h.v != stack_heap) free(h.v);
+    if (sym != stack_sym)
+        free(sym);
+    if (h.v != stack_heap)
+        free(h.v);
     return rc;
 }
 
@@ -477,7 +500,8 @@ static int encode_plain(const tokenizer *tk, const uint8_t *s, size_t n, token_l
     for (size_t i = 0; i < n && !maybe_changes; i++)
         maybe_changes = s[i] >= 0xcc;
     utf8proc_uint8_t *nfc = NULL;
-    utf8proc_ssize_t len = maybe_changes ? utf8proc_map(s, (utf8proc_ssize_t)n, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE) : -1;
+    utf8proc_ssize_t len =
+        maybe_changes ? utf8proc_map(s, (utf8proc_ssize_t)n, &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE) : -1;
     int rc = len >= 0 ? encode_normalized(tk, nfc, (size_t)len, out) : encode_normalized(tk, s, n, out);
     free(nfc);
     return rc;

@@ -123,9 +123,7 @@ int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *r
         info.model_path = (char *)(st->model_path ? st->model_path : "");
         r.body_case = INFERNO__TOKENIZER_RESPONSE__BODY_INFO, r.info = &info;
         break;
-    default:
-        set_error(&r, &e, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "request has no body");
-        break;
+    default: set_error(&r, &e, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "request has no body"); break;
     }
 reply:;
     int rc = pack(&r, resp, resp_len);
@@ -191,8 +189,8 @@ static void worker_cb(void *arg) {
     nng_ctx_send(w->ctx, w->aio);
 }
 
-int tokenizer_service_start(const tokenizer_service_state *st, const char *url, int n_workers,
-                            tokenizer_service **out, char *err, size_t errlen) {
+int tokenizer_service_start(const tokenizer_service_state *st, const char *url, int n_workers, tokenizer_service **out,
+                            char *err, size_t errlen) {
     *out = NULL;
     tokenizer_service *svc = calloc(1, sizeof *svc);
     if (!svc) {

@@ -31,8 +31,8 @@ int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *r
                              size_t *resp_len);
 
 /* Listens on url (ipc://, tcp://, inproc://) with n_workers contexts. */
-int tokenizer_service_start(const tokenizer_service_state *st, const char *url, int n_workers,
-                            tokenizer_service **out, char *err, size_t errlen);
+int tokenizer_service_start(const tokenizer_service_state *st, const char *url, int n_workers, tokenizer_service **out,
+                            char *err, size_t errlen);
 void tokenizer_service_stop(tokenizer_service *svc);
 
 #endif

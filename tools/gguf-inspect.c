@@ -15,16 +15,17 @@
 #include "gguf.h"
 #include "utf8.h"
 
-#define PROG "gguf-inspect"
+#define PROG          "gguf-inspect"
 #define ARRAY_PREVIEW 8
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: " PROG " FILE [--json] [--full]\n"
-                 "       " PROG " FILE --dequant TENSOR --out F32FILE\n"
-                 "  --json     machine-readable output\n"
-                 "  --full     print arrays in full (default: first %d elements, with type and length)\n"
-                 "  --dequant  write TENSOR dequantized to float32 (little-endian) into --out\n"
-                 "  --version  print the version\n",
+    fprintf(out,
+            "usage: " PROG " FILE [--json] [--full]\n"
+            "       " PROG " FILE --dequant TENSOR --out F32FILE\n"
+            "  --json     machine-readable output\n"
+            "  --full     print arrays in full (default: first %d elements, with type and length)\n"
+            "  --dequant  write TENSOR dequantized to float32 (little-endian) into --out\n"
+            "  --version  print the version\n",
             ARRAY_PREVIEW);
 }
 
@@ -40,7 +41,8 @@ static json_t *json_num(double v) { return isfinite(v) ? json_real(v) : json_nul
 static json_t *array_element_json(const gguf_array *a, uint64_t i) {
     switch (a->elem_type) {
     case GGUF_TYPE_STRING: return json_str(a->strs[i]);
-    case GGUF_TYPE_FLOAT32: case GGUF_TYPE_FLOAT64: return json_num(gguf_array_get_f64(a, i));
+    case GGUF_TYPE_FLOAT32:
+    case GGUF_TYPE_FLOAT64: return json_num(gguf_array_get_f64(a, i));
     case GGUF_TYPE_BOOL: return json_boolean(gguf_array_get_u64(a, i));
     case GGUF_TYPE_UINT64: return json_integer((json_int_t)gguf_array_get_u64(a, i));
     default: return json_integer(gguf_array_get_i64(a, i));
@@ -58,7 +60,8 @@ static json_t *value_json(const gguf_file *f, uint64_t i, int full) {
     gguf_array a;
     switch (t) {
     case GGUF_TYPE_BOOL: gguf_kv_scalar_u64(f, i, &u); return json_boolean(u);
-    case GGUF_TYPE_FLOAT32: case GGUF_TYPE_FLOAT64: gguf_kv_scalar_f64(f, i, &d); return json_num(d);
+    case GGUF_TYPE_FLOAT32:
+    case GGUF_TYPE_FLOAT64: gguf_kv_scalar_f64(f, i, &d); return json_num(d);
     case GGUF_TYPE_STRING: gguf_kv_str(f, i, &str); return json_str(str);
     case GGUF_TYPE_UINT64: gguf_kv_scalar_u64(f, i, &u); return json_integer((json_int_t)u);
     case GGUF_TYPE_ARRAY: {
@@ -69,8 +72,8 @@ static json_t *value_json(const gguf_file *f, uint64_t i, int full) {
             json_array_append_new(list, array_element_json(&a, k));
         if (n == a.count)
             return list;
-        return json_pack("{s:s, s:s, s:I, s:o}", "type", "arr", "elem_type", gguf_value_type_name(a.elem_type),
-                         "count", (json_int_t)a.count, "head", list);
+        return json_pack("{s:s, s:s, s:I, s:o}", "type", "arr", "elem_type", gguf_value_type_name(a.elem_type), "count",
+                         (json_int_t)a.count, "head", list);
     }
     default: gguf_kv_scalar_i64(f, i, &s); return json_integer(s);
     }
@@ -100,17 +103,16 @@ static int print_json(const gguf_file *f, const char *path, int full) {
     }
     for (uint64_t i = 0; i < gguf_tensor_count(f); i++) {
         const gguf_tensor *t = gguf_tensor_at(f, i);
-        json_array_append_new(tensors, json_pack("{s:s, s:s, s:o, s:I, s:I, s:I}", "name", t->name, "type",
-                                                 tensor_type_name(t->type), "shape", shape_json(t), "offset",
-                                                 (json_int_t)t->offset, "data_offset",
-                                                 (json_int_t)(gguf_data_offset(f) + t->offset), "bytes",
-                                                 (json_int_t)t->n_bytes));
+        json_array_append_new(
+            tensors, json_pack("{s:s, s:s, s:o, s:I, s:I, s:I}", "name", t->name, "type", tensor_type_name(t->type),
+                               "shape", shape_json(t), "offset", (json_int_t)t->offset, "data_offset",
+                               (json_int_t)(gguf_data_offset(f) + t->offset), "bytes", (json_int_t)t->n_bytes));
     }
-    json_t *root = json_pack("{s:s, s:i, s:i, s:I, s:I, s:I, s:o, s:o, s:o}", "file", path, "version",
-                             (int)gguf_version(f), "alignment", (int)gguf_alignment(f), "data_offset",
-                             (json_int_t)gguf_data_offset(f), "kv_count", (json_int_t)gguf_kv_count(f),
-                             "tensor_count", (json_int_t)gguf_tensor_count(f), "metadata", meta, "metadata_types",
-                             types, "tensors", tensors);
+    json_t *root =
+        json_pack("{s:s, s:i, s:i, s:I, s:I, s:I, s:o, s:o, s:o}", "file", path, "version", (int)gguf_version(f),
+                  "alignment", (int)gguf_alignment(f), "data_offset", (json_int_t)gguf_data_offset(f), "kv_count",
+                  (json_int_t)gguf_kv_count(f), "tensor_count", (json_int_t)gguf_tensor_count(f), "metadata", meta,
+                  "metadata_types", types, "tensors", tensors);
     int rc = json_dumpf(root, stdout, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     fputc('\n', stdout);
     json_decref(root);

@@ -34,18 +34,39 @@ int main(int argc, char **argv) {
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        if (!strcmp(a, "--version")) { printf(PROG " " INFERNO_VERSION "\n"); return 0; }
-        if (!strcmp(a, "--json")) { json = 1; continue; }
-        if (!v) { fprintf(stderr, PROG ": %s: missing value or unknown flag\n", a); return 2; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--version")) {
+            printf(PROG " " INFERNO_VERSION "\n");
+            return 0;
+        }
+        if (!strcmp(a, "--json")) {
+            json = 1;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, PROG ": %s: missing value or unknown flag\n", a);
+            return 2;
+        }
         i++;
-        if (!strcmp(a, "--model")) path = v;
-        else if (!strcmp(a, "--prompt")) prompt = atoi(v);
-        else if (!strcmp(a, "--gen")) gen = atoi(v);
-        else if (!strcmp(a, "--batch")) batches = v;
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--kernels")) kernels = v;
-        else { fprintf(stderr, PROG ": unknown flag %s\n", a); return 2; }
+        if (!strcmp(a, "--model"))
+            path = v;
+        else if (!strcmp(a, "--prompt"))
+            prompt = atoi(v);
+        else if (!strcmp(a, "--gen"))
+            gen = atoi(v);
+        else if (!strcmp(a, "--batch"))
+            batches = v;
+        else if (!strcmp(a, "--threads"))
+            threads = atoi(v);
+        else if (!strcmp(a, "--kernels"))
+            kernels = v;
+        else {
+            fprintf(stderr, PROG ": unknown flag %s\n", a);
+            return 2;
+        }
     }
     if (!path || prompt < 1 || gen < 1 || threads < 1) {
         usage(stderr);
@@ -54,7 +75,10 @@ int main(int argc, char **argv) {
     int bs[16], nb = 0, max_b = 1;
     for (const char *s = batches; *s && nb < 16;) {
         bs[nb] = atoi(s);
-        if (bs[nb] < 1) { fprintf(stderr, PROG ": --batch: expected sizes like 1,8,32\n"); return 2; }
+        if (bs[nb] < 1) {
+            fprintf(stderr, PROG ": --batch: expected sizes like 1,8,32\n");
+            return 2;
+        }
         max_b = bs[nb] > max_b ? bs[nb] : max_b;
         nb++;
         s = strchr(s, ',') ? strchr(s, ',') + 1 : s + strlen(s);
@@ -93,7 +117,8 @@ int main(int argc, char **argv) {
     t0 = now_s();
     cpu_engine_forward(e, &b, logits, err, sizeof err);
     double prefill_s = now_s() - t0;
-    if (warm < prefill_s) prefill_s = warm;
+    if (warm < prefill_s)
+        prefill_s = warm;
     double prefill_tps = prompt / prefill_s;
 
     double decode_tps[16], decode_gbs[16];
@@ -103,7 +128,8 @@ int main(int argc, char **argv) {
         for (int q = 0; q < B; q++) { /* each sequence's prompt into its own blocks */
             engine_seq sp = {0, prompt, 0, tables + (size_t)q * per_seq, per_seq, false};
             engine_batch bp = {toks, prompt, &sp, 1};
-            if (q > 0) cpu_engine_forward(e, &bp, logits, err, sizeof err);
+            if (q > 0)
+                cpu_engine_forward(e, &bp, logits, err, sizeof err);
         }
         double start = now_s();
         for (int step = 0; step < gen; step++) {
@@ -125,8 +151,8 @@ int main(int argc, char **argv) {
                "\"prefill_tokens_per_s\": %.2f, \"prefill_gb_per_s\": %.2f, \"decode\": [",
                path, cpu_engine_kernels(e), threads, gb, prompt, prefill_tps, gb / prefill_s);
         for (int k = 0; k < nb; k++)
-            printf("%s{\"batch\": %d, \"tokens_per_s\": %.2f, \"gb_per_s\": %.2f}", k ? ", " : "", bs[k],
-                   decode_tps[k], decode_gbs[k]);
+            printf("%s{\"batch\": %d, \"tokens_per_s\": %.2f, \"gb_per_s\": %.2f}", k ? ", " : "", bs[k], decode_tps[k],
+                   decode_gbs[k]);
         printf("]}\n");
     } else {
         printf("model %s (%s, %.2f GB of weights), %s kernels, %d threads\n", path, m->name, gb, cpu_engine_kernels(e),

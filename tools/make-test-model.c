@@ -36,7 +36,9 @@ static const struct model_config config_0_6b = {"inferno-test-0.6b", 28, 1024, 1
 
 /* ---- deterministic random numbers: splitmix64 seeding xoshiro256** ---- */
 
-typedef struct { uint64_t s[4]; } rng_state;
+typedef struct {
+    uint64_t s[4];
+} rng_state;
 
 static uint64_t splitmix64(uint64_t *x) {
     uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
@@ -121,7 +123,8 @@ static json_t *load_json(const char *dir, const char *file) {
 /* Token id of a special token named in tokenizer_config.json (a string, or
  * an object with "content"), looked up among the added tokens. */
 static int added_token_id(json_t *added, json_t *spec, uint32_t *id) {
-    const char *want = json_is_string(spec) ? json_string_value(spec) : json_string_value(json_object_get(spec, "content"));
+    const char *want =
+        json_is_string(spec) ? json_string_value(spec) : json_string_value(json_object_get(spec, "content"));
     const char *key;
     json_t *tok;
     if (!want)
@@ -324,17 +327,17 @@ static int add_weights(struct model_writer *m, const struct model_config *c, uin
             uint64_t ne0, ne1;
             float mean, std;
         } layer[] = {
-            {"attn_norm", c->hidden, 1, 1.0f, 0.1f},           /* [hidden] */
-            {"ffn_down", c->ffn, c->hidden, 0.0f, s_ffn},      /* [hidden][ffn] */
-            {"ffn_gate", c->hidden, c->ffn, 0.0f, s_in},       /* [ffn][hidden] */
-            {"ffn_up", c->hidden, c->ffn, 0.0f, s_in},         /* [ffn][hidden] */
-            {"ffn_norm", c->hidden, 1, 1.0f, 0.1f},            /* [hidden] */
-            {"attn_k_norm", c->head_dim, 1, 1.0f, 0.1f},       /* [head_dim] */
-            {"attn_k", c->hidden, kv_dim, 0.0f, s_in},         /* [kv_heads*head_dim][hidden] */
-            {"attn_output", q_dim, c->hidden, 0.0f, s_attn},   /* [hidden][heads*head_dim] */
-            {"attn_q_norm", c->head_dim, 1, 1.0f, 0.1f},       /* [head_dim] */
-            {"attn_q", c->hidden, q_dim, 0.0f, s_in},          /* [heads*head_dim][hidden] */
-            {"attn_v", c->hidden, kv_dim, 0.0f, s_in},         /* [kv_heads*head_dim][hidden] */
+            {"attn_norm", c->hidden, 1, 1.0f, 0.1f},         /* [hidden] */
+            {"ffn_down", c->ffn, c->hidden, 0.0f, s_ffn},    /* [hidden][ffn] */
+            {"ffn_gate", c->hidden, c->ffn, 0.0f, s_in},     /* [ffn][hidden] */
+            {"ffn_up", c->hidden, c->ffn, 0.0f, s_in},       /* [ffn][hidden] */
+            {"ffn_norm", c->hidden, 1, 1.0f, 0.1f},          /* [hidden] */
+            {"attn_k_norm", c->head_dim, 1, 1.0f, 0.1f},     /* [head_dim] */
+            {"attn_k", c->hidden, kv_dim, 0.0f, s_in},       /* [kv_heads*head_dim][hidden] */
+            {"attn_output", q_dim, c->hidden, 0.0f, s_attn}, /* [hidden][heads*head_dim] */
+            {"attn_q_norm", c->head_dim, 1, 1.0f, 0.1f},     /* [head_dim] */
+            {"attn_q", c->hidden, q_dim, 0.0f, s_in},        /* [heads*head_dim][hidden] */
+            {"attn_v", c->hidden, kv_dim, 0.0f, s_in},       /* [kv_heads*head_dim][hidden] */
         };
         for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
             char name[64];
@@ -352,9 +355,12 @@ static void size_label(uint64_t params, char *out, size_t len) {
     double n = (double)params;
     const char *suffix = "K";
     double scale = 1e3;
-    if (n >= 1e12) suffix = "T", scale = 1e12;
-    else if (n >= 1e9) suffix = "B", scale = 1e9;
-    else if (n >= 1e6) suffix = "M", scale = 1e6;
+    if (n >= 1e12)
+        suffix = "T", scale = 1e12;
+    else if (n >= 1e9)
+        suffix = "B", scale = 1e9;
+    else if (n >= 1e6)
+        suffix = "M", scale = 1e6;
     double v = n / scale;
     char digits[32];
     snprintf(digits, sizeof digits, "%.0f", v);
@@ -364,33 +370,30 @@ static void size_label(uint64_t params, char *out, size_t len) {
 
 static int add_metadata(gguf_writer *w, const struct model_config *c, const struct tokenizer_files *tk,
                         uint32_t file_type, const char *label) {
-    int rc = gguf_writer_add_str(w, "general.architecture", "qwen3") ||
-             gguf_writer_add_str(w, "general.type", "model") || gguf_writer_add_str(w, "general.name", c->name) ||
-             gguf_writer_add_str(w, "general.size_label", label) ||
-             gguf_writer_add_u32(w, "qwen3.block_count", c->layers) ||
-             gguf_writer_add_u32(w, "qwen3.context_length", c->context) ||
-             gguf_writer_add_u32(w, "qwen3.embedding_length", c->hidden) ||
-             gguf_writer_add_u32(w, "qwen3.feed_forward_length", c->ffn) ||
-             gguf_writer_add_u32(w, "qwen3.attention.head_count", c->heads) ||
-             gguf_writer_add_u32(w, "qwen3.attention.head_count_kv", c->kv_heads) ||
-             gguf_writer_add_f32(w, "qwen3.rope.freq_base", 1000000.0f) ||
-             gguf_writer_add_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f) ||
-             gguf_writer_add_u32(w, "qwen3.attention.key_length", c->head_dim) ||
-             gguf_writer_add_u32(w, "qwen3.attention.value_length", c->head_dim) ||
-             gguf_writer_add_u32(w, "general.file_type", file_type) ||
-             gguf_writer_add_u32(w, "general.quantization_version", 2) ||
-             gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2") ||
-             gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2") ||
-             gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)tk->tokens, NULL,
-                                       tk->vocab_size) ||
-             gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, tk->token_types,
-                                   tk->vocab_size) ||
-             gguf_writer_add_str_array(w, "tokenizer.ggml.merges", (const char *const *)tk->merges, NULL,
-                                       tk->n_merges) ||
-             gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", tk->eos) ||
-             gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id", tk->pad) ||
-             gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", tk->bos) ||
-             gguf_writer_add_str(w, "tokenizer.chat_template", tk->chat_template);
+    int rc =
+        gguf_writer_add_str(w, "general.architecture", "qwen3") || gguf_writer_add_str(w, "general.type", "model") ||
+        gguf_writer_add_str(w, "general.name", c->name) || gguf_writer_add_str(w, "general.size_label", label) ||
+        gguf_writer_add_u32(w, "qwen3.block_count", c->layers) ||
+        gguf_writer_add_u32(w, "qwen3.context_length", c->context) ||
+        gguf_writer_add_u32(w, "qwen3.embedding_length", c->hidden) ||
+        gguf_writer_add_u32(w, "qwen3.feed_forward_length", c->ffn) ||
+        gguf_writer_add_u32(w, "qwen3.attention.head_count", c->heads) ||
+        gguf_writer_add_u32(w, "qwen3.attention.head_count_kv", c->kv_heads) ||
+        gguf_writer_add_f32(w, "qwen3.rope.freq_base", 1000000.0f) ||
+        gguf_writer_add_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f) ||
+        gguf_writer_add_u32(w, "qwen3.attention.key_length", c->head_dim) ||
+        gguf_writer_add_u32(w, "qwen3.attention.value_length", c->head_dim) ||
+        gguf_writer_add_u32(w, "general.file_type", file_type) ||
+        gguf_writer_add_u32(w, "general.quantization_version", 2) ||
+        gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2") ||
+        gguf_writer_add_str(w, "tokenizer.ggml.pre", "qwen2") ||
+        gguf_writer_add_str_array(w, "tokenizer.ggml.tokens", (const char *const *)tk->tokens, NULL, tk->vocab_size) ||
+        gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, tk->token_types, tk->vocab_size) ||
+        gguf_writer_add_str_array(w, "tokenizer.ggml.merges", (const char *const *)tk->merges, NULL, tk->n_merges) ||
+        gguf_writer_add_u32(w, "tokenizer.ggml.eos_token_id", tk->eos) ||
+        gguf_writer_add_u32(w, "tokenizer.ggml.padding_token_id", tk->pad) ||
+        gguf_writer_add_u32(w, "tokenizer.ggml.bos_token_id", tk->bos) ||
+        gguf_writer_add_str(w, "tokenizer.chat_template", tk->chat_template);
     if (rc)
         fprintf(stderr, PROG ": %s\n", gguf_writer_error(w));
     return rc;
@@ -424,9 +427,12 @@ int main(int argc, char **argv) {
     struct model_config cfg = {0};
     const char *out = NULL, *type_name = "f32", *tok_flag = NULL, *config = NULL;
     uint64_t seed = 1;
-    struct { const char *flag; uint32_t *field; } dims[] = {
-        {"--layers", &cfg.layers}, {"--hidden", &cfg.hidden}, {"--heads", &cfg.heads}, {"--kv-heads", &cfg.kv_heads},
-        {"--head-dim", &cfg.head_dim}, {"--ffn", &cfg.ffn}, {"--context", &cfg.context}};
+    struct {
+        const char *flag;
+        uint32_t *field;
+    } dims[] = {{"--layers", &cfg.layers},     {"--hidden", &cfg.hidden},     {"--heads", &cfg.heads},
+                {"--kv-heads", &cfg.kv_heads}, {"--head-dim", &cfg.head_dim}, {"--ffn", &cfg.ffn},
+                {"--context", &cfg.context}};
     uint32_t overrides[7] = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -452,12 +458,18 @@ int main(int argc, char **argv) {
             }
         if (matched)
             continue;
-        if (!strcmp(a, "--config")) config = val;
-        else if (!strcmp(a, "--type")) type_name = val;
-        else if (!strcmp(a, "--seed")) seed = strtoull(val, NULL, 10);
-        else if (!strcmp(a, "--out")) out = val;
-        else if (!strcmp(a, "--tokenizer")) tok_flag = val;
-        else if (!strcmp(a, "--name")) cfg.name = val;
+        if (!strcmp(a, "--config"))
+            config = val;
+        else if (!strcmp(a, "--type"))
+            type_name = val;
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(val, NULL, 10);
+        else if (!strcmp(a, "--out"))
+            out = val;
+        else if (!strcmp(a, "--tokenizer"))
+            tok_flag = val;
+        else if (!strcmp(a, "--name"))
+            cfg.name = val;
         else {
             fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
             return 2;
@@ -467,7 +479,9 @@ int main(int argc, char **argv) {
         usage(stderr);
         return 2;
     }
-    const struct model_config *base = !strcmp(config, "tiny") ? &config_tiny : !strcmp(config, "0.6b") ? &config_0_6b : NULL;
+    const struct model_config *base = !strcmp(config, "tiny")   ? &config_tiny
+                                      : !strcmp(config, "0.6b") ? &config_0_6b
+                                                                : NULL;
     if (!base) {
         fprintf(stderr, PROG ": --config: expected tiny or 0.6b, got '%s'\n", config);
         return 2;
@@ -483,8 +497,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": --heads %u is not a multiple of --kv-heads %u\n", cfg.heads, cfg.kv_heads);
         return 2;
     }
-    static const struct { const char *name; uint32_t type, file_type; } types[] = {
-        {"f32", TENSOR_F32, 0}, {"f16", TENSOR_F16, 1}, {"q8_0", TENSOR_Q8_0, 7}, {"bf16", TENSOR_BF16, 32}};
+    static const struct {
+        const char *name;
+        uint32_t type, file_type;
+    } types[] = {{"f32", TENSOR_F32, 0}, {"f16", TENSOR_F16, 1}, {"q8_0", TENSOR_Q8_0, 7}, {"bf16", TENSOR_BF16, 32}};
     int ti = -1;
     for (int t = 0; t < 4; t++)
         if (!strcmp(type_name, types[t].name))

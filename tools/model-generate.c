@@ -18,7 +18,7 @@
 #include "sampler.h"
 #include "tokenizer.h"
 
-#define PROG "model-generate"
+#define PROG          "model-generate"
 #define PREFILL_CHUNK 512
 
 static void usage(FILE *out) {
@@ -61,29 +61,65 @@ int main(int argc, char **argv) {
     sampling_params sp = sampling_defaults();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        if (!strcmp(a, "--version")) { printf(PROG " " INFERNO_VERSION "\n"); return 0; }
-        if (!strcmp(a, "--chat")) { chat = true; continue; }
-        if (!strcmp(a, "--print-ids")) { print_ids = true; continue; }
-        if (!strcmp(a, "--ignore-eos")) { ignore_eos = true; continue; }
-        if (!v) { fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a); return 2; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--version")) {
+            printf(PROG " " INFERNO_VERSION "\n");
+            return 0;
+        }
+        if (!strcmp(a, "--chat")) {
+            chat = true;
+            continue;
+        }
+        if (!strcmp(a, "--print-ids")) {
+            print_ids = true;
+            continue;
+        }
+        if (!strcmp(a, "--ignore-eos")) {
+            ignore_eos = true;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
+            return 2;
+        }
         i++;
-        if (!strcmp(a, "--model")) model_path = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--prompt-ids")) prompt_ids = v;
-        else if (!strcmp(a, "--dump-logits")) dump = v;
-        else if (!strcmp(a, "--kernels")) kernels = v;
-        else if (!strcmp(a, "--max-tokens")) max_tokens = atoi(v);
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--temperature")) sp.temperature = strtof(v, NULL);
-        else if (!strcmp(a, "--top-k")) sp.top_k = atoi(v);
-        else if (!strcmp(a, "--top-p")) sp.top_p = strtof(v, NULL);
-        else if (!strcmp(a, "--min-p")) sp.min_p = strtof(v, NULL);
-        else if (!strcmp(a, "--seed")) sp.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--repetition-penalty")) sp.repetition_penalty = strtof(v, NULL);
-        else if (!strcmp(a, "--presence-penalty")) sp.presence_penalty = strtof(v, NULL);
-        else if (!strcmp(a, "--frequency-penalty")) sp.frequency_penalty = strtof(v, NULL);
-        else { fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a); return 2; }
+        if (!strcmp(a, "--model"))
+            model_path = v;
+        else if (!strcmp(a, "--prompt"))
+            prompt = v;
+        else if (!strcmp(a, "--prompt-ids"))
+            prompt_ids = v;
+        else if (!strcmp(a, "--dump-logits"))
+            dump = v;
+        else if (!strcmp(a, "--kernels"))
+            kernels = v;
+        else if (!strcmp(a, "--max-tokens"))
+            max_tokens = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            threads = atoi(v);
+        else if (!strcmp(a, "--temperature"))
+            sp.temperature = strtof(v, NULL);
+        else if (!strcmp(a, "--top-k"))
+            sp.top_k = atoi(v);
+        else if (!strcmp(a, "--top-p"))
+            sp.top_p = strtof(v, NULL);
+        else if (!strcmp(a, "--min-p"))
+            sp.min_p = strtof(v, NULL);
+        else if (!strcmp(a, "--seed"))
+            sp.seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--repetition-penalty"))
+            sp.repetition_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--presence-penalty"))
+            sp.presence_penalty = strtof(v, NULL);
+        else if (!strcmp(a, "--frequency-penalty"))
+            sp.frequency_penalty = strtof(v, NULL);
+        else {
+            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
+            return 2;
+        }
     }
     if (!model_path || (!prompt && !prompt_ids) || max_tokens < 0 || threads < 1) {
         usage(stderr);
@@ -198,8 +234,9 @@ int main(int argc, char **argv) {
     }
     double gb = (double)m->weight_bytes / 1e9;
     int32_t decode_steps = n_gen > 1 ? n_gen - 1 : 0;
-    fprintf(stderr, PROG ": %s kernels, %d threads: prefill %d tokens in %.3f s (%.1f tok/s), decode %d tokens in %.3f s "
-                    "(%.1f tok/s, %.1f GB/s of weights)\n",
+    fprintf(stderr,
+            PROG ": %s kernels, %d threads: prefill %d tokens in %.3f s (%.1f tok/s), decode %d tokens in %.3f s "
+                 "(%.1f tok/s, %.1f GB/s of weights)\n",
             cpu_engine_kernels(e), threads, n_prompt, t1 - t0, n_prompt / (t1 - t0), decode_steps, t2 - t1,
             decode_steps / (t2 - t1 + 1e-12), decode_steps * gb / (t2 - t1 + 1e-12));
     free(logits), free(table);

@@ -193,18 +193,27 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--version")) {
             printf(PROG " " INFERNO_VERSION "\n");
             return 0;
-        } else if (!strcmp(a, "--model") && i + 1 < argc) model = argv[++i];
-        else if (!strcmp(a, "--render") && i + 1 < argc) render = argv[++i];
-        else if (!strcmp(a, "--bench") && i + 1 < argc) bench = argv[++i];
-        else if (!strcmp(a, "--now") && i + 1 < argc) now = argv[++i];
-        else if (!strcmp(a, "--repeat") && i + 1 < argc) repeat = atoi(argv[++i]);
-        else if (!strcmp(a, "--jsonl")) jsonl = true;
-        else if (!strcmp(a, "--decode")) decode = true;
-        else if (!strcmp(a, "--no-special")) special = false;
+        } else if (!strcmp(a, "--model") && i + 1 < argc)
+            model = argv[++i];
+        else if (!strcmp(a, "--render") && i + 1 < argc)
+            render = argv[++i];
+        else if (!strcmp(a, "--bench") && i + 1 < argc)
+            bench = argv[++i];
+        else if (!strcmp(a, "--now") && i + 1 < argc)
+            now = argv[++i];
+        else if (!strcmp(a, "--repeat") && i + 1 < argc)
+            repeat = atoi(argv[++i]);
+        else if (!strcmp(a, "--jsonl"))
+            jsonl = true;
+        else if (!strcmp(a, "--decode"))
+            decode = true;
+        else if (!strcmp(a, "--no-special"))
+            special = false;
         else if (a[0] == '-' && a[1] == '-') {
             fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
             return 2;
-        } else text = a;
+        } else
+            text = a;
     }
     if (render)
         return run_render(render, now);
@@ -219,9 +228,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     int rc = 0;
-    if (jsonl) rc = run_jsonl(tk, special);
-    else if (decode) rc = run_decode(tk);
-    else if (bench) rc = run_bench(tk, bench, repeat > 0 ? repeat : 1);
+    if (jsonl)
+        rc = run_jsonl(tk, special);
+    else if (decode)
+        rc = run_decode(tk);
+    else if (bench)
+        rc = run_bench(tk, bench, repeat > 0 ? repeat : 1);
     else {
         token_list ids = {0};
         tokenizer_encode(tk, text, strlen(text), special, &ids);

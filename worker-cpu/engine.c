@@ -145,8 +145,10 @@ void cpu_engine_free(cpu_engine *e) {
     if (!e)
         return;
     for (uint32_t l = 0; l < e->m->n_layers; l++) {
-        if (e->k_cache) free(e->k_cache[l]);
-        if (e->v_cache) free(e->v_cache[l]);
+        if (e->k_cache)
+            free(e->k_cache[l]);
+        if (e->v_cache)
+            free(e->v_cache[l]);
     }
     free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores);
     for (int i = 0; i < e->n_repacked; i++)
@@ -163,7 +165,8 @@ static int reserve(cpu_engine *e, int T, int max_pos) {
         free_scratch(e);
         int cap = T < 16 ? 16 : T;
         size_t widest = m->ffn > m->hidden ? m->ffn : m->hidden;
-        if (e->q_dim > widest) widest = e->q_dim;
+        if (e->q_dim > widest)
+            widest = e->q_dim;
         e->x = xalloc((size_t)cap * m->hidden * 4), e->xn = xalloc((size_t)cap * widest * 4);
         e->q = xalloc((size_t)cap * e->q_dim * 4), e->att = xalloc((size_t)cap * e->q_dim * 4);
         e->kk = xalloc((size_t)cap * e->kv_dim * 4), e->vv = xalloc((size_t)cap * e->kv_dim * 4);
@@ -219,7 +222,7 @@ static void rope(float *v, int pos, const float *inv_freq, uint32_t hd) {
 
 struct matmul_job {
     cpu_engine *e;
-    int n;                /* matmuls sharing one input */
+    int n; /* matmuls sharing one input */
     const weight *w[3];
     float *y[3];
     size_t y_stride[3];
@@ -227,9 +230,7 @@ struct matmul_job {
     int T;
 };
 
-static const kernel_set *kernels_for(const cpu_engine *e, uint32_t type) {
-    return e->k->matmul[type] ? e->k : e->ref;
-}
+static const kernel_set *kernels_for(const cpu_engine *e, uint32_t type) { return e->k->matmul[type] ? e->k : e->ref; }
 
 static void matmul_worker(void *p, int ith, int nth) {
     struct matmul_job *j = p;
@@ -331,14 +332,14 @@ static int validate(const cpu_engine *e, const engine_batch *b, int *max_pos, ch
     }
     for (int32_t i = 0; i < b->n_tokens; i++)
         if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= e->m->vocab) {
-            snprintf(err, errlen, "engine: token %d at %d is outside the vocabulary (%u)", b->tokens[i], i, e->m->vocab);
+            snprintf(err, errlen, "engine: token %d at %d is outside the vocabulary (%u)", b->tokens[i], i,
+                     e->m->vocab);
             return -1;
         }
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const engine_seq *q = &b->seqs[s];
         int64_t end = (int64_t)q->pos0 + q->n_tokens;
-        if (q->n_tokens <= 0 || q->start != covered || q->pos0 < 0 ||
-            end > (int64_t)q->n_table * e->block_size) {
+        if (q->n_tokens <= 0 || q->start != covered || q->pos0 < 0 || end > (int64_t)q->n_table * e->block_size) {
             snprintf(err, errlen, "engine: sequence %d: tokens [%d, +%d) at position %d do not fit its %d blocks", s,
                      q->start, q->n_tokens, q->pos0, q->n_table);
             return -1;

@@ -22,10 +22,10 @@
 typedef struct cpu_engine cpu_engine;
 
 typedef struct {
-    int n_threads;      /* default 1 */
-    int block_size;     /* positions per KV block, default 16 */
-    int n_blocks;       /* KV pool size; 0: enough for kv_tokens */
-    int kv_tokens;      /* with n_blocks 0: positions to hold (default 4096) */
+    int n_threads;       /* default 1 */
+    int block_size;      /* positions per KV block, default 16 */
+    int n_blocks;        /* KV pool size; 0: enough for kv_tokens */
+    int kv_tokens;       /* with n_blocks 0: positions to hold (default 4096) */
     const char *kernels; /* "reference", "avx2", "avx512", NULL: best available */
 } cpu_engine_config;
 
@@ -34,7 +34,7 @@ typedef struct {
     int32_t pos0;               /* position of tokens[start] in the sequence */
     const int32_t *block_table; /* KV block ids covering positions 0 .. pos0+n_tokens-1 */
     int32_t n_table;
-    bool all_logits;            /* logits for every new token, not only the last */
+    bool all_logits; /* logits for every new token, not only the last */
 } engine_seq;
 
 typedef struct {

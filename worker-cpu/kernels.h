@@ -22,12 +22,12 @@
 #define TENSOR_Q8_0_PACKED 200
 
 typedef struct {
-    const float *x;        /* [T][cols] */
-    const block_q8_0 *xq;  /* [T][cols/32]: x quantized, for Q8_0 weights when q8_activations */
-    const uint8_t *xu;     /* [T][cols]: the quants of xq plus 128 (for Q8_0_PACKED) */
-    const float *xd;       /* [T][cols/32 rounded up to 16]: the scales of xq */
+    const float *x;       /* [T][cols] */
+    const block_q8_0 *xq; /* [T][cols/32]: x quantized, for Q8_0 weights when q8_activations */
+    const uint8_t *xu;    /* [T][cols]: the quants of xq plus 128 (for Q8_0_PACKED) */
+    const float *xd;      /* [T][cols/32 rounded up to 16]: the scales of xq */
     int T;
-    float *y;              /* y[t * y_stride + r] */
+    float *y; /* y[t * y_stride + r] */
     size_t y_stride;
 } matmul_args;
 
@@ -35,8 +35,8 @@ typedef void (*matmul_fn)(const weight *w, const matmul_args *a, uint64_t r0, ui
 
 typedef struct {
     const char *name;
-    matmul_fn matmul[256];   /* by tensor type; NULL: unsupported */
-    bool q8_activations;     /* Q8_0 weights want a->xq */
+    matmul_fn matmul[256]; /* by tensor type; NULL: unsupported */
+    bool q8_activations;   /* Q8_0 weights want a->xq */
     void (*quantize_q8_0)(const float *x, block_q8_0 *q, uint64_t n);
     /* Optional: rewrite a weight into a layout this set streams faster
      * (dst->data is malloc'ed), returning 0; -1 keeps the original. */

@@ -6,12 +6,12 @@
 #include "kernels.h"
 
 #define KERNEL_TARGET __attribute__((target("avx2,fma,f16c")))
-#define VEC __m256
-#define VLEN 8
-#define VZERO() _mm256_setzero_ps()
-#define VLOAD_F32(p) _mm256_loadu_ps(p)
+#define VEC           __m256
+#define VLEN          8
+#define VZERO()       _mm256_setzero_ps()
+#define VLOAD_F32(p)  _mm256_loadu_ps(p)
 #define VFMA(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define VADD(a, b) _mm256_add_ps(a, b)
+#define VADD(a, b)    _mm256_add_ps(a, b)
 
 KERNEL_TARGET static inline float VSUM(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -19,7 +19,9 @@ KERNEL_TARGET static inline float VSUM(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
-KERNEL_TARGET static inline __m256 load_f32(const uint8_t *p, uint64_t c) { return _mm256_loadu_ps((const float *)p + c); }
+KERNEL_TARGET static inline __m256 load_f32(const uint8_t *p, uint64_t c) {
+    return _mm256_loadu_ps((const float *)p + c);
+}
 KERNEL_TARGET static inline __m256 load_f16(const uint8_t *p, uint64_t c) {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * c)));
 }
@@ -50,19 +52,21 @@ KERNEL_TARGET static inline __m256 q8_block(const block_q8_0 *wb, const block_q8
     return _mm256_fmadd_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(p32), acc);
 }
 
-KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const weight *w, const matmul_args *a,
-                                                                          uint64_t r, int t, const int rb,
-                                                                          const int tb) {
+KERNEL_TARGET static inline __attribute__((always_inline)) void
+tile_q8_0(const weight *w, const matmul_args *a, uint64_t r, int t, const int rb, const int tb) {
     uint64_t nb = w->cols / 32;
     __m256 acc[RB][TB];
     const block_q8_0 *wrow[RB], *xrow[TB];
-    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] = (const block_q8_0 *)((const uint8_t *)w->data + (r + i) * w->row_bytes);
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] =
+        (const block_q8_0 *)((const uint8_t *)w->data + (r + i) * w->row_bytes);
     _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->xq + (size_t)(t + j) * nb;
-    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm256_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+        acc[i][j] = _mm256_setzero_ps();
     for (uint64_t b = 0; b < nb; b++)
         _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
             _mm_prefetch((const char *)&wrow[i][b] + (size_t)RB * w->row_bytes, _MM_HINT_T0);
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = q8_block(&wrow[i][b], &xrow[j][b], acc[i][j]);
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] =
+                q8_block(&wrow[i][b], &xrow[j][b], acc[i][j]);
         }
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
         a->y[(size_t)(t + j) * a->y_stride + r + i] = VSUM(acc[i][j]);
@@ -112,8 +116,11 @@ KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n
 }
 
 const kernel_set *kernels_avx2(void) {
-    static kernel_set k = {.name = "avx2", .q8_activations = true, .quantize_q8_0 = quantize_q8_0_rows,
-                           .dot = dot_avx2, .axpy = axpy_avx2};
+    static kernel_set k = {.name = "avx2",
+                           .q8_activations = true,
+                           .quantize_q8_0 = quantize_q8_0_rows,
+                           .dot = dot_avx2,
+                           .axpy = axpy_avx2};
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
         return NULL;
     k.matmul[TENSOR_F32] = matmul_f32;

@@ -6,15 +6,17 @@
 #include "kernels.h"
 
 #define KERNEL_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,fma,f16c")))
-#define VEC __m512
-#define VLEN 16
-#define VZERO() _mm512_setzero_ps()
-#define VLOAD_F32(p) _mm512_loadu_ps(p)
+#define VEC           __m512
+#define VLEN          16
+#define VZERO()       _mm512_setzero_ps()
+#define VLOAD_F32(p)  _mm512_loadu_ps(p)
 #define VFMA(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define VADD(a, b) _mm512_add_ps(a, b)
-#define VSUM(v) _mm512_reduce_add_ps(v)
+#define VADD(a, b)    _mm512_add_ps(a, b)
+#define VSUM(v)       _mm512_reduce_add_ps(v)
 
-KERNEL_TARGET static inline __m512 load_f32(const uint8_t *p, uint64_t c) { return _mm512_loadu_ps((const float *)p + c); }
+KERNEL_TARGET static inline __m512 load_f32(const uint8_t *p, uint64_t c) {
+    return _mm512_loadu_ps((const float *)p + c);
+}
 KERNEL_TARGET static inline __m512 load_f16(const uint8_t *p, uint64_t c) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * c)));
 }
@@ -70,15 +72,16 @@ KERNEL_TARGET static inline float q8_single(const block_q8_0 *w, const block_q8_
     return (float)_mm_cvtsi128_si32(h) * _cvtsh_ss(w->d) * _cvtsh_ss(x->d);
 }
 
-KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const weight *w, const matmul_args *a,
-                                                                          uint64_t r, int t, const int rb,
-                                                                          const int tb) {
+KERNEL_TARGET static inline __attribute__((always_inline)) void
+tile_q8_0(const weight *w, const matmul_args *a, uint64_t r, int t, const int rb, const int tb) {
     uint64_t nb = w->cols / 32;
     __m512 acc[RB][TB];
     const block_q8_0 *wrow[RB], *xrow[TB];
-    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] = (const block_q8_0 *)((const uint8_t *)w->data + (r + i) * w->row_bytes);
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] =
+        (const block_q8_0 *)((const uint8_t *)w->data + (r + i) * w->row_bytes);
     _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->xq + (size_t)(t + j) * nb;
-    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+        acc[i][j] = _mm512_setzero_ps();
     const __m512i offset = _mm512_set1_epi8((char)0x80);
     uint64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
@@ -92,8 +95,8 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8_0(const 
             _mm_prefetch((const char *)&wrow[i][b] + (size_t)RB * w->row_bytes, _MM_HINT_T0);
             __m512i wv = load2(&wrow[i][b]), ws = weight_sum128(wv);
             __m512 wsc = scales2(&wrow[i][b]);
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
-                acc[i][j] = q8_pair(xu[j], wv, ws, _mm512_mul_ps(wsc, xs[j]), acc[i][j]);
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] =
+                q8_pair(xu[j], wv, ws, _mm512_mul_ps(wsc, xs[j]), acc[i][j]);
         }
     }
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
@@ -121,7 +124,8 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8_0(const 
             __m512 wsc = scales2(&wrow[b + 2 * u]);
             _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
                 const block_q8_0 *x = a->xq + (size_t)(t + j) * nb + b + 2 * u;
-                acc[j][u] = q8_pair(_mm512_xor_si512(load2(x), offset), wv, ws, _mm512_mul_ps(wsc, scales2(x)), acc[j][u]);
+                acc[j][u] =
+                    q8_pair(_mm512_xor_si512(load2(x), offset), wv, ws, _mm512_mul_ps(wsc, scales2(x)), acc[j][u]);
             }
         }
     }
@@ -188,9 +192,8 @@ KERNEL_TARGET static inline __m512i pair_index(int k) {
 
 /* One tile of rb packed weight rows and tb activation rows; 16 blocks (512
  * values) per step, the scales of the 16 blocks multiplied once per step. */
-KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8p(const weight *w, const matmul_args *a,
-                                                                         uint64_t r, int t, const int rb,
-                                                                         const int tb) {
+KERNEL_TARGET static inline __attribute__((always_inline)) void
+tile_q8p(const weight *w, const matmul_args *a, uint64_t r, int t, const int rb, const int tb) {
     uint64_t cols = w->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
     const uint8_t *wq[RB];
     const uint16_t *wd[RB];
@@ -199,7 +202,8 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8p(const w
         wq[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
         wd[i] = (const uint16_t *)(wq[i] + cols);
     }
-    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = _mm512_setzero_ps();
+    _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
+        acc[i][j] = _mm512_setzero_ps();
     const __m512i ones = _mm512_set1_epi8(1);
     for (uint64_t b = 0; b < nb; b += 16) {
         uint64_t nbl = nb - b < 16 ? nb - b : 16;
@@ -208,22 +212,22 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void tile_q8p(const w
         _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
             _mm_prefetch((const char *)(wq[i] + RB * w->row_bytes + 32 * b), _MM_HINT_T0);
             __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, wd[i] + b));
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
-                s[i][j] = _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) s[i][j] =
+                _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
         }
-#define TILE_PAIR(K, QM)                                                                                           \
-    do {                                                                                                           \
-        __m512i idx = pair_index(K), xu[TB];                                                                       \
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)                                                       \
-            xu[j] = _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));             \
-        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {                                                     \
-            __m512i wv = _mm512_maskz_loadu_epi8(QM, wq[i] + 32 * (b + 2 * (K)));                                  \
-            __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);            \
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                 \
-                __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[j], wv), wsum);       \
-                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[i][j]), acc[i][j]); \
-            }                                                                                                      \
-        }                                                                                                          \
+#define TILE_PAIR(K, QM)                                                                                               \
+    do {                                                                                                               \
+        __m512i idx = pair_index(K), xu[TB];                                                                           \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xu[j] =                                                   \
+            _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));                          \
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {                                                         \
+            __m512i wv = _mm512_maskz_loadu_epi8(QM, wq[i] + 32 * (b + 2 * (K)));                                      \
+            __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);                \
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                     \
+                __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[j], wv), wsum);           \
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[i][j]), acc[i][j]);   \
+            }                                                                                                          \
+        }                                                                                                              \
     } while (0)
         if (nbl == 16) { /* a full group: constant indices, everything in registers */
             _Pragma("GCC unroll 8") for (int k = 0; k < 8; k++) TILE_PAIR(k, ~(__mmask64)0);
@@ -251,18 +255,19 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8p(const w
         uint64_t nbl = nb - b < 16 ? nb - b : 16;
         __mmask16 bm = (__mmask16)((1u << nbl) - 1);
         __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, wd + b)), s[TB];
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) s[j] = _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
-#define GEMV_PAIR(K, QM, A)                                                                                        \
-    do {                                                                                                           \
-        _mm_prefetch((const char *)(wq + 32 * (b + 2 * (K))) + PREFETCH_BYTES, _MM_HINT_T2);                       \
-        __m512i wv = _mm512_maskz_loadu_epi8(QM, wq + 32 * (b + 2 * (K)));                                         \
-        __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);                \
-        __m512i idx = pair_index(K);                                                                               \
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                     \
-            __m512i xu = _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));         \
-            __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv), wsum);              \
-            acc[j][A] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[j]), acc[j][A]);     \
-        }                                                                                                          \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) s[j] =
+            _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+#define GEMV_PAIR(K, QM, A)                                                                                            \
+    do {                                                                                                               \
+        _mm_prefetch((const char *)(wq + 32 * (b + 2 * (K))) + PREFETCH_BYTES, _MM_HINT_T2);                           \
+        __m512i wv = _mm512_maskz_loadu_epi8(QM, wq + 32 * (b + 2 * (K)));                                             \
+        __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);                    \
+        __m512i idx = pair_index(K);                                                                                   \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                         \
+            __m512i xu = _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));             \
+            __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv), wsum);                  \
+            acc[j][A] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[j]), acc[j][A]);          \
+        }                                                                                                              \
     } while (0)
         if (nbl == 16) {
             _Pragma("GCC unroll 4") for (int k = 0; k < 8; k += 2) {
@@ -275,15 +280,18 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8p(const w
         }
 #undef GEMV_PAIR
     }
-    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
-        a->y[(size_t)(t + j) * a->y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
+    _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) a->y[(size_t)(t + j) * a->y_stride + r] =
+        _mm512_reduce_add_ps(_mm512_add_ps(acc[j][0], acc[j][1]));
 }
 /* 4 x 2 tiles: 4 x 4 would need 32 registers for accumulators and scales alone. */
 DEFINE_TILED_MATMUL_TB(matmul_q8p, tile_q8p, gemv_q8p, 2)
 
 const kernel_set *kernels_avx512(void) {
-    static kernel_set k = {.name = "avx512", .q8_activations = true, .quantize_q8_0 = quantize_q8_0_rows,
-                           .dot = dot_avx512, .axpy = axpy_avx512};
+    static kernel_set k = {.name = "avx512",
+                           .q8_activations = true,
+                           .quantize_q8_0 = quantize_q8_0_rows,
+                           .dot = dot_avx512,
+                           .axpy = axpy_avx512};
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni") ||
         !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())

@@ -38,7 +38,7 @@ static void axpy_ref(float *y, float alpha, const float *x, int n) {
 
 const kernel_set *kernels_reference(void) {
     static kernel_set k = {.name = "reference", .quantize_q8_0 = quantize_q8_0_ref, .dot = dot_ref, .axpy = axpy_ref};
-    static const uint32_t types[] = {TENSOR_F32, TENSOR_F16, TENSOR_BF16, TENSOR_Q8_0, TENSOR_Q4_0, TENSOR_Q4_1,
+    static const uint32_t types[] = {TENSOR_F32,  TENSOR_F16,  TENSOR_BF16, TENSOR_Q8_0, TENSOR_Q4_0, TENSOR_Q4_1,
                                      TENSOR_Q5_0, TENSOR_Q5_1, TENSOR_Q4_K, TENSOR_Q5_K, TENSOR_Q6_K};
     for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
         k.matmul[types[i]] = matmul_ref;

@@ -14,92 +14,95 @@
 #define PREFETCH_BYTES 4096
 
 /* One tile: rows r..r+rb, tokens t..t+tb (rb <= RB, tb <= TB, constants after inlining). */
-#define DEFINE_FLOAT_TILE(NAME, LOAD, SCALAR, ELEM)                                                                     \
-    KERNEL_TARGET static inline __attribute__((always_inline)) void NAME(const weight *w, const matmul_args *a,    \
-                                                                         uint64_t r, int t, const int rb,          \
-                                                                         const int tb) {                           \
-        VEC acc[RB][TB];                                                                                           \
-        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) \
-            acc[i][j] = VZERO();                                                                                   \
-        const uint8_t *wrow[RB];                                                                                   \
-        const float *xrow[TB];                                                                                     \
-        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes; \
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->x + (size_t)(t + j) * w->cols;           \
-        uint64_t c = 0;                                                                                            \
-        for (; c + VLEN <= w->cols; c += VLEN) {                                                                   \
-            _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) /* the next tile's rows */                        \
-                _mm_prefetch((const char *)wrow[i] + (size_t)RB * w->row_bytes + c * ELEM, _MM_HINT_T0);           \
-            VEC xv[TB];                                                                                            \
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xv[j] = VLOAD_F32(xrow[j] + c);                   \
-            _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {                                                 \
-                VEC wv = LOAD(wrow[i], c);                                                                         \
-                _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = VFMA(wv, xv[j], acc[i][j]);       \
-            }                                                                                                      \
-        }                                                                                                          \
-        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) { \
-            float s = VSUM(acc[i][j]);                                                                             \
-            for (uint64_t k = c; k < w->cols; k++)                                                                 \
-                s += SCALAR(wrow[i], k) * xrow[j][k];                                                              \
-            a->y[(size_t)(t + j) * a->y_stride + r + i] = s;                                                       \
-        }                                                                                                          \
+#define DEFINE_FLOAT_TILE(NAME, LOAD, SCALAR, ELEM)                                                                    \
+    KERNEL_TARGET static inline __attribute__((always_inline)) void NAME(                                              \
+        const weight *w, const matmul_args *a, uint64_t r, int t, const int rb, const int tb) {                        \
+        VEC acc[RB][TB];                                                                                               \
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)      \
+            acc[i][j] = VZERO();                                                                                       \
+        const uint8_t *wrow[RB];                                                                                       \
+        const float *xrow[TB];                                                                                         \
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) wrow[i] =                                                 \
+            (const uint8_t *)w->data + (r + i) * w->row_bytes;                                                         \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->x + (size_t)(t + j) * w->cols;               \
+        uint64_t c = 0;                                                                                                \
+        for (; c + VLEN <= w->cols; c += VLEN) {                                                                       \
+            _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) /* the next tile's rows */                            \
+                _mm_prefetch((const char *)wrow[i] + (size_t)RB * w->row_bytes + c * ELEM, _MM_HINT_T0);               \
+            VEC xv[TB];                                                                                                \
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xv[j] = VLOAD_F32(xrow[j] + c);                       \
+            _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {                                                     \
+                VEC wv = LOAD(wrow[i], c);                                                                             \
+                _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[i][j] = VFMA(wv, xv[j], acc[i][j]);           \
+            }                                                                                                          \
+        }                                                                                                              \
+        _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {    \
+            float s = VSUM(acc[i][j]);                                                                                 \
+            for (uint64_t k = c; k < w->cols; k++)                                                                     \
+                s += SCALAR(wrow[i], k) * xrow[j][k];                                                                  \
+            a->y[(size_t)(t + j) * a->y_stride + r + i] = s;                                                           \
+        }                                                                                                              \
     }
 
 /* Few activation rows (decode): weight-bandwidth bound. Walk the weight
  * rows in memory order as one stream (so the hardware prefetcher locks on),
  * prefetch a row ahead, and keep 4 independent accumulators per token so
  * the FMA latency never limits. One weight row, tb tokens. */
-#define DEFINE_FLOAT_GEMV(NAME, LOAD, SCALAR, ELEM)                                                                 \
-    KERNEL_TARGET static inline __attribute__((always_inline)) void NAME(const weight *w, const matmul_args *a,    \
-                                                                         uint64_t r, int t, const int tb) {        \
-        VEC acc[TB][4];                                                                                            \
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++)   \
-            acc[j][u] = VZERO();                                                                                   \
-        const uint8_t *wrow = (const uint8_t *)w->data + r * w->row_bytes;                                         \
-        const float *xrow[TB];                                                                                     \
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->x + (size_t)(t + j) * w->cols;           \
-        uint64_t c = 0;                                                                                            \
-        for (; c + 4 * VLEN <= w->cols; c += 4 * VLEN) {                                                           \
-            _mm_prefetch((const char *)(wrow + PREFETCH_BYTES + c * ELEM), _MM_HINT_T0);                           \
-            _mm_prefetch((const char *)(wrow + PREFETCH_BYTES + c * ELEM + 64), _MM_HINT_T0);                      \
-            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) {                                                  \
-                VEC wv = LOAD(wrow, c + u * VLEN);                                                                 \
-                _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)                                               \
-                    acc[j][u] = VFMA(wv, VLOAD_F32(xrow[j] + c + u * VLEN), acc[j][u]);                            \
-            }                                                                                                      \
-        }                                                                                                          \
-        for (; c + VLEN <= w->cols; c += VLEN) {                                                                   \
-            VEC wv = LOAD(wrow, c);                                                                                \
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][0] = VFMA(wv, VLOAD_F32(xrow[j] + c), acc[j][0]); \
-        }                                                                                                          \
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                     \
-            float s = VSUM(VADD(VADD(acc[j][0], acc[j][1]), VADD(acc[j][2], acc[j][3])));                          \
-            for (uint64_t k = c; k < w->cols; k++)                                                                 \
-                s += SCALAR(wrow, k) * xrow[j][k];                                                                 \
-            a->y[(size_t)(t + j) * a->y_stride + r] = s;                                                           \
-        }                                                                                                          \
+#define DEFINE_FLOAT_GEMV(NAME, LOAD, SCALAR, ELEM)                                                                    \
+    KERNEL_TARGET static inline __attribute__((always_inline)) void NAME(const weight *w, const matmul_args *a,        \
+                                                                         uint64_t r, int t, const int tb) {            \
+        VEC acc[TB][4];                                                                                                \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++)       \
+            acc[j][u] = VZERO();                                                                                       \
+        const uint8_t *wrow = (const uint8_t *)w->data + r * w->row_bytes;                                             \
+        const float *xrow[TB];                                                                                         \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) xrow[j] = a->x + (size_t)(t + j) * w->cols;               \
+        uint64_t c = 0;                                                                                                \
+        for (; c + 4 * VLEN <= w->cols; c += 4 * VLEN) {                                                               \
+            _mm_prefetch((const char *)(wrow + PREFETCH_BYTES + c * ELEM), _MM_HINT_T0);                               \
+            _mm_prefetch((const char *)(wrow + PREFETCH_BYTES + c * ELEM + 64), _MM_HINT_T0);                          \
+            _Pragma("GCC unroll 4") for (int u = 0; u < 4; u++) {                                                      \
+                VEC wv = LOAD(wrow, c + u * VLEN);                                                                     \
+                _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][u] =                                       \
+                    VFMA(wv, VLOAD_F32(xrow[j] + c + u * VLEN), acc[j][u]);                                            \
+            }                                                                                                          \
+        }                                                                                                              \
+        for (; c + VLEN <= w->cols; c += VLEN) {                                                                       \
+            VEC wv = LOAD(wrow, c);                                                                                    \
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][0] =                                           \
+                VFMA(wv, VLOAD_F32(xrow[j] + c), acc[j][0]);                                                           \
+        }                                                                                                              \
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                         \
+            float s = VSUM(VADD(VADD(acc[j][0], acc[j][1]), VADD(acc[j][2], acc[j][3])));                              \
+            for (uint64_t k = c; k < w->cols; k++)                                                                     \
+                s += SCALAR(wrow, k) * xrow[j][k];                                                                     \
+            a->y[(size_t)(t + j) * a->y_stride + r] = s;                                                               \
+        }                                                                                                              \
     }
 
 /* The matmul over rows r0..r1: RB x TB tiles while at least TB activation
  * rows remain, then the row-sequential GEMV for the last 1..TB-1. */
 #define DEFINE_TILED_MATMUL(NAME, TILE, GEMV) DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TB)
 /* TBV: activation rows per tile (<= TB), smaller where a tile needs more registers. */
-#define DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TBV)                                                              \
-    KERNEL_TARGET static void NAME(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1) {              \
-        /* rows outer: a tile's weight rows stay in L1 while every token tile uses them */                       \
-        int full = a->T / TBV * TBV;                                                                               \
-        uint64_t r = r0;                                                                                           \
-        for (; full && r + RB <= r1; r += RB)                                                                      \
-            for (int t = 0; t < full; t += TBV) TILE(w, a, r, t, RB, TBV);                                         \
-        for (; full && r < r1; r++)                                                                                \
-            for (int t = 0; t < full; t += TBV) TILE(w, a, r, t, 1, TBV);                                          \
-        int t = full, left = a->T - full;                                                                          \
-        for (uint64_t g = r0; left > 0 && g < r1; g++) {                                                           \
-            switch (left) {                                                                                        \
-            case 1: GEMV(w, a, g, t, 1); break;                                                                    \
-            case 2: GEMV(w, a, g, t, 2); break;                                                                    \
-            default: GEMV(w, a, g, t, 3); break;                                                                   \
-            }                                                                                                      \
-        }                                                                                                          \
+#define DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TBV)                                                                  \
+    KERNEL_TARGET static void NAME(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1) {                  \
+        /* rows outer: a tile's weight rows stay in L1 while every token tile uses them */                             \
+        int full = a->T / TBV * TBV;                                                                                   \
+        uint64_t r = r0;                                                                                               \
+        for (; full && r + RB <= r1; r += RB)                                                                          \
+            for (int t = 0; t < full; t += TBV)                                                                        \
+                TILE(w, a, r, t, RB, TBV);                                                                             \
+        for (; full && r < r1; r++)                                                                                    \
+            for (int t = 0; t < full; t += TBV)                                                                        \
+                TILE(w, a, r, t, 1, TBV);                                                                              \
+        int t = full, left = a->T - full;                                                                              \
+        for (uint64_t g = r0; left > 0 && g < r1; g++) {                                                               \
+            switch (left) {                                                                                            \
+            case 1: GEMV(w, a, g, t, 1); break;                                                                        \
+            case 2: GEMV(w, a, g, t, 2); break;                                                                        \
+            default: GEMV(w, a, g, t, 3); break;                                                                       \
+            }                                                                                                          \
+        }                                                                                                              \
     }
 
 /* F16C from CPUID (leaf 1, ECX bit 29): not every compiler's

@@ -31,16 +31,33 @@ int main(int argc, char **argv) {
     int threads = 2, block_size = 16, kv_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return 0; }
-        if (!strcmp(a, "--version")) { printf(PROG " " INFERNO_VERSION "\n"); return 0; }
-        if (!v) { fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a); return 2; }
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--version")) {
+            printf(PROG " " INFERNO_VERSION "\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
+            return 2;
+        }
         i++;
-        if (!strcmp(a, "--model")) model_path = v;
-        else if (!strcmp(a, "--listen")) url = v;
-        else if (!strcmp(a, "--threads")) threads = atoi(v);
-        else if (!strcmp(a, "--block-size")) block_size = atoi(v);
-        else if (!strcmp(a, "--kv-tokens")) kv_tokens = atoi(v);
-        else { fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a); return 2; }
+        if (!strcmp(a, "--model"))
+            model_path = v;
+        else if (!strcmp(a, "--listen"))
+            url = v;
+        else if (!strcmp(a, "--threads"))
+            threads = atoi(v);
+        else if (!strcmp(a, "--block-size"))
+            block_size = atoi(v);
+        else if (!strcmp(a, "--kv-tokens"))
+            kv_tokens = atoi(v);
+        else {
+            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
+            return 2;
+        }
     }
     if (!model_path || threads < 1 || block_size < 1 || kv_tokens < block_size) {
         usage(stderr);

@@ -122,10 +122,7 @@ static double now_s(void) {
 typedef Inferno__SampledToken SampledToken_t;
 
 /* Runs a step; on a bad request writes a message into err and returns -1. */
-static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__StepResult *res, char *err,
-                    size_t errlen);
-
-
+static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__StepResult *res, char *err, size_t errlen);
 
 int worker_handle(worker_state *w, const uint8_t *req, size_t len, uint8_t **resp, size_t *resp_len) {
     Inferno__WorkerResponse r = INFERNO__WORKER_RESPONSE__INIT;
@@ -205,7 +202,8 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     for (size_t i = 0, at = 0; i < q->n_seqs; i++) {
         const Inferno__StepSequence *s = q->seqs[i];
         memcpy(tokens + at, s->tokens, s->n_tokens * sizeof *tokens);
-        seqs[i] = (engine_seq){(int32_t)at, (int32_t)s->n_tokens, s->pos0, s->block_table, (int32_t)s->n_block_table, false};
+        seqs[i] =
+            (engine_seq){(int32_t)at, (int32_t)s->n_tokens, s->pos0, s->block_table, (int32_t)s->n_block_table, false};
         at += s->n_tokens;
     }
     if ((int32_t)q->n_seqs > w->cap_logits) {
@@ -267,7 +265,8 @@ out:
 int worker_serve(worker_state *w, const char *url, volatile sig_atomic_t *stop, char *err, size_t errlen) {
     nng_socket sock;
     int rv;
-    if ((rv = nng_rep0_open(&sock)) != 0 || (rv = nng_socket_set_size(sock, NNG_OPT_RECVMAXSZ, INFERNO_MAX_MESSAGE_BYTES)) ||
+    if ((rv = nng_rep0_open(&sock)) != 0 ||
+        (rv = nng_socket_set_size(sock, NNG_OPT_RECVMAXSZ, INFERNO_MAX_MESSAGE_BYTES)) ||
         (rv = nng_socket_set_ms(sock, NNG_OPT_RECVTIMEO, 200)) || (rv = nng_listen(sock, url, NULL, 0)) != 0) {
         snprintf(err, errlen, "listen on %s: %s", url, nng_strerror(rv));
         return -1;

@@ -20,10 +20,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         double d;
         gguf_str str;
         gguf_array a;
-        if (!gguf_kv_scalar_u64(f, i, &u)) sink += (double)u;
-        if (!gguf_kv_scalar_i64(f, i, &s)) sink += (double)s;
-        if (!gguf_kv_scalar_f64(f, i, &d)) sink += d;
-        if (!gguf_kv_str(f, i, &str) && str.len) sink += str.ptr[str.len - 1];
+        if (!gguf_kv_scalar_u64(f, i, &u))
+            sink += (double)u;
+        if (!gguf_kv_scalar_i64(f, i, &s))
+            sink += (double)s;
+        if (!gguf_kv_scalar_f64(f, i, &d))
+            sink += d;
+        if (!gguf_kv_str(f, i, &str) && str.len)
+            sink += str.ptr[str.len - 1];
         if (!gguf_kv_array(f, i, &a)) {
             for (uint64_t k = 0; k < a.count; k++) {
                 if (a.elem_type == GGUF_TYPE_STRING)

@@ -33,11 +33,20 @@ static void *random_blocks(uint32_t t, uint64_t n_elems, uint64_t *n_bytes) {
         uint8_t *b = data + off;
         switch (t) {
         case TENSOR_F16: put_half(b, random_half()); break;
-        case TENSOR_F32: { float f = ((float)(next_u32() % 2001) - 1000.0f) / 100.0f; memcpy(b, &f, 4); break; }
-        case TENSOR_BF16: { uint16_t h = bf16_from_f32(((float)(next_u32() % 2001) - 1000.0f) / 100.0f); memcpy(b, &h, 2); break; }
-        case TENSOR_Q4_1: case TENSOR_Q5_1: case TENSOR_Q4_K: case TENSOR_Q5_K:
-            put_half(b, random_half()), put_half(b + 2, random_half());
+        case TENSOR_F32: {
+            float f = ((float)(next_u32() % 2001) - 1000.0f) / 100.0f;
+            memcpy(b, &f, 4);
             break;
+        }
+        case TENSOR_BF16: {
+            uint16_t h = bf16_from_f32(((float)(next_u32() % 2001) - 1000.0f) / 100.0f);
+            memcpy(b, &h, 2);
+            break;
+        }
+        case TENSOR_Q4_1:
+        case TENSOR_Q5_1:
+        case TENSOR_Q4_K:
+        case TENSOR_Q5_K: put_half(b, random_half()), put_half(b + 2, random_half()); break;
         case TENSOR_Q6_K: put_half(b + offsetof(block_q6_K, d), random_half()); break;
         default: put_half(b, random_half()); break; /* Q4_0, Q5_0, Q8_0: d first */
         }
@@ -50,7 +59,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: write-type-samples OUT.gguf\n");
         return 2;
     }
-    static const uint32_t types[] = {TENSOR_F32, TENSOR_F16, TENSOR_BF16, TENSOR_Q4_0, TENSOR_Q4_1, TENSOR_Q5_0,
+    static const uint32_t types[] = {TENSOR_F32,  TENSOR_F16,  TENSOR_BF16, TENSOR_Q4_0, TENSOR_Q4_1, TENSOR_Q5_0,
                                      TENSOR_Q5_1, TENSOR_Q8_0, TENSOR_Q4_K, TENSOR_Q5_K, TENSOR_Q6_K};
     gguf_writer *w = gguf_writer_new();
     uint8_t u8 = 7;

@@ -64,14 +64,15 @@ static float *prompt_logits(cpu_engine *e, const model_desc *m, const int32_t *i
 static int32_t argmax(const float *x, uint32_t n) {
     int32_t best = 0;
     for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best]) best = (int32_t)i;
+        if (x[i] > x[best])
+            best = (int32_t)i;
     return best;
 }
 
 struct tolerance {
-    bool exact;        /* float activations: 1e-3 absolute, top-8 ids identical */
-    double mean, max;  /* 8-bit activations: last-position error bounds */
-    double top1;       /* fraction of positions whose top-1 must agree */
+    bool exact;       /* float activations: 1e-3 absolute, top-8 ids identical */
+    double mean, max; /* 8-bit activations: last-position error bounds */
+    double top1;      /* fraction of positions whose top-1 must agree */
 };
 
 /* Checks one model file against its reference json with one kernel set. */
@@ -134,7 +135,8 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
         if (tol.exact) { /* greedy continuation, one decode step at a time */
             json_t *greedy = json_object_get(prompt, "greedy");
             int32_t table[64];
-            for (int i = 0; i < 64; i++) table[i] = i;
+            for (int i = 0; i < 64; i++)
+                table[i] = i;
             int32_t tok, seq[512];
             float *row = malloc(m->vocab * sizeof *row);
             memcpy(seq, ids, (size_t)n * 4);
@@ -171,14 +173,16 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
 static const char *kernel_sets[] = {"reference", "avx2", "avx512"};
 
 static bool have(const char *k) {
-    return !strcmp(k, "reference") || (!strcmp(k, "avx2") && kernels_avx2()) || (!strcmp(k, "avx512") && kernels_avx512());
+    return !strcmp(k, "reference") || (!strcmp(k, "avx2") && kernels_avx2()) ||
+           (!strcmp(k, "avx512") && kernels_avx512());
 }
 
 static void test_reference_f32_bf16(void **state) {
     (void)state;
     struct tolerance exact = {.exact = true};
     for (int k = 0; k < 3; k++) {
-        if (!have(kernel_sets[k])) continue;
+        if (!have(kernel_sets[k]))
+            continue;
         check_reference("tinyA-f32.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], exact);
         check_reference("tinyA-bf16.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], exact);
     }
@@ -213,7 +217,8 @@ static void test_batch_and_paging_invariance(void **state) {
         /* alone, contiguous blocks of 16: prefill 20, then 3 decode steps */
         cpu_engine *alone = make_engine(m, NULL, 2, 16);
         int32_t table[64];
-        for (int i = 0; i < 64; i++) table[i] = i;
+        for (int i = 0; i < 64; i++)
+            table[i] = i;
         float *want = malloc((size_t)4 * V * sizeof *want), *got = malloc((size_t)4 * V * sizeof *got);
         engine_seq s = {0, 20, 0, table, 64, false};
         engine_batch b = {toks[3], 20, &s, 1};
@@ -232,15 +237,17 @@ static void test_batch_and_paging_invariance(void **state) {
         for (int q = 0; q < 8; q++) /* a permutation of the 128 blocks: no two sequences share one */
             for (int i = 0; i < 16; i++)
                 tables[q][i] = (q * 16 + i) * 37 % 128;
-        int32_t steps[4][8] = {{5, 17, 1, 20, 9, 3, 2, 12}, {0, 0, 1, 1, 0, 30, 1, 0}, {1, 0, 0, 1, 0, 0, 1, 0},
-                               {0, 0, 1, 1, 0, 7, 0, 0}};
+        int32_t steps[4][8] = {
+            {5, 17, 1, 20, 9, 3, 2, 12}, {0, 0, 1, 1, 0, 30, 1, 0}, {1, 0, 0, 1, 0, 0, 1, 0}, {0, 0, 1, 1, 0, 7, 0, 0}};
         for (int step = 0; step < 4; step++) {
             engine_seq seqs[8];
             int32_t flat[128], n = 0, ns = 0, probe_row = -1;
             for (int q = 0; q < 8; q++) {
                 int32_t take = steps[step][q];
-                if (!take || pos[q] + take > lens[q] + 40) continue;
-                if (q == 3) probe_row = ns;
+                if (!take || pos[q] + take > lens[q] + 40)
+                    continue;
+                if (q == 3)
+                    probe_row = ns;
                 seqs[ns++] = (engine_seq){n, take, pos[q], tables[q], 16, false};
                 memcpy(flat + n, toks[q] + pos[q], (size_t)take * 4);
                 n += take;
@@ -270,7 +277,11 @@ static void test_bad_batches(void **state) {
     cpu_engine *e = make_engine(m, NULL, 1, 16);
     float *logits = malloc(m->vocab * sizeof *logits);
     int32_t table[2] = {0, 1}, bad_table[2] = {0, 128}, toks[3] = {1, 2, 151936};
-    struct { engine_seq s; int32_t n; const char *needle; } cases[] = {
+    struct {
+        engine_seq s;
+        int32_t n;
+        const char *needle;
+    } cases[] = {
         {{0, 3, 0, table, 2, false}, 3, "outside the vocabulary"},
         {{0, 2, 31, table, 2, false}, 2, "do not fit"},
         {{0, 2, 20, bad_table, 2, false}, 2, "block id 128 out of range"},

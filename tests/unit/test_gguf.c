@@ -44,11 +44,20 @@ static void check_tinyA_metadata(gguf_file *f) {
     assert_int_equal(gguf_kv_count(f), 25);
     assert_int_equal(gguf_get_str(f, "general.architecture", &s, NULL, 0), 0);
     assert_true(s.len == 5 && !memcmp(s.ptr, "qwen3", 5));
-    struct { const char *key; uint32_t want; } u32s[] = {
-        {"qwen3.block_count", 2},         {"qwen3.context_length", 4096},       {"qwen3.embedding_length", 32},
-        {"qwen3.feed_forward_length", 96}, {"qwen3.attention.head_count", 4},   {"qwen3.attention.head_count_kv", 2},
-        {"qwen3.attention.key_length", 16}, {"qwen3.attention.value_length", 16}, {"tokenizer.ggml.eos_token_id", 151645},
-        {"tokenizer.ggml.bos_token_id", 151643}, {"tokenizer.ggml.padding_token_id", 151643}};
+    struct {
+        const char *key;
+        uint32_t want;
+    } u32s[] = {{"qwen3.block_count", 2},
+                {"qwen3.context_length", 4096},
+                {"qwen3.embedding_length", 32},
+                {"qwen3.feed_forward_length", 96},
+                {"qwen3.attention.head_count", 4},
+                {"qwen3.attention.head_count_kv", 2},
+                {"qwen3.attention.key_length", 16},
+                {"qwen3.attention.value_length", 16},
+                {"tokenizer.ggml.eos_token_id", 151645},
+                {"tokenizer.ggml.bos_token_id", 151643},
+                {"tokenizer.ggml.padding_token_id", 151643}};
     for (size_t i = 0; i < sizeof u32s / sizeof u32s[0]; i++) {
         assert_int_equal(gguf_get_u32(f, u32s[i].key, &u, NULL, 0), 0);
         assert_int_equal(u, u32s[i].want);
@@ -68,9 +77,9 @@ static void check_tinyA_metadata(gguf_file *f) {
     assert_int_equal(gguf_get_array(f, "tokenizer.ggml.token_type", &a, NULL, 0), 0);
     assert_int_equal(a.elem_type, GGUF_TYPE_INT32);
     assert_int_equal(gguf_array_get_i64(&a, 0), 1);
-    assert_int_equal(gguf_array_get_i64(&a, 151644), 3);   /* control */
-    assert_int_equal(gguf_array_get_i64(&a, 151667), 4);   /* <think>: user-defined */
-    assert_int_equal(gguf_array_get_i64(&a, 151935), 5);   /* padding: unused */
+    assert_int_equal(gguf_array_get_i64(&a, 151644), 3); /* control */
+    assert_int_equal(gguf_array_get_i64(&a, 151667), 4); /* <think>: user-defined */
+    assert_int_equal(gguf_array_get_i64(&a, 151935), 5); /* padding: unused */
     assert_int_equal(gguf_get_array(f, "tokenizer.ggml.merges", &a, NULL, 0), 0);
     assert_int_equal(a.count, 151387);
     assert_true(a.strs[2].len == 3 && !memcmp(a.strs[2].ptr, "i n", 3));
@@ -91,10 +100,13 @@ static void check_tinyA_tensors(gguf_file *f, uint32_t matrix_type) {
     assert_int_equal(t->n_dims, 2);
     assert_int_equal(t->ne[0], 32);
     assert_int_equal(t->ne[1], 151936);
-    struct { const char *name; uint64_t ne0, ne1; } shapes[] = {
-        {"blk.0.attn_q.weight", 32, 64},  {"blk.0.attn_k.weight", 32, 32},     {"blk.0.attn_v.weight", 32, 32},
-        {"blk.1.attn_output.weight", 64, 32}, {"blk.1.ffn_gate.weight", 32, 96}, {"blk.1.ffn_up.weight", 32, 96},
-        {"blk.1.ffn_down.weight", 96, 32}, {"blk.0.attn_q_norm.weight", 16, 1}, {"output_norm.weight", 32, 1}};
+    struct {
+        const char *name;
+        uint64_t ne0, ne1;
+    } shapes[] = {
+        {"blk.0.attn_q.weight", 32, 64},      {"blk.0.attn_k.weight", 32, 32},     {"blk.0.attn_v.weight", 32, 32},
+        {"blk.1.attn_output.weight", 64, 32}, {"blk.1.ffn_gate.weight", 32, 96},   {"blk.1.ffn_up.weight", 32, 96},
+        {"blk.1.ffn_down.weight", 96, 32},    {"blk.0.attn_q_norm.weight", 16, 1}, {"output_norm.weight", 32, 1}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         t = gguf_find_tensor(f, shapes[i].name);
         assert_non_null(t);
@@ -267,7 +279,9 @@ static void put_str(bytes *x, const char *s) { put_u64(x, strlen(s)), put(x, s, 
 static void put_header(bytes *x, uint32_t version, uint64_t n_tensors, uint64_t n_kv) {
     put(x, "GGUF", 4), put_u32(x, version), put_u64(x, n_tensors), put_u64(x, n_kv);
 }
-static void put_kv_u32(bytes *x, const char *key, uint32_t v) { put_str(x, key), put_u32(x, GGUF_TYPE_UINT32), put_u32(x, v); }
+static void put_kv_u32(bytes *x, const char *key, uint32_t v) {
+    put_str(x, key), put_u32(x, GGUF_TYPE_UINT32), put_u32(x, v);
+}
 static void put_tensor(bytes *x, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type, uint64_t off) {
     put_str(x, name), put_u32(x, n_dims);
     for (uint32_t d = 0; d < n_dims; d++)
@@ -445,10 +459,10 @@ static void test_open_errors_name_the_path(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reference_files),        cmocka_unit_test(test_reference_dequant_agrees),
-        cmocka_unit_test(test_writer_round_trip),      cmocka_unit_test(test_valid_builder_opens),
-        cmocka_unit_test(test_every_truncation_fails), cmocka_unit_test(test_malformed_headers),
-        cmocka_unit_test(test_malformed_metadata),     cmocka_unit_test(test_malformed_tensors),
+        cmocka_unit_test(test_reference_files),           cmocka_unit_test(test_reference_dequant_agrees),
+        cmocka_unit_test(test_writer_round_trip),         cmocka_unit_test(test_valid_builder_opens),
+        cmocka_unit_test(test_every_truncation_fails),    cmocka_unit_test(test_malformed_headers),
+        cmocka_unit_test(test_malformed_metadata),        cmocka_unit_test(test_malformed_tensors),
         cmocka_unit_test(test_open_errors_name_the_path),
     };
     return cmocka_run_group_tests_name("gguf", tests, NULL, NULL);

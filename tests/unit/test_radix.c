@@ -35,17 +35,19 @@ static void test_radix_basics(void **state) {
     radix_tree *t = radix_create(p, 2);
     int32_t seq1[8] = {1, 2, 3, 4, 5, 6, 7, 8}, seq2[8] = {1, 2, 3, 4, 9, 9, 9, 9}, got[4];
     int32_t b1[4], b2[4];
-    for (int i = 0; i < 4; i++) b1[i] = block_pool_alloc(p);
+    for (int i = 0; i < 4; i++)
+        b1[i] = block_pool_alloc(p);
     assert_int_equal(radix_insert(t, seq1, b1, 4), 4);
     assert_int_equal(radix_match(t, seq2, 8, 4, got), 2); /* shares two blocks */
     assert_int_equal(got[0], b1[0]), assert_int_equal(got[1], b1[1]);
     assert_int_equal(block_pool_refs(p, b1[0]), 3); /* owner, tree, this match */
-    for (int i = 2; i < 4; i++) b2[i] = block_pool_alloc(p);
+    for (int i = 2; i < 4; i++)
+        b2[i] = block_pool_alloc(p);
     b2[0] = got[0], b2[1] = got[1];
     assert_int_equal(radix_insert(t, seq2, b2, 4), 2); /* splits seq1's edge after 2 blocks */
     assert_int_equal(radix_check(t), 0);
     assert_int_equal(radix_cached_blocks(t), 6);
-    assert_int_equal(radix_match(t, seq1, 7, 4, got), 3); /* 7 tokens: 3 whole blocks at most */
+    assert_int_equal(radix_match(t, seq1, 7, 4, got), 3);     /* 7 tokens: 3 whole blocks at most */
     assert_int_equal(radix_match(t, seq1, 8, 1, got + 3), 1); /* max_blocks caps */
     int32_t other[4] = {5, 5, 5, 5};
     assert_int_equal(radix_match(t, other, 4, 4, got), 0);
@@ -132,22 +134,27 @@ static void test_radix_evict(void **state) {
     radix_tree *t = radix_create(p, 1);
     int32_t a[3] = {1, 2, 3}, b[3] = {1, 2, 4}, c[2] = {7, 8};
     int32_t ba[3], bb[3], bc[2], got[3];
-    for (int i = 0; i < 3; i++) ba[i] = block_pool_alloc(p);
+    for (int i = 0; i < 3; i++)
+        ba[i] = block_pool_alloc(p);
     radix_insert(t, a, ba, 3);
     bb[0] = ba[0], bb[1] = ba[1], bb[2] = block_pool_alloc(p);
     radix_insert(t, b, bb, 3);
-    for (int i = 0; i < 2; i++) bc[i] = block_pool_alloc(p);
+    for (int i = 0; i < 2; i++)
+        bc[i] = block_pool_alloc(p);
     radix_insert(t, c, bc, 2);
-    for (int i = 0; i < 3; i++) block_pool_unref(p, ba[i]);
+    for (int i = 0; i < 3; i++)
+        block_pool_unref(p, ba[i]);
     block_pool_unref(p, bb[2]);
-    for (int i = 0; i < 2; i++) block_pool_unref(p, bc[i]);
+    for (int i = 0; i < 2; i++)
+        block_pool_unref(p, bc[i]);
     assert_int_equal(radix_cached_blocks(t), 6);
     assert_int_equal(block_pool_n_free(p), 2);
     /* a running sequence holds c's blocks; a is used more recently than b */
     assert_int_equal(radix_match(t, c, 2, 2, got), 2);
     int32_t held[2] = {got[0], got[1]};
     assert_int_equal(radix_match(t, a, 3, 3, got), 3);
-    for (int i = 0; i < 3; i++) block_pool_unref(p, got[i]);
+    for (int i = 0; i < 3; i++)
+        block_pool_unref(p, got[i]);
     assert_int_equal(radix_evict(t, 1), 1); /* b's own last block goes first */
     assert_int_equal(radix_match(t, b, 3, 3, got), 2);
     block_pool_unref(p, got[0]), block_pool_unref(p, got[1]);

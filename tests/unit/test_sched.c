@@ -68,7 +68,8 @@ static void expected(const int32_t *prompt, int32_t n, int32_t max_tokens, int32
         int32_t t = next_token(toks, n + g);
         toks[n + g] = t;
         out[(*n_out)++] = t;
-        if (t == eos) break;
+        if (t == eos)
+            break;
     }
 }
 
@@ -86,8 +87,12 @@ static int run_to_end(sched *s, fake_worker *w, results *r, int max_steps) {
 
 static void test_concurrent_equals_alone(void **state) {
     (void)state;
-    sched_config cfg = {.block_size = BS, .n_blocks = 90, .max_step_tokens = 64, .max_running = 16,
-                        .max_waiting = 64, .max_context = MAXLEN};
+    sched_config cfg = {.block_size = BS,
+                        .n_blocks = 90,
+                        .max_step_tokens = 64,
+                        .max_running = 16,
+                        .max_waiting = 64,
+                        .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
     static results r;
@@ -112,9 +117,10 @@ static void test_concurrent_equals_alone(void **state) {
     }
     sched_stats st;
     sched_get_stats(s, &st);
-    print_message("32 requests: %llu prompt tokens, %llu reused from the prefix cache, %llu computed, %llu preemptions\n",
-                  (unsigned long long)st.prompt_tokens, (unsigned long long)st.prefix_hit_tokens,
-                  (unsigned long long)st.computed_tokens, (unsigned long long)st.preemptions);
+    print_message(
+        "32 requests: %llu prompt tokens, %llu reused from the prefix cache, %llu computed, %llu preemptions\n",
+        (unsigned long long)st.prompt_tokens, (unsigned long long)st.prefix_hit_tokens,
+        (unsigned long long)st.computed_tokens, (unsigned long long)st.preemptions);
     assert_true(st.prefix_hit_tokens > 0);
     assert_true(st.preemptions > 0); /* 90 blocks cannot hold 32 sequences of ~80 tokens */
     assert_int_equal(st.running + st.waiting, 0);
@@ -124,8 +130,12 @@ static void test_concurrent_equals_alone(void **state) {
 
 static void test_prefix_reuse_skips_prefill(void **state) {
     (void)state;
-    sched_config cfg = {.block_size = BS, .n_blocks = 64, .max_step_tokens = 512, .max_running = 8,
-                        .max_waiting = 8, .max_context = MAXLEN};
+    sched_config cfg = {.block_size = BS,
+                        .n_blocks = 64,
+                        .max_step_tokens = 512,
+                        .max_running = 8,
+                        .max_waiting = 8,
+                        .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
     static results r;
@@ -142,7 +152,7 @@ static void test_prefix_reuse_skips_prefill(void **state) {
     run_to_end(s, &w, &r, 100);
     sched_get_stats(s, &after);
     assert_int_equal(after.prefix_hit_tokens - before.prefix_hit_tokens, 60); /* 15 whole blocks */
-    assert_int_equal(after.computed_tokens - before.computed_tokens, 4 + 3); /* the tail, then 3 decode steps */
+    assert_int_equal(after.computed_tokens - before.computed_tokens, 4 + 3);  /* the tail, then 3 decode steps */
     int32_t want[8], n_want;
     expected(b, 64, 4, -1, want, &n_want);
     assert_memory_equal(r.out[1], want, (size_t)n_want * 4);
@@ -151,15 +161,20 @@ static void test_prefix_reuse_skips_prefill(void **state) {
 
 static void test_cancel_frees_blocks(void **state) {
     (void)state;
-    sched_config cfg = {.block_size = BS, .n_blocks = 64, .max_step_tokens = 32, .max_running = 8,
-                        .max_waiting = 8, .max_context = MAXLEN};
+    sched_config cfg = {.block_size = BS,
+                        .n_blocks = 64,
+                        .max_step_tokens = 32,
+                        .max_running = 8,
+                        .max_waiting = 8,
+                        .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
     static results r;
     memset(&r, 0, sizeof r);
     int32_t p[4][30];
     for (int i = 0; i < 4; i++) {
-        for (int k = 0; k < 30; k++) p[i][k] = i * 50 + k + 1;
+        for (int k = 0; k < 30; k++)
+            p[i][k] = i * 50 + k + 1;
         sched_request req = {(uint64_t)i, p[i], 30, 100, -1};
         assert_int_equal(sched_submit(s, &req), SCHED_OK);
     }
@@ -182,14 +197,19 @@ static void test_cancel_frees_blocks(void **state) {
  * decode token for each of them. */
 static void test_decodes_never_stall(void **state) {
     (void)state;
-    sched_config cfg = {.block_size = BS, .n_blocks = 200, .max_step_tokens = 16, .max_running = 8,
-                        .max_waiting = 8, .max_context = MAXLEN};
+    sched_config cfg = {.block_size = BS,
+                        .n_blocks = 200,
+                        .max_step_tokens = 16,
+                        .max_running = 8,
+                        .max_waiting = 8,
+                        .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
     static results r;
     memset(&r, 0, sizeof r);
     int32_t shortp[3] = {1, 2, 3}, longp[200];
-    for (int i = 0; i < 200; i++) longp[i] = 500 + i % 300;
+    for (int i = 0; i < 200; i++)
+        longp[i] = 500 + i % 300;
     sched_request a = {0, shortp, 3, 40, -1}, b = {1, longp, 200, 5, -1};
     assert_int_equal(sched_submit(s, &a), SCHED_OK);
     sched_step st;
@@ -215,8 +235,8 @@ static void test_decodes_never_stall(void **state) {
 
 static void test_limits(void **state) {
     (void)state;
-    sched_config cfg = {.block_size = BS, .n_blocks = 8, .max_step_tokens = 16, .max_running = 4,
-                        .max_waiting = 2, .max_context = 24};
+    sched_config cfg = {
+        .block_size = BS, .n_blocks = 8, .max_step_tokens = 16, .max_running = 4, .max_waiting = 2, .max_context = 24};
     sched *s = sched_create(&cfg);
     int32_t p[30] = {0};
     sched_request ok = {1, p, 4, 4, -1}, too_long = {2, p, 20, 10, -1}, empty = {3, p, 0, 4, -1};
@@ -245,8 +265,10 @@ static void test_limits(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_concurrent_equals_alone), cmocka_unit_test(test_prefix_reuse_skips_prefill),
-        cmocka_unit_test(test_cancel_frees_blocks),     cmocka_unit_test(test_decodes_never_stall),
+        cmocka_unit_test(test_concurrent_equals_alone),
+        cmocka_unit_test(test_prefix_reuse_skips_prefill),
+        cmocka_unit_test(test_cancel_frees_blocks),
+        cmocka_unit_test(test_decodes_never_stall),
         cmocka_unit_test(test_limits),
     };
     return cmocka_run_group_tests_name("sched", tests, NULL, NULL);

@@ -93,7 +93,8 @@ static void test_streaming_detokenizer(void **state) {
             char *piece = NULL;
             size_t len = 0, cap = 0;
             if (k < json_array_size(ids))
-                assert_int_equal(detok_push(&d, (int32_t)json_integer_value(json_array_get(ids, k)), &piece, &len, &cap), 0);
+                assert_int_equal(
+                    detok_push(&d, (int32_t)json_integer_value(json_array_get(ids, k)), &piece, &len, &cap), 0);
             else
                 assert_int_equal(detok_flush(&d, &piece, &len, &cap), 0);
             for (size_t o = 0; o < len;) { /* each piece is whole characters */
@@ -123,8 +124,16 @@ static void test_streaming_detokenizer(void **state) {
 /* Expected outputs are Python's bytes.decode("utf-8", "replace"). */
 static void test_lossy_utf8(void **state) {
     (void)state;
-    struct { const char *in; size_t n; const char *out; } cases[] = {
-        {"\xe2\x82" "A", 3, "\xef\xbf\xbd" "A"},
+    struct {
+        const char *in;
+        size_t n;
+        const char *out;
+    } cases[] = {
+        {"\xe2\x82"
+         "A",
+         3,
+         "\xef\xbf\xbd"
+         "A"},
         {"\xf0\x80", 2, "\xef\xbf\xbd\xef\xbf\xbd"},
         {"\xed\xa0\x80", 3, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"},
         {"\xe2\x82\xac", 3, "\xe2\x82\xac"},

@@ -210,7 +210,8 @@ static void *client_main(void *p) {
     size_t n_ref = json_array_size(ref);
     for (int k = 0; k < 100; k++) {
         size_t idx = (size_t)(c->id * 131 + k * 17) % n_ref;
-        json_t *row = json_array_get(ref, idx), *text = json_object_get(row, "text"), *ids = json_object_get(row, "ids");
+        json_t *row = json_array_get(ref, idx), *text = json_object_get(row, "text"),
+               *ids = json_object_get(row, "ids");
         Inferno__TokenizerRequest q = base_request((uint64_t)c->id << 32 | (uint64_t)k);
         Inferno__TokenizeRequest t = INFERNO__TOKENIZE_REQUEST__INIT;
         t.text.data = (uint8_t *)json_string_value(text), t.text.len = json_string_length(text), t.parse_special = true;

@@ -126,7 +126,8 @@ static void test_info(void **state) {
     (void)state;
     Inferno__WorkerRequest q = INFERNO__WORKER_REQUEST__INIT;
     Inferno__WorkerInfoRequest ir = INFERNO__WORKER_INFO_REQUEST__INIT;
-    q.version = INFERNO_PROTOCOL_VERSION, q.request_id = 5, q.body_case = INFERNO__WORKER_REQUEST__BODY_INFO, q.info = &ir;
+    q.version = INFERNO_PROTOCOL_VERSION, q.request_id = 5, q.body_case = INFERNO__WORKER_REQUEST__BODY_INFO,
+    q.info = &ir;
     Inferno__WorkerResponse *r = call(&q);
     assert_int_equal(r->request_id, 5);
     assert_int_equal(r->body_case, INFERNO__WORKER_RESPONSE__BODY_INFO);
@@ -217,8 +218,9 @@ static void test_process(void **state) {
     *strrchr(exe, '/') = 0;
     snprintf(bin, sizeof bin, "%s/../bin/inferno-worker-cpu", exe);
     snprintf(url, sizeof url, "ipc:///tmp/inferno-test-worker-%d.ipc", (int)getpid());
-    char *argv[] = {bin, "--model", (char *)ref_path("tinyA-q8_0.gguf"), "--listen", url, "--threads", "1",
-                    "--kv-tokens", "256", NULL};
+    char *argv[] = {
+        bin,   "--model", (char *)ref_path("tinyA-q8_0.gguf"), "--listen", url, "--threads", "1", "--kv-tokens",
+        "256", NULL};
     pid_t pid;
     assert_int_equal(posix_spawn(&pid, bin, NULL, NULL, argv, NULL), 0);
     nng_socket s;
@@ -253,9 +255,11 @@ static void test_process(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_info),   cmocka_unit_test(test_greedy_alone_and_batched),
+        cmocka_unit_test(test_info),
+        cmocka_unit_test(test_greedy_alone_and_batched),
         cmocka_unit_test(test_seeded_sampling_ignores_batch),
-        cmocka_unit_test(test_errors), cmocka_unit_test(test_process),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_process),
     };
     return cmocka_run_group_tests_name("worker_svc", tests, setup, teardown);
 }
