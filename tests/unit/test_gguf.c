@@ -447,6 +447,32 @@ static void test_malformed_tensors(void **state) {
     expect_error(&x, "tensor a: duplicate tensor name");
 }
 
+/* GGUF v2 has v3's little-endian layout: the same writer output with the
+ * version field 2 reads back identically. */
+static void test_version_2(void **state) {
+    (void)state;
+    make_tmp_path();
+    gguf_writer *w = gguf_writer_new();
+    float v[32];
+    for (int i = 0; i < 32; i++)
+        v[i] = (float)i;
+    uint64_t ne[1] = {32};
+    assert_int_equal(gguf_writer_set_version(w, 2), 0);
+    assert_int_equal(gguf_writer_set_version(w, 1), -1);
+    assert_int_equal(gguf_writer_add_str(w, "general.architecture", "qwen3"), 0);
+    assert_int_equal(gguf_writer_add_tensor(w, "t", TENSOR_F32, 1, ne, v, sizeof v), 0);
+    assert_int_equal(gguf_writer_write(w, tmp_path), 0);
+    gguf_writer_free(w);
+    gguf_file *f = open_ok(tmp_path);
+    assert_int_equal(gguf_version(f), 2);
+    gguf_str s;
+    assert_int_equal(gguf_get_str(f, "general.architecture", &s, NULL, 0), 0);
+    assert_true(s.len == 5 && !memcmp(s.ptr, "qwen3", 5));
+    assert_memory_equal(gguf_find_tensor(f, "t")->data, v, sizeof v);
+    gguf_close(f);
+    unlink(tmp_path);
+}
+
 static void test_open_errors_name_the_path(void **state) {
     (void)state;
     char err[512];
@@ -463,7 +489,7 @@ int main(void) {
         cmocka_unit_test(test_writer_round_trip),         cmocka_unit_test(test_valid_builder_opens),
         cmocka_unit_test(test_every_truncation_fails),    cmocka_unit_test(test_malformed_headers),
         cmocka_unit_test(test_malformed_metadata),        cmocka_unit_test(test_malformed_tensors),
-        cmocka_unit_test(test_open_errors_name_the_path),
+        cmocka_unit_test(test_version_2),              cmocka_unit_test(test_open_errors_name_the_path),
     };
     return cmocka_run_group_tests_name("gguf", tests, NULL, NULL);
 }
