@@ -1,5 +1,6 @@
 /* AVX-512 kernels (16 floats a vector; VNNI int8 dot products for Q8_0). */
 #include <immintrin.h>
+#include <sys/mman.h>
 #include <string.h>
 
 #include "fp16.h"
@@ -166,9 +167,13 @@ static int repack_q8_0(const weight *src, weight *dst) {
     if (src->type != TENSOR_Q8_0 || src->cols % 32)
         return -1;
     uint64_t nb = src->cols / 32, rb = packed_row_bytes(src->cols);
-    uint8_t *out = aligned_alloc(64, src->rows * rb);
+    /* 2 MiB aligned and advised: decode streams these, and 4 KiB pages would
+     * cost a TLB miss every 4 KiB */
+    size_t bytes = (src->rows * rb + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    uint8_t *out = aligned_alloc(2u << 20, bytes);
     if (!out)
         return -1;
+    madvise(out, bytes, MADV_HUGEPAGE);
     for (uint64_t r = 0; r < src->rows; r++) {
         const block_q8_0 *in = (const block_q8_0 *)((const uint8_t *)src->data + r * src->row_bytes);
         uint8_t *row = out + r * rb;
