@@ -17,8 +17,9 @@
 #include "tensor_types.h"
 
 /* Q8_0 weights repacked for SIMD (kernels_avx512.c): each row holds its
- * cols int8 quants contiguously, then its cols/32 fp16 scales, padded to 64
- * bytes: the same bytes as Q8_0, in an order that streams. Not a GGUF type. */
+ * cols int8 quants contiguously, then its cols/32 fp16 scales and int16
+ * quant sums, padded to 64 bytes: Q8_0's bytes plus 2 per block, in an
+ * order that streams. Not a GGUF type. */
 #define TENSOR_Q8_0_PACKED 200
 
 typedef struct {

@@ -161,7 +161,8 @@ KERNEL_TARGET static void axpy_avx512(float *y, float alpha, const float *x, int
 
 /* ---- Q8_0 repacked: [cols int8 quants][nb fp16 scales, padded to 64 bytes] per row ---- */
 
-static uint64_t packed_row_bytes(uint64_t cols) { return cols + ((cols / 32) * 2 + 63) / 64 * 64; }
+/* [cols int8 quants][nb fp16 scales][nb int16 quant sums], padded to 64 */
+static uint64_t packed_row_bytes(uint64_t cols) { return cols + ((cols / 32) * 4 + 63) / 64 * 64; }
 
 static int repack_q8_0(const weight *src, weight *dst) {
     if (src->type != TENSOR_Q8_0 || src->cols % 32)
@@ -179,8 +180,12 @@ static int repack_q8_0(const weight *src, weight *dst) {
         uint8_t *row = out + r * rb;
         memset(row + src->cols, 0, rb - src->cols);
         for (uint64_t b = 0; b < nb; b++) {
+            int16_t sum = 0;
+            for (int k = 0; k < 32; k++)
+                sum = (int16_t)(sum + in[b].qs[k]);
             memcpy(row + 32 * b, in[b].qs, 32);
             memcpy(row + src->cols + 2 * b, &in[b].d, 2);
+            memcpy(row + src->cols + 2 * nb + 2 * b, &sum, 2);
         }
     }
     *dst = *src;
@@ -195,6 +200,14 @@ KERNEL_TARGET static inline __m512i pair_index(int k) {
                             2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k);
 }
 
+/* 128 x the quant sums of up to 16 blocks, as floats (0 beyond the mask):
+ * dpbusd(x + 128, w) over-counts each block by 128 sum(w), subtracted once
+ * per 16 blocks instead of once per block pair. */
+KERNEL_TARGET static inline __m512 offset_sums(const int16_t *sums, __mmask16 bm) {
+    __m512i v = _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(bm, sums));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(v), _mm512_set1_ps(128.0f));
+}
+
 /* One tile of rb packed weight rows and tb activation rows; 16 blocks (512
  * values) per step, the scales of the 16 blocks multiplied once per step. */
 KERNEL_TARGET static inline __attribute__((always_inline)) void
@@ -202,14 +215,15 @@ tile_q8p(const weight *w, const matmul_args *a, uint64_t r, int t, const int rb,
     uint64_t cols = w->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
     const uint8_t *wq[RB];
     const uint16_t *wd[RB];
+    const int16_t *wsum[RB];
     __m512 acc[RB][TB];
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
         wq[i] = (const uint8_t *)w->data + (r + i) * w->row_bytes;
         wd[i] = (const uint16_t *)(wq[i] + cols);
+        wsum[i] = (const int16_t *)(wd[i] + nb);
     }
     _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)
         acc[i][j] = _mm512_setzero_ps();
-    const __m512i ones = _mm512_set1_epi8(1);
     for (uint64_t b = 0; b < nb; b += 16) {
         uint64_t nbl = nb - b < 16 ? nb - b : 16;
         __mmask16 bm = (__mmask16)((1u << nbl) - 1);
@@ -217,8 +231,11 @@ tile_q8p(const weight *w, const matmul_args *a, uint64_t r, int t, const int rb,
         _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {
             _mm_prefetch((const char *)(wq[i] + RB * w->row_bytes + 32 * b), _MM_HINT_T0);
             __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, wd[i] + b));
-            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) s[i][j] =
-                _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+            __m512 ws = offset_sums(wsum[i] + b, bm);
+            _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
+                s[i][j] = _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+                acc[i][j] = _mm512_fnmadd_ps(ws, s[i][j], acc[i][j]); /* the +128 offset, per block */
+            }
         }
 #define TILE_PAIR(K, QM)                                                                                               \
     do {                                                                                                               \
@@ -227,9 +244,8 @@ tile_q8p(const weight *w, const matmul_args *a, uint64_t r, int t, const int rb,
             _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));                          \
         _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) {                                                         \
             __m512i wv = _mm512_maskz_loadu_epi8(QM, wq[i] + 32 * (b + 2 * (K)));                                      \
-            __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);                \
             _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                     \
-                __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[j], wv), wsum);           \
+                __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xu[j], wv);                                   \
                 acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[i][j]), acc[i][j]);   \
             }                                                                                                          \
         }                                                                                                              \
@@ -253,24 +269,26 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8p(const w
     uint64_t cols = w->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
     const uint8_t *wq = (const uint8_t *)w->data + r * w->row_bytes;
     const uint16_t *wd = (const uint16_t *)(wq + cols);
+    const int16_t *wsum = (const int16_t *)(wd + nb);
     __m512 acc[TB][2];
     _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
-    const __m512i ones = _mm512_set1_epi8(1);
     for (uint64_t b = 0; b < nb; b += 16) {
         uint64_t nbl = nb - b < 16 ? nb - b : 16;
         __mmask16 bm = (__mmask16)((1u << nbl) - 1);
         __m512 dw = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(bm, wd + b)), s[TB];
-        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) s[j] =
-            _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+        __m512 ws = offset_sums(wsum + b, bm);
+        _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {
+            s[j] = _mm512_mul_ps(dw, _mm512_loadu_ps(a->xd + (size_t)(t + j) * xd_stride + b));
+            acc[j][1] = _mm512_fnmadd_ps(ws, s[j], acc[j][1]); /* the +128 offset, per block */
+        }
 #define GEMV_PAIR(K, QM, A)                                                                                            \
     do {                                                                                                               \
         _mm_prefetch((const char *)(wq + 32 * (b + 2 * (K))) + PREFETCH_BYTES, _MM_HINT_T2);                           \
         __m512i wv = _mm512_maskz_loadu_epi8(QM, wq + 32 * (b + 2 * (K)));                                             \
-        __m512i wsum = _mm512_slli_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, wv), 7);                    \
         __m512i idx = pair_index(K);                                                                                   \
         _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++) {                                                         \
             __m512i xu = _mm512_maskz_loadu_epi8(QM, a->xu + (size_t)(t + j) * cols + 32 * (b + 2 * (K)));             \
-            __m512i dp = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv), wsum);                  \
+            __m512i dp = _mm512_dpbusd_epi32(_mm512_setzero_si512(), xu, wv);                                          \
             acc[j][A] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dp), _mm512_permutexvar_ps(idx, s[j]), acc[j][A]);          \
         }                                                                                                              \
     } while (0)
