@@ -10,7 +10,7 @@ if [[ ! -f $MODEL ]]; then
     echo "run: no model at $MODEL; writing a 0.6b-shaped test model (random weights) ..."
     build/bin/make-test-model --config 0.6b --type q8_0 --out "$MODEL"
 fi
-build/bin/gguf-inspect "$MODEL" | head -40
+build/bin/gguf-inspect "$MODEL" | sed -n 1,40p
 echo
 echo "run: generating with the CPU engine (random weights: expect noise) ..."
 build/bin/model-generate --model "$MODEL" --prompt "Hello" --chat --max-tokens 16 --threads "$(nproc)" || true
