@@ -17,6 +17,8 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,6 +62,17 @@ int cpu_engine_n_blocks(const cpu_engine *e) { return e->n_blocks; }
 const char *cpu_engine_kernels(const cpu_engine *e) { return e->k->name; }
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+
+/* The mmapped original of a repacked matrix is no longer read: let the
+ * kernel drop its pages (they are file-backed and read-only, so a later
+ * read would simply fault them back in). Halves resident memory for Q8_0. */
+static void release_original(const weight *w) {
+    long page = sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)w->data + (uintptr_t)page - 1) & ~(uintptr_t)(page - 1);
+    uintptr_t end = ((uintptr_t)w->data + w->rows * w->row_bytes) & ~(uintptr_t)(page - 1);
+    if (end > start)
+        madvise((void *)start, end - start, MADV_DONTNEED);
+}
 
 int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_engine **out, char *err, size_t errlen) {
     *out = NULL;
@@ -125,6 +138,9 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
             weight packed;
             if (e->k->repack(mats[i], &packed) == 0) {
                 e->repacked[e->n_repacked++] = (void *)packed.data;
+                /* the embedding table stays in use for token lookups even when tied */
+                if (mats[i]->data != m->token_embd.data)
+                    release_original(mats[i]);
                 *mats[i] = packed;
             }
         }
