@@ -39,7 +39,7 @@ typedef struct {
     matmul_fn matmul[256]; /* by tensor type; NULL: unsupported */
     bool q8_activations;   /* Q8_0 weights want a->xq */
     void (*quantize_q8_0)(const float *x, block_q8_0 *q, uint64_t n);
-    /* Optional: rewrite a weight into a layout this set streams faster
+    /* Optional: rewrite a weight into a layout (or onto pages) this set streams faster
      * (dst->data is malloc'ed), returning 0; -1 keeps the original. */
     int (*repack)(const weight *src, weight *dst);
     float (*dot)(const float *a, const float *b, int n);        /* attention scores */

@@ -164,7 +164,23 @@ KERNEL_TARGET static void axpy_avx512(float *y, float alpha, const float *x, int
 /* [cols int8 quants][nb fp16 scales][nb int16 quant sums], padded to 64 */
 static uint64_t packed_row_bytes(uint64_t cols) { return cols + ((cols / 32) * 4 + 63) / 64 * 64; }
 
-static int repack_q8_0(const weight *src, weight *dst) {
+/* 16-bit weights keep their layout; the copy only moves them onto
+ * 2 MiB pages (file-backed mappings use 4 KiB ones). */
+static int copy_to_huge_pages(const weight *src, weight *dst) {
+    size_t n = src->rows * src->row_bytes, bytes = (n + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+    uint8_t *out = aligned_alloc(2u << 20, bytes);
+    if (!out)
+        return -1;
+    madvise(out, bytes, MADV_HUGEPAGE);
+    memcpy(out, src->data, n);
+    *dst = *src;
+    dst->data = out;
+    return 0;
+}
+
+static int repack_weight(const weight *src, weight *dst) {
+    if (src->type == TENSOR_F16 || src->type == TENSOR_BF16)
+        return copy_to_huge_pages(src, dst);
     if (src->type != TENSOR_Q8_0 || src->cols % 32)
         return -1;
     uint64_t nb = src->cols / 32, rb = packed_row_bytes(src->cols);
@@ -324,6 +340,6 @@ const kernel_set *kernels_avx512(void) {
     k.matmul[TENSOR_BF16] = matmul_bf16;
     k.matmul[TENSOR_Q8_0] = matmul_q8_0;
     k.matmul[TENSOR_Q8_0_PACKED] = matmul_q8p;
-    k.repack = repack_q8_0;
+    k.repack = repack_weight;
     return &k;
 }
