@@ -152,15 +152,6 @@ int worker_handle(worker_state *w, const uint8_t *req, size_t len, uint8_t **res
         } else {
             r.body_case = INFERNO__WORKER_RESPONSE__BODY_STEP, r.step = &step;
         }
-        *resp_len = inferno__worker_response__get_packed_size(&r);
-        *resp = malloc(*resp_len ? *resp_len : 1);
-        if (*resp)
-            inferno__worker_response__pack(&r, *resp);
-        for (size_t i = 0; i < step.n_tokens; i++)
-            free(step.tokens[i]);
-        free(step.tokens);
-        inferno__worker_request__free_unpacked(q, NULL);
-        return *resp ? 0 : -1;
     } else {
         e.code = INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, e.message = "request has no body";
         r.body_case = INFERNO__WORKER_RESPONSE__BODY_ERROR, r.error = &e;
@@ -169,6 +160,9 @@ int worker_handle(worker_state *w, const uint8_t *req, size_t len, uint8_t **res
     *resp = malloc(*resp_len ? *resp_len : 1);
     if (*resp)
         inferno__worker_response__pack(&r, *resp);
+    for (size_t i = 0; i < step.n_tokens; i++) /* a step's tokens, also those of one that failed midway */
+        free(step.tokens[i]);
+    free(step.tokens);
     if (q)
         inferno__worker_request__free_unpacked(q, NULL);
     return *resp ? 0 : -1;
