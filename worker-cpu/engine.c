@@ -39,6 +39,9 @@ struct cpu_engine {
     uint32_t q_dim, kv_dim;
     float **k_cache, **v_cache; /* per layer: [n_blocks * block_size][kv_dim] */
     float *inv_freq;            /* RoPE: [head_dim / 2] */
+    /* norm gains as float, once: per layer attn[H], q[hd], k[hd], ffn[H]; then output[H] */
+    float *norms;
+    size_t norms_stride;
     /* scratch, grown on demand */
     int cap_tokens;
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up;
@@ -62,6 +65,8 @@ int cpu_engine_n_blocks(const cpu_engine *e) { return e->n_blocks; }
 const char *cpu_engine_kernels(const cpu_engine *e) { return e->k->name; }
 
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
+
+static void load_vector(const weight *w, float *out) { tensor_dequantize_row(w->type, w->data, out, w->cols); }
 
 /* The mmapped original of a repacked matrix is no longer read: let the
  * kernel drop its pages (they are file-backed and read-only, so a later
@@ -148,6 +153,21 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
     /* as transformers: inv_freq = 1 / base^(2i/hd) in float32 */
     for (uint32_t i = 0; i < m->head_dim / 2; i++)
         e->inv_freq[i] = 1.0f / powf(m->rope_base, (float)(2 * i) / (float)m->head_dim);
+    e->norms_stride = 2 * (size_t)m->hidden + 2 * (size_t)m->head_dim;
+    e->norms = malloc((e->norms_stride * m->n_layers + m->hidden) * sizeof *e->norms);
+    if (!e->norms) {
+        snprintf(err, errlen, "engine: out of memory");
+        cpu_engine_free(e);
+        return -1;
+    }
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        float *g = e->norms + l * e->norms_stride;
+        load_vector(&m->layers[l].attn_norm, g);
+        load_vector(&m->layers[l].q_norm, g + m->hidden);
+        load_vector(&m->layers[l].k_norm, g + m->hidden + m->head_dim);
+        load_vector(&m->layers[l].ffn_norm, g + m->hidden + 2 * m->head_dim);
+    }
+    load_vector(&m->output_norm, e->norms + e->norms_stride * m->n_layers);
     *out = e;
     return 0;
 }
@@ -166,7 +186,7 @@ void cpu_engine_free(cpu_engine *e) {
         if (e->v_cache)
             free(e->v_cache[l]);
     }
-    free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores);
+    free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores), free(e->norms);
     for (int i = 0; i < e->n_repacked; i++)
         free(e->repacked[i]);
     free(e->repacked), free(e->layers);
@@ -212,7 +232,6 @@ static int reserve(cpu_engine *e, int T, int max_pos) {
 
 /* ---- small row operations (single-threaded: cheap next to the matmuls) ---- */
 
-static void load_vector(const weight *w, float *out) { tensor_dequantize_row(w->type, w->data, out, w->cols); }
 
 static void rmsnorm(float *out, const float *x, const float *gain, uint32_t n, float eps) {
     float ss = 0.0f;
@@ -387,11 +406,6 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         return -1;
     }
     uint32_t H = m->hidden, hd = m->head_dim;
-    float *norm_gain = malloc((H > hd ? H : hd) * sizeof(float) * 2), *gain2 = norm_gain + (H > hd ? H : hd);
-    if (!norm_gain) {
-        snprintf(err, errlen, "engine: out of memory");
-        return -1;
-    }
     for (int32_t s = 0; s < b->n_seqs; s++)
         for (int32_t i = 0; i < b->seqs[s].n_tokens; i++) {
             e->tok_seq[b->seqs[s].start + i] = s;
@@ -404,24 +418,23 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
 
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const layer_weights *L = &e->layers[l];
+        const float *attn_gain = e->norms + l * e->norms_stride, *q_gain = attn_gain + H, *k_gain = q_gain + hd,
+                    *ffn_gain = k_gain + hd;
         /* attention */
-        load_vector(&L->attn_norm, norm_gain);
         for (int t = 0; t < T; t++)
-            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, norm_gain, H, m->rms_eps);
+            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, attn_gain, H, m->rms_eps);
         const weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
         float *qkv_out[3] = {e->q, e->kk, e->vv};
         matmul_many(e, e->xn, T, 3, qkv, qkv_out);
-        load_vector(&L->q_norm, norm_gain);
-        load_vector(&L->k_norm, gain2);
         for (int t = 0; t < T; t++) {
             for (uint32_t h = 0; h < m->n_heads; h++) {
                 float *q = e->q + (size_t)t * e->q_dim + h * hd;
-                rmsnorm(q, q, norm_gain, hd, m->rms_eps);
+                rmsnorm(q, q, q_gain, hd, m->rms_eps);
                 rope(q, e->tok_pos[t], e->inv_freq, hd);
             }
             for (uint32_t h = 0; h < m->n_kv_heads; h++) {
                 float *k = e->kk + (size_t)t * e->kv_dim + h * hd;
-                rmsnorm(k, k, gain2, hd, m->rms_eps);
+                rmsnorm(k, k, k_gain, hd, m->rms_eps);
                 rope(k, e->tok_pos[t], e->inv_freq, hd);
             }
             const engine_seq *s = &b->seqs[e->tok_seq[t]];
@@ -437,9 +450,8 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
             e->x[i] += e->xn[i];
 
         /* feed-forward */
-        load_vector(&L->ffn_norm, norm_gain);
         for (int t = 0; t < T; t++)
-            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, norm_gain, H, m->rms_eps);
+            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, ffn_gain, H, m->rms_eps);
         const weight *gu[2] = {&L->w_gate, &L->w_up};
         float *gu_out[2] = {e->gate, e->up};
         matmul_many(e, e->xn, T, 2, gu, gu_out);
@@ -453,14 +465,13 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
     }
 
     /* output: final norm and head, only for the rows asked for */
-    load_vector(&m->output_norm, norm_gain);
+    const float *out_gain = e->norms + e->norms_stride * m->n_layers;
     int rows = 0;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const engine_seq *q = &b->seqs[s];
         for (int32_t i = q->all_logits ? 0 : q->n_tokens - 1; i < q->n_tokens; i++, rows++)
-            rmsnorm(e->xn + (size_t)rows * H, e->x + (size_t)(q->start + i) * H, norm_gain, H, m->rms_eps);
+            rmsnorm(e->xn + (size_t)rows * H, e->x + (size_t)(q->start + i) * H, out_gain, H, m->rms_eps);
     }
     matmul1(e, e->xn, rows, &e->output, logits);
-    free(norm_gain);
     return 0;
 }
