@@ -16,15 +16,7 @@
 #include "engine.h"
 #include "kernels.h"
 #include "sampler.h"
-
-static const char *ref_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    char *out = buf[k++ % 4];
-    const char *dir = getenv("INFERNO_REFERENCE_DIR");
-    snprintf(out, sizeof buf[0], "%s/%s", dir ? dir : "../shared/reference", name);
-    return out;
-}
+#include "test_util.h"
 
 static float *read_floats(const char *path, size_t *n) {
     FILE *fp = fopen(path, "rb");

@@ -14,15 +14,7 @@
 
 #include "fp16.h"
 #include "gguf.h"
-
-static const char *ref_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    const char *dir = getenv("INFERNO_REFERENCE_DIR");
-    char *out = buf[k++ % 4];
-    snprintf(out, sizeof buf[0], "%s/%s", dir ? dir : "../shared/reference", name);
-    return out;
-}
+#include "test_util.h"
 
 static gguf_file *open_ok(const char *path) {
     char err[512] = "";

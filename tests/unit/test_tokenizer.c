@@ -12,16 +12,10 @@
 
 #include "tokenizer.h"
 #include "utf8.h"
+#include "test_util.h"
 
 static tokenizer *tk;
 static json_t *ref;
-
-static const char *ref_path(const char *name) {
-    static char buf[512];
-    const char *dir = getenv("INFERNO_REFERENCE_DIR");
-    snprintf(buf, sizeof buf, "%s/%s", dir ? dir : "../shared/reference", name);
-    return buf;
-}
 
 static int setup(void **state) {
     (void)state;

@@ -22,20 +22,12 @@
 #include "inferno.pb-c.h"
 #include "protocol.h"
 #include "tokenizer_service.h"
+#include "test_util.h"
 
 static tokenizer *tk;
 static jinja_template *tmpl;
 static tokenizer_service_state st;
 static json_t *ref, *chat;
-
-static const char *ref_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    char *out = buf[k++ % 4];
-    const char *dir = getenv("INFERNO_REFERENCE_DIR");
-    snprintf(out, sizeof buf[0], "%s/%s", dir ? dir : "../shared/reference", name);
-    return out;
-}
 
 static int setup(void **state) {
     (void)state;
@@ -263,27 +255,12 @@ static void test_concurrent_clients(void **state) {
 /* The binary: starts, answers an info request, exits 0 on SIGTERM. */
 static void test_service_process(void **state) {
     (void)state;
-    char exe[PATH_MAX], bin[PATH_MAX + 32];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    assert_true(n > 0);
-    exe[n] = 0;
-    *strrchr(exe, '/') = 0; /* build/<cfg>/tests */
-    snprintf(bin, sizeof bin, "%s/../bin/tokenizer-svc", exe);
     snprintf(url, sizeof url, "ipc:///tmp/inferno-test-toksvc-%d.ipc", (int)getpid());
-    char *argv[] = {bin, "--model", (char *)ref_path("tinyA-q8_0.gguf"), "--listen", url, "--workers", "2", NULL};
+    char *argv[] = {(char *)bin_path("tokenizer-svc"), "--model", (char *)ref_path("tinyA-q8_0.gguf"), "--listen", url,
+                    "--workers", "2", NULL};
     pid_t pid;
-    assert_int_equal(posix_spawn(&pid, bin, NULL, NULL, argv, NULL), 0);
-
     nng_socket s;
-    assert_int_equal(nng_req0_open(&s), 0);
-    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000);
-    int rv = -1;
-    for (int tries = 0; tries < 200 && rv; tries++) { /* the service takes a moment to load */
-        rv = nng_dial(s, url, NULL, 0);
-        if (rv)
-            usleep(50000);
-    }
-    assert_int_equal(rv, 0);
+    assert_int_equal(spawn_and_dial(argv, url, &pid, &s), 0);
     Inferno__TokenizerRequest q = base_request(9);
     Inferno__TokenizerInfoRequest info = INFERNO__TOKENIZER_INFO_REQUEST__INIT;
     q.body_case = INFERNO__TOKENIZER_REQUEST__BODY_INFO, q.info = &info;

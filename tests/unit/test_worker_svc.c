@@ -21,15 +21,7 @@
 #include "inferno.pb-c.h"
 #include "protocol.h"
 #include "worker_service.h"
-
-static const char *ref_path(const char *name) {
-    static char buf[4][512];
-    static int k;
-    char *out = buf[k++ % 4];
-    const char *dir = getenv("INFERNO_REFERENCE_DIR");
-    snprintf(out, sizeof buf[0], "%s/%s", dir ? dir : "../shared/reference", name);
-    return out;
-}
+#include "test_util.h"
 
 static model_desc *m;
 static cpu_engine *e;
@@ -211,26 +203,13 @@ static void test_errors(void **state) {
 
 static void test_process(void **state) {
     (void)state;
-    char exe[PATH_MAX], bin[PATH_MAX + 32], url[128];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    assert_true(n > 0);
-    exe[n] = 0;
-    *strrchr(exe, '/') = 0;
-    snprintf(bin, sizeof bin, "%s/../bin/inferno-worker-cpu", exe);
+    char url[128];
     snprintf(url, sizeof url, "ipc:///tmp/inferno-test-worker-%d.ipc", (int)getpid());
-    char *argv[] = {
-        bin,   "--model", (char *)ref_path("tinyA-q8_0.gguf"), "--listen", url, "--threads", "1", "--kv-tokens",
-        "256", NULL};
+    char *argv[] = {(char *)bin_path("inferno-worker-cpu"), "--model", (char *)ref_path("tinyA-q8_0.gguf"),
+                    "--listen", url, "--threads", "1", "--kv-tokens", "256", NULL};
     pid_t pid;
-    assert_int_equal(posix_spawn(&pid, bin, NULL, NULL, argv, NULL), 0);
     nng_socket s;
-    assert_int_equal(nng_req0_open(&s), 0);
-    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 10000);
-    int rv = -1;
-    for (int tries = 0; tries < 200 && rv; tries++)
-        if ((rv = nng_dial(s, url, NULL, 0)))
-            usleep(50000);
-    assert_int_equal(rv, 0);
+    assert_int_equal(spawn_and_dial(argv, url, &pid, &s), 0);
     Inferno__WorkerRequest q = INFERNO__WORKER_REQUEST__INIT;
     Inferno__WorkerInfoRequest ir = INFERNO__WORKER_INFO_REQUEST__INIT;
     q.version = INFERNO_PROTOCOL_VERSION, q.body_case = INFERNO__WORKER_REQUEST__BODY_INFO, q.info = &ir;
