@@ -56,7 +56,7 @@ SCHED_LIB     := $(LIB)/libscheduler.a
 
 # ---- programs ----
 TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc \
-         $(BIN)/model-generate $(BIN)/inferno-bench $(BIN)/inferno-worker-cpu
+         $(BIN)/model-generate $(BIN)/inferno-bench $(BIN)/inferno-worker-cpu $(BIN)/scheduler-svc $(BIN)/sched-submit
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -115,7 +115,7 @@ $(ENGINE_LIB): $(ENGINE_SRC:%.c=$(OBJ)/%.o)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-ENGINE_LIBS := $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+ENGINE_LIBS := $(ENGINE_LIB) $(SCHED_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
 ENGINE_LDLIBS := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS)
 
 $(BIN)/model-generate: $(OBJ)/tools/model-generate.o $(ENGINE_LIBS)
@@ -127,6 +127,15 @@ $(BIN)/inferno-worker-cpu: $(OBJ)/worker-cpu/main.o $(ENGINE_LIBS)
 	$(CC) $(LDFLAGS) $^ $(ENGINE_LDLIBS) -o $@
 
 $(ENGINE_SRC:%.c=$(OBJ)/%.o) $(OBJ)/worker-cpu/main.o: $(PROTO_H)
+$(SCHED_SRC:%.c=$(OBJ)/%.o) $(OBJ)/scheduler-svc/main.o $(OBJ)/tools/sched-submit.o: $(PROTO_H)
+
+$(BIN)/scheduler-svc: $(OBJ)/scheduler-svc/main.o $(SCHED_LIB) $(PROTO_LIB) $(COMMON_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c $(LDLIBS) -o $@
+
+$(BIN)/sched-submit: $(OBJ)/tools/sched-submit.o $(SCHED_LIB) $(PROTO_LIB) $(COMMON_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -ljansson $(LDLIBS) -o $@
 
 $(BIN)/inferno-bench: $(OBJ)/tools/inferno-bench.o $(ENGINE_LIBS)
 	@mkdir -p $(dir $@)
@@ -160,7 +169,7 @@ FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DINFERNO_VERSION='"$(VERSION)"' -g -O1 -Ic
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_LIBS  := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson -lm -lpthread
 FUZZ_BINS  := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_jinja $(FUZZ_DIR)/fuzz_tokenizer_svc \
-              $(FUZZ_DIR)/fuzz_worker_svc
+              $(FUZZ_DIR)/fuzz_worker_svc $(FUZZ_DIR)/fuzz_sched_svc
 
 $(FUZZ_DIR)/gen/inferno.pb-c.c: proto/inferno.proto
 	@mkdir -p $(dir $@)
@@ -179,6 +188,12 @@ $(FUZZ_DIR)/fuzz_worker_svc: tests/fuzz/fuzz_worker_svc.c $(COMMON_SRC) $(MODEL_
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Imodel -Iworker-cpu -Wno-unknown-pragmas $< $(COMMON_SRC) $(MODEL_SRC) $(ENGINE_SRC) \
 	  $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
+
+SCHED_FUZZ_SRC := $(filter-out scheduler-svc/sched_client.c scheduler-svc/registrar.c,$(SCHED_SRC))
+$(FUZZ_DIR)/fuzz_sched_svc: tests/fuzz/fuzz_sched_svc.c $(COMMON_SRC) $(SCHED_FUZZ_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c \
+                            common/*.h scheduler-svc/*.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Ischeduler-svc $< $(COMMON_SRC) $(SCHED_FUZZ_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
 
 fuzz: $(FUZZ_BINS)
 

@@ -19,6 +19,9 @@ typedef struct {
     int32_t *blocks;
     int32_t n_blocks, cap_blocks;
     int32_t max_tokens, n_generated, eos_id;
+    int32_t stop_ids[SCHED_MAX_STOP_IDS], n_stop_ids;
+    int32_t cached; /* prompt tokens found in the prefix cache at first admission */
+    bool ever_admitted;
     uint64_t admitted; /* admission order, for choosing whom to preempt */
     uint64_t planned;  /* the step this sequence was last placed in */
 } seq;
@@ -72,9 +75,10 @@ void sched_free(sched *s) {
 }
 
 int sched_submit(sched *s, const sched_request *r) {
-    int64_t context = (int64_t)r->n_prompt + r->max_tokens;
-    if (r->n_prompt < 1 || r->max_tokens < 1 || context > s->cfg.max_context ||
-        context > (int64_t)s->cfg.n_blocks * s->cfg.block_size)
+    int64_t context = (int64_t)r->n_prompt + r->max_tokens - r->n_generated;
+    if (r->n_prompt < 1 || r->max_tokens < 1 || r->n_generated < 0 || r->n_generated >= r->max_tokens ||
+        r->n_generated >= r->n_prompt || r->n_stop_ids < 0 || r->n_stop_ids > SCHED_MAX_STOP_IDS ||
+        context > s->cfg.max_context || context > (int64_t)s->cfg.n_blocks * s->cfg.block_size)
         return SCHED_INVALID;
     int32_t waiting = 0;
     for (int32_t i = 0; i < s->n_seqs; i++)
@@ -90,10 +94,14 @@ int sched_submit(sched *s, const sched_request *r) {
     }
     seq q = {.id = r->id,
              .state = SEQ_WAITING,
-             .n_prompt = r->n_prompt,
+             .n_prompt = r->n_prompt - r->n_generated,
              .max_tokens = r->max_tokens,
+             .n_generated = r->n_generated,
              .eos_id = r->eos_id,
-             .cap_tokens = r->n_prompt + r->max_tokens};
+             .n_stop_ids = r->n_stop_ids,
+             .cap_tokens = (int32_t)context};
+    if (r->n_stop_ids)
+        memcpy(q.stop_ids, r->stop_ids, (size_t)r->n_stop_ids * sizeof *q.stop_ids);
     q.tokens = malloc((size_t)q.cap_tokens * sizeof *q.tokens);
     q.cap_blocks = (q.cap_tokens + s->cfg.block_size - 1) / s->cfg.block_size;
     q.blocks = malloc((size_t)q.cap_blocks * sizeof *q.blocks);
@@ -104,7 +112,7 @@ int sched_submit(sched *s, const sched_request *r) {
     memcpy(q.tokens, r->prompt, (size_t)r->n_prompt * sizeof *q.tokens);
     q.n_tokens = r->n_prompt;
     s->seqs[s->n_seqs++] = q;
-    s->stats.prompt_tokens += (uint64_t)r->n_prompt;
+    s->stats.prompt_tokens += (uint64_t)(r->n_prompt - r->n_generated);
     return SCHED_OK;
 }
 
@@ -120,7 +128,7 @@ bool sched_cancel(sched *s, uint64_t id, sched_event_fn fn, void *ctx) {
         if (s->seqs[i].id == id) {
             remove_seq(s, i);
             if (fn)
-                fn(ctx, id, SCHED_FINISHED, -1, FINISH_CANCELLED);
+                fn(ctx, id, SCHED_FINISHED, 0, FINISH_CANCELLED);
             return true;
         }
     return false;
@@ -174,7 +182,8 @@ static bool blocks_for(sched *s, seq *q, int32_t end) {
 static void add_to_plan(sched *s, sched_step *p, seq *q, int32_t n, bool sample) {
     q->planned = s->steps;
     sched_seq_step *st = &p->seqs[p->n_seqs++];
-    *st = (sched_seq_step){q->id, p->n_tokens, n, q->n_computed, q->blocks, q->n_blocks, sample};
+    *st = (sched_seq_step){q->id,       p->n_tokens, n,           q->n_computed, q->blocks,
+                           q->n_blocks, sample,      q->n_prompt, q->n_generated};
     memcpy(p->tokens + p->n_tokens, q->tokens + q->n_computed, (size_t)n * sizeof *p->tokens);
     p->n_tokens += n;
 }
@@ -199,13 +208,13 @@ int32_t sched_plan(sched *s, sched_step *p) {
             seq *q = &s->seqs[i];
             if (pass == 0 ? q->state != SEQ_RUNNING || q->n_tokens - q->n_computed <= 1 : q->state != SEQ_WAITING)
                 continue;
+            int32_t hit_tokens = -1;
             if (q->state == SEQ_WAITING) {
                 /* reuse the cached prefix, always leaving one token to compute */
                 int32_t hit =
                     radix_match(s->cache, q->tokens, q->n_tokens, (q->n_tokens - 1) / s->cfg.block_size, q->blocks);
                 q->n_blocks = hit;
-                q->n_computed = hit * s->cfg.block_size;
-                s->stats.prefix_hit_tokens += (uint64_t)q->n_computed;
+                q->n_computed = hit_tokens = hit * s->cfg.block_size;
                 q->state = SEQ_RUNNING;
                 q->admitted = ++s->admissions;
             }
@@ -215,6 +224,15 @@ int32_t sched_plan(sched *s, sched_step *p) {
                 release_blocks(s, q);
                 q->state = SEQ_WAITING;
                 break;
+            }
+            if (hit_tokens >= 0) {
+                /* admitted now: a recompute after preemption counts in
+                 * the stats, but the request's own cached count is that
+                 * of its first admission */
+                s->stats.prefix_hit_tokens += (uint64_t)hit_tokens;
+                if (!q->ever_admitted)
+                    q->cached = hit_tokens < q->n_prompt ? hit_tokens : q->n_prompt;
+                q->ever_admitted = true;
             }
             add_to_plan(s, p, q, n, q->n_computed + n == q->n_tokens);
             budget -= n;
@@ -230,6 +248,15 @@ static seq *find(sched *s, uint64_t id, int32_t *index) {
             return &s->seqs[i];
         }
     return NULL;
+}
+
+static bool is_stop(const seq *q, int32_t tok) {
+    if (tok == q->eos_id)
+        return true;
+    for (int32_t i = 0; i < q->n_stop_ids; i++)
+        if (tok == q->stop_ids[i])
+            return true;
+    return false;
 }
 
 void sched_complete(sched *s, const sched_step *step, const int32_t *sampled, sched_event_fn fn, void *ctx) {
@@ -250,14 +277,15 @@ void sched_complete(sched *s, const sched_step *step, const int32_t *sampled, sc
         s->stats.generated_tokens++;
         if (fn)
             fn(ctx, q->id, SCHED_TOKEN, tok, FINISH_NONE);
-        enum sched_finish why = tok == q->eos_id                  ? FINISH_EOS
+        enum sched_finish why = is_stop(q, tok)                   ? FINISH_EOS
                                 : q->n_generated >= q->max_tokens ? FINISH_LENGTH
                                                                   : FINISH_NONE;
         if (why != FINISH_NONE) {
             uint64_t id = q->id;
+            int32_t cached = q->cached;
             remove_seq(s, i);
             if (fn)
-                fn(ctx, id, SCHED_FINISHED, -1, why);
+                fn(ctx, id, SCHED_FINISHED, cached, why);
         }
     }
 }
@@ -272,4 +300,26 @@ void sched_get_stats(const sched *s, sched_stats *out) {
     out->blocks_total = block_pool_size(s->pool);
     out->blocks_used = out->blocks_total - block_pool_n_free(s->pool);
     out->blocks_cached = radix_cached_blocks(s->cache);
+}
+
+int32_t sched_cached_prefix(sched *s, const int32_t *tokens, int32_t n) {
+    int32_t max_blocks = n / s->cfg.block_size;
+    if (max_blocks == 0)
+        return 0;
+    int32_t *blocks = malloc((size_t)max_blocks * sizeof *blocks);
+    if (!blocks)
+        return 0;
+    int32_t hit = radix_match(s->cache, tokens, n, max_blocks, blocks);
+    for (int32_t i = 0; i < hit; i++)
+        block_pool_unref(s->pool, blocks[i]);
+    free(blocks);
+    return hit * s->cfg.block_size;
+}
+
+void sched_drain(sched *s, sched_drain_fn fn, void *ctx) {
+    while (s->n_seqs > 0) {
+        seq *q = &s->seqs[0];
+        fn(ctx, q->id, q->tokens, q->n_tokens, q->n_generated);
+        remove_seq(s, 0);
+    }
 }

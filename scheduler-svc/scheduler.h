@@ -29,9 +29,17 @@ typedef struct {
     uint64_t id;
     const int32_t *prompt;
     int32_t n_prompt;
-    int32_t max_tokens;
-    int32_t eos_id; /* -1: none */
+    int32_t max_tokens; /* generated tokens in all, n_generated included */
+    int32_t eos_id;     /* -1: none */
+    /* more stop tokens (at most SCHED_MAX_STOP_IDS) besides eos_id */
+    const int32_t *stop_ids;
+    int32_t n_stop_ids;
+    /* a resubmitted sequence (failover): the last n_generated tokens of
+     * prompt were generated, and count against max_tokens */
+    int32_t n_generated;
 } sched_request;
+
+#define SCHED_MAX_STOP_IDS 8
 
 enum { SCHED_OK = 0, SCHED_INVALID = -1, SCHED_OVERLOADED = -2 };
 
@@ -43,6 +51,7 @@ typedef struct {
     const int32_t *block_table;
     int32_t n_table;
     bool sample;
+    int32_t n_prompt, n_generated; /* for the sampler: penalties, seeds */
 } sched_seq_step;
 
 typedef struct {
@@ -54,6 +63,8 @@ typedef struct {
 enum sched_event_kind { SCHED_TOKEN, SCHED_FINISHED };
 enum sched_finish { FINISH_NONE, FINISH_EOS, FINISH_LENGTH, FINISH_CANCELLED };
 
+/* For FINISHED events, token holds the number of prompt tokens that came
+ * from the prefix cache when the request was first admitted. */
 typedef void (*sched_event_fn)(void *ctx, uint64_t id, enum sched_event_kind kind, int32_t token,
                                enum sched_finish why);
 
@@ -81,5 +92,15 @@ int32_t sched_plan(sched *s, sched_step *out);
 void sched_complete(sched *s, const sched_step *step, const int32_t *sampled, sched_event_fn fn, void *ctx);
 
 void sched_get_stats(const sched *s, sched_stats *out);
+
+/* Tokens of tokens[0..n) that this scheduler's prefix cache holds (for
+ * placing a request where its prefix is). Marks the prefix recently used. */
+int32_t sched_cached_prefix(sched *s, const int32_t *tokens, int32_t n);
+
+/* Removes every sequence, handing each to fn with all its tokens so far
+ * (prompt then generated) and how many were generated: what a dead worker's
+ * sequences need to be resubmitted elsewhere. */
+typedef void (*sched_drain_fn)(void *ctx, uint64_t id, const int32_t *tokens, int32_t n_tokens, int32_t n_generated);
+void sched_drain(sched *s, sched_drain_fn fn, void *ctx);
 
 #endif

@@ -2,14 +2,18 @@
  *
  *   inferno-worker-cpu --model FILE.gguf [--listen URL] [--threads N]
  *                      [--block-size N] [--kv-tokens N]
+ *                      [--scheduler URL [--advertise URL]]
  *
- * Threading: the main thread serves (see service.h); the engine's pool adds
- * threads-1 workers; SIGINT/SIGTERM end the loop cleanly. */
+ * Threading: the main thread serves (see worker_service.h); the engine's
+ * pool adds threads-1 workers; with --scheduler, a registrar thread
+ * announces the worker every second (registrar.h); SIGINT/SIGTERM end the
+ * loop cleanly. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "registrar.h"
 #include "worker_service.h"
 #include "tokenizer.h"
 
@@ -18,16 +22,33 @@
 static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) { (void)sig, stop_flag = 1; }
 
+typedef struct {
+    const char *scheduler_url, *worker_url;
+    registrar *reg;
+    registrar_info info;
+} announce;
+
+/* Called once the worker listens: only then may the scheduler dial it. */
+static void start_registrar(void *arg) {
+    announce *a = arg;
+    char err[512];
+    if (registrar_start(a->scheduler_url, a->worker_url, &a->info, &a->reg, err, sizeof err))
+        fprintf(stderr, PROG ": %s\n", err);
+}
+
 static void usage(FILE *out) {
     fprintf(out, "usage: " PROG " --model FILE.gguf [--listen URL] [--threads N] [--block-size N] [--kv-tokens N]\n"
+                 "                          [--scheduler URL [--advertise URL]]\n"
                  "  --listen      nng URL (default ipc:///tmp/inferno-worker-0.ipc)\n"
+                 "  --scheduler   register with the scheduler at this URL (and again whenever it restarts)\n"
+                 "  --advertise   the URL the scheduler dials for steps (default: --listen's)\n"
                  "  --threads     CPU threads for the engine (default 2)\n"
                  "  --block-size  positions per KV block (default 16)\n"
                  "  --kv-tokens   KV cache capacity in positions (default 16384)\n");
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *url = "ipc:///tmp/inferno-worker-0.ipc";
+    const char *model_path = NULL, *url = "ipc:///tmp/inferno-worker-0.ipc", *scheduler_url = NULL, *advertise = NULL;
     int threads = 2, block_size = 16, kv_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -54,6 +75,10 @@ int main(int argc, char **argv) {
             block_size = atoi(v);
         else if (!strcmp(a, "--kv-tokens"))
             kv_tokens = atoi(v);
+        else if (!strcmp(a, "--scheduler"))
+            scheduler_url = v;
+        else if (!strcmp(a, "--advertise"))
+            advertise = v;
         else {
             fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
             return 2;
@@ -83,7 +108,16 @@ int main(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     fprintf(stderr, PROG ": serving %s on %s (%s kernels, %d threads, %d KV blocks of %d)\n", model_path, url,
             cpu_engine_kernels(e), threads, cpu_engine_n_blocks(e), block_size);
-    int rc = worker_serve(w, url, &stop_flag, err, sizeof err);
+    announce a = {scheduler_url, advertise ? advertise : url, NULL};
+    a.info = (registrar_info){.model = model_path,
+                              .backend = "cpu",
+                              .vocab_size = m->vocab,
+                              .max_context = m->context,
+                              .block_size = block_size,
+                              .n_blocks = cpu_engine_n_blocks(e),
+                              .eos_id = eos_id};
+    int rc = worker_serve(w, url, scheduler_url ? start_registrar : NULL, &a, &stop_flag, err, sizeof err);
+    registrar_stop(a.reg);
     if (rc)
         fprintf(stderr, PROG ": %s\n", err);
     worker_state_free(w);

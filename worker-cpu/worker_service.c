@@ -256,7 +256,8 @@ out:
     return rc;
 }
 
-int worker_serve(worker_state *w, const char *url, volatile sig_atomic_t *stop, char *err, size_t errlen) {
+int worker_serve(worker_state *w, const char *url, void (*on_ready)(void *), void *ctx, volatile sig_atomic_t *stop,
+                 char *err, size_t errlen) {
     nng_socket sock;
     int rv;
     if ((rv = nng_rep0_open(&sock)) != 0 ||
@@ -265,6 +266,8 @@ int worker_serve(worker_state *w, const char *url, volatile sig_atomic_t *stop, 
         snprintf(err, errlen, "listen on %s: %s", url, nng_strerror(rv));
         return -1;
     }
+    if (on_ready)
+        on_ready(ctx);
     while (!*stop) {
         void *buf;
         size_t len;

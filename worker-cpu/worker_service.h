@@ -26,7 +26,9 @@ void worker_state_free(worker_state *w);
  * Bad requests get an Error response; -1 only when out of memory. */
 int worker_handle(worker_state *w, const uint8_t *req, size_t len, uint8_t **resp, size_t *resp_len);
 
-/* Serves on url until *stop becomes non-zero. */
-int worker_serve(worker_state *w, const char *url, volatile sig_atomic_t *stop, char *err, size_t errlen);
+/* Serves on url until *stop becomes non-zero; calls on_ready(ctx) (if
+ * given) once listening. */
+int worker_serve(worker_state *w, const char *url, void (*on_ready)(void *), void *ctx, volatile sig_atomic_t *stop,
+                 char *err, size_t errlen);
 
 #endif

@@ -1,0 +1,83 @@
+/* scheduler-svc: continuous batching over the registered workers.
+ *
+ *   scheduler-svc [--listen URL] [--max-step-tokens N] [--max-running N]
+ *                 [--max-waiting N] [--step-timeout-ms N]
+ *
+ * Threading: see service.h; the main thread only waits for SIGINT/SIGTERM. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "service.h"
+
+#define PROG "scheduler-svc"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) { (void)sig, stop_flag = 1; }
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: " PROG " [--listen URL] [--max-step-tokens N] [--max-running N] [--max-waiting N]\n"
+                 "                     [--step-timeout-ms N]\n"
+                 "  --listen           nng URL for gateways and workers (default ipc:///tmp/inferno-scheduler.ipc)\n"
+                 "  --max-step-tokens  tokens in one batched step (default 512)\n"
+                 "  --max-running      sequences in one step (default 64)\n"
+                 "  --max-waiting      queued requests before answering overloaded (default 256)\n"
+                 "  --step-timeout-ms  a worker slower than this is declared dead (default 120000)\n");
+}
+
+int main(int argc, char **argv) {
+    const char *url = "ipc:///tmp/inferno-scheduler.ipc";
+    sched_service_config cfg;
+    sched_service_defaults(&cfg);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--version")) {
+            printf(PROG " " INFERNO_VERSION "\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--listen"))
+            url = v;
+        else if (!strcmp(a, "--max-step-tokens"))
+            cfg.max_step_tokens = atoi(v);
+        else if (!strcmp(a, "--max-running"))
+            cfg.max_running = atoi(v);
+        else if (!strcmp(a, "--max-waiting"))
+            cfg.max_waiting = atoi(v);
+        else if (!strcmp(a, "--step-timeout-ms"))
+            cfg.step_timeout_ms = atoi(v);
+        else {
+            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
+            return 2;
+        }
+    }
+    if (cfg.max_step_tokens < 1 || cfg.max_running < 1 || cfg.max_waiting < 1 || cfg.step_timeout_ms < 1) {
+        usage(stderr);
+        return 2;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    char err[512];
+    sched_service *s = sched_service_create(&cfg);
+    if (!s || sched_service_start(s, url, err, sizeof err)) {
+        fprintf(stderr, PROG ": %s\n", s ? err : "out of memory");
+        sched_service_free(s);
+        return 1;
+    }
+    fprintf(stderr, PROG ": listening on %s\n", url);
+    while (!stop_flag)
+        pause();
+    sched_service_free(s);
+    return 0;
+}

@@ -1,0 +1,98 @@
+"""Starting inferno processes for system tests: a scheduler and CPU workers
+on a reference model, in a private directory (ipc:// sockets, logs), and
+talking to the scheduler through the sched-submit tool."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+
+class Cluster:
+    def __init__(self, bin_dir, model, workdir, workers=1, kv_tokens=4096, block_size=16, sched_args=()):
+        self.bin_dir = pathlib.Path(bin_dir)
+        self.model = model
+        self.dir = pathlib.Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.url = f"ipc://{self.dir}/scheduler.ipc"
+        self.kv_tokens, self.block_size = kv_tokens, block_size
+        self.sched_args = list(sched_args)
+        self.scheduler = None
+        self.workers = {}
+        self.start_scheduler()
+        for i in range(workers):
+            self.start_worker(i)
+        self.wait_workers(workers)
+
+    def _spawn(self, name, args):
+        log = open(self.dir / f"{name}.log", "ab")
+        return subprocess.Popen([str(a) for a in args], stdout=log, stderr=subprocess.STDOUT)
+
+    def start_scheduler(self):
+        self.scheduler = self._spawn("scheduler", [self.bin_dir / "scheduler-svc", "--listen", self.url,
+                                                   *self.sched_args])
+
+    def start_worker(self, i):
+        self.workers[i] = self._spawn(f"worker-{i}", [
+            self.bin_dir / "inferno-worker-cpu", "--model", self.model, "--listen", f"ipc://{self.dir}/worker-{i}.ipc",
+            "--scheduler", self.url, "--threads", "1", "--kv-tokens", self.kv_tokens,
+            "--block-size", self.block_size])
+
+    def kill(self, proc, sig=signal.SIGKILL):
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+    def submit_cmd(self, *args):
+        return [str(self.bin_dir / "sched-submit"), "--scheduler", self.url, *map(str, args)]
+
+    def wait_workers(self, n, timeout=60):
+        subprocess.run(self.submit_cmd("--wait-workers", n, "--timeout", timeout), check=True, timeout=timeout + 10)
+
+    def stats(self):
+        p = subprocess.run(self.submit_cmd("--stats"), capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+
+    def write_requests(self, requests, name="requests.jsonl"):
+        path = self.dir / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in requests))
+        return path
+
+    def run(self, requests, timeout=300):
+        """Runs the requests concurrently; one result dict per request."""
+        path = self.write_requests(requests)
+        p = subprocess.run(self.submit_cmd("--requests", path), capture_output=True, text=True, timeout=timeout)
+        assert p.returncode == 0, p.stderr
+        return [json.loads(line) for line in p.stdout.splitlines()]
+
+    def start_run(self, requests, name="bg.jsonl"):
+        path = self.write_requests(requests, name)
+        return subprocess.Popen(self.submit_cmd("--requests", path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def logs(self):
+        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.dir.glob("*.log")))
+
+    def stop(self):
+        procs = [*self.workers.values(), self.scheduler]
+        for p in procs:
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            if p:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        return [p.returncode for p in procs if p]
+
+
+def generate_alone(bin_dir, model, prompt_ids, max_tokens):
+    """Greedy ids from model-generate: the request run alone, in process."""
+    p = subprocess.run([str(pathlib.Path(bin_dir) / "model-generate"), "--model", str(model), "--prompt-ids",
+                        ",".join(map(str, prompt_ids)), "--max-tokens", str(max_tokens), "--print-ids",
+                        "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+    return [int(x) for x in line.split(",") if x]
