@@ -32,7 +32,7 @@ TST := $(BUILD)/tests
 GEN := $(BUILD)/gen
 
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
-            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -Ischeduler-svc -I$(GEN) $(EXTRA_CFLAGS)
+            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -Ischeduler-svc -Igateway -I$(GEN) $(EXTRA_CFLAGS)
 LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
 LDLIBS   := -lm -lpthread
 
@@ -53,10 +53,13 @@ ENGINE_SRC    := $(filter-out worker-cpu/main.c,$(wildcard worker-cpu/*.c))
 ENGINE_LIB    := $(LIB)/libengine.a
 SCHED_SRC     := $(filter-out scheduler-svc/main.c,$(wildcard scheduler-svc/*.c))
 SCHED_LIB     := $(LIB)/libscheduler.a
+GATEWAY_SRC   := $(filter-out gateway/main.c,$(wildcard gateway/*.c))
+GATEWAY_LIB   := $(LIB)/libgateway.a
 
 # ---- programs ----
 TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc \
-         $(BIN)/model-generate $(BIN)/inferno-bench $(BIN)/inferno-worker-cpu $(BIN)/scheduler-svc $(BIN)/sched-submit
+         $(BIN)/model-generate $(BIN)/inferno-bench $(BIN)/inferno-worker-cpu $(BIN)/scheduler-svc $(BIN)/sched-submit \
+         $(BIN)/inferno-gateway
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -133,6 +136,16 @@ $(BIN)/scheduler-svc: $(OBJ)/scheduler-svc/main.o $(SCHED_LIB) $(PROTO_LIB) $(CO
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c $(LDLIBS) -o $@
 
+$(GATEWAY_LIB): $(GATEWAY_SRC:%.c=$(OBJ)/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(GATEWAY_SRC:%.c=$(OBJ)/%.o) $(OBJ)/gateway/main.o: $(PROTO_H)
+
+$(BIN)/inferno-gateway: $(OBJ)/gateway/main.o $(GATEWAY_LIB) $(SCHED_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lcivetweb -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
+
 $(BIN)/sched-submit: $(OBJ)/tools/sched-submit.o $(SCHED_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -ljansson $(LDLIBS) -o $@
@@ -153,7 +166,7 @@ $(BIN)/make-test-model: $(OBJ)/tools/make-test-model.o $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -ljansson $(LDLIBS) -o $@
 
-$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(SCHED_LIB) $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
+$(TST)/test_%: $(OBJ)/tests/unit/test_%.o $(GATEWAY_LIB) $(SCHED_LIB) $(ENGINE_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lcmocka -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 

@@ -1,0 +1,114 @@
+/* inferno-gateway: the OpenAI-compatible HTTP API.
+ *
+ *   inferno-gateway --model FILE.gguf [--host H] [--port P] [--scheduler URL]
+ *                   [--tokenizer URL] [--model-name NAME] [--api-key KEY]
+ *                   [--max-body-bytes N] [--request-timeout S] [--threads N]
+ *
+ * INFERNO_API_KEY in the environment sets the key too. Threading: see
+ * gateway.h; the main thread waits for SIGINT/SIGTERM. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "gateway.h"
+
+#define PROG "inferno-gateway"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) { (void)sig, stop_flag = 1; }
+
+static void usage(FILE *out) {
+    fprintf(out, "usage: " PROG " --model FILE.gguf [options]\n"
+                 "  --host H              address to bind (default 127.0.0.1)\n"
+                 "  --port P              TCP port (default 8080)\n"
+                 "  --scheduler URL       scheduler-svc (default ipc:///tmp/inferno-scheduler.ipc)\n"
+                 "  --tokenizer URL       tokenizer-svc (default ipc:///tmp/inferno-tokenizer.ipc)\n"
+                 "  --model-name NAME     model id in the API (default: the file name without .gguf)\n"
+                 "  --api-key KEY         require Authorization: Bearer KEY (or set INFERNO_API_KEY)\n"
+                 "  --max-body-bytes N    largest request body (default 4194304)\n"
+                 "  --request-timeout S   longest a request may run (default 600)\n"
+                 "  --threads N           concurrent HTTP connections (default 128)\n");
+}
+
+int main(int argc, char **argv) {
+    gateway_config cfg = {.host = "127.0.0.1",
+                          .port = 8080,
+                          .scheduler_url = "ipc:///tmp/inferno-scheduler.ipc",
+                          .tokenizer_url = "ipc:///tmp/inferno-tokenizer.ipc",
+                          .max_body_bytes = 4u << 20,
+                          .request_timeout_s = 600,
+                          .threads = 128,
+                          .api_key = getenv("INFERNO_API_KEY")};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        }
+        if (!strcmp(a, "--version")) {
+            printf(PROG " " INFERNO_VERSION "\n");
+            return 0;
+        }
+        if (!v) {
+            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "--model"))
+            cfg.model_path = v;
+        else if (!strcmp(a, "--host"))
+            cfg.host = v;
+        else if (!strcmp(a, "--port"))
+            cfg.port = atoi(v);
+        else if (!strcmp(a, "--scheduler"))
+            cfg.scheduler_url = v;
+        else if (!strcmp(a, "--tokenizer"))
+            cfg.tokenizer_url = v;
+        else if (!strcmp(a, "--model-name"))
+            cfg.model_name = v;
+        else if (!strcmp(a, "--api-key"))
+            cfg.api_key = v;
+        else if (!strcmp(a, "--max-body-bytes"))
+            cfg.max_body_bytes = (size_t)atol(v);
+        else if (!strcmp(a, "--request-timeout"))
+            cfg.request_timeout_s = atoi(v);
+        else if (!strcmp(a, "--threads"))
+            cfg.threads = atoi(v);
+        else {
+            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
+            return 2;
+        }
+    }
+    if (!cfg.model_path || cfg.port < 1 || cfg.port > 65535 || cfg.threads < 1 || cfg.request_timeout_s < 1 ||
+        cfg.max_body_bytes < 1024) {
+        usage(stderr);
+        return 2;
+    }
+    char name[256];
+    if (!cfg.model_name) {
+        const char *base = strrchr(cfg.model_path, '/');
+        snprintf(name, sizeof name, "%s", base ? base + 1 : cfg.model_path);
+        size_t n = strlen(name);
+        if (n > 5 && !strcmp(name + n - 5, ".gguf"))
+            name[n - 5] = 0;
+        cfg.model_name = name;
+    }
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    char err[512];
+    gateway *g;
+    if (gateway_start(&cfg, &g, err, sizeof err)) {
+        fprintf(stderr, PROG ": %s\n", err);
+        return 1;
+    }
+    fprintf(stderr, PROG ": serving %s on http://%s:%d%s\n", cfg.model_name, cfg.host, cfg.port,
+            cfg.api_key && *cfg.api_key ? " (API key required)" : "");
+    while (!stop_flag)
+        pause();
+    gateway_stop(g);
+    return 0;
+}
