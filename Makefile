@@ -182,7 +182,7 @@ FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DINFERNO_VERSION='"$(VERSION)"' -g -O1 -Ic
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
 FUZZ_LIBS  := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson -lm -lpthread
 FUZZ_BINS  := $(FUZZ_DIR)/fuzz_gguf $(FUZZ_DIR)/fuzz_tokenizer $(FUZZ_DIR)/fuzz_jinja $(FUZZ_DIR)/fuzz_tokenizer_svc \
-              $(FUZZ_DIR)/fuzz_worker_svc $(FUZZ_DIR)/fuzz_sched_svc
+              $(FUZZ_DIR)/fuzz_worker_svc $(FUZZ_DIR)/fuzz_sched_svc $(FUZZ_DIR)/fuzz_gateway_request
 
 $(FUZZ_DIR)/gen/inferno.pb-c.c: proto/inferno.proto
 	@mkdir -p $(dir $@)
@@ -207,6 +207,12 @@ $(FUZZ_DIR)/fuzz_sched_svc: tests/fuzz/fuzz_sched_svc.c $(COMMON_SRC) $(SCHED_FU
                             common/*.h scheduler-svc/*.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -Ischeduler-svc $< $(COMMON_SRC) $(SCHED_FUZZ_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
+
+$(FUZZ_DIR)/fuzz_gateway_request: tests/fuzz/fuzz_gateway_request.c gateway/request.c gateway/textproc.c $(COMMON_SRC) \
+                                  $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c common/*.h gateway/*.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Igateway -Ischeduler-svc $< gateway/request.c gateway/textproc.c $(COMMON_SRC) \
+	  $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
 
 fuzz: $(FUZZ_BINS)
 

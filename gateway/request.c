@@ -3,11 +3,21 @@
  * type or out of range is a 400 naming it. */
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gateway_internal.h"
+
+void gw_error_set(gw_error *e, int status, const char *type, const char *param, const char *fmt, ...) {
+    e->status = status, e->type = type, e->code = NULL;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->message, sizeof e->message, fmt, ap);
+    va_end(ap);
+}
 
 static int bad(gw_error *e, const char *param, const char *what) {
     gw_error_set(e, 400, "invalid_request_error", param, "'%s': %s", param, what);

@@ -9,15 +9,6 @@
 
 #include "gateway_internal.h"
 
-void gw_error_set(gw_error *e, int status, const char *type, const char *param, const char *fmt, ...) {
-    e->status = status, e->type = type, e->code = NULL;
-    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->message, sizeof e->message, fmt, ap);
-    va_end(ap);
-}
-
 static const char *status_text(int status) {
     switch (status) {
     case 200: return "OK";

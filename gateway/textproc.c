@@ -130,8 +130,8 @@ void router_feed(text_router *r, const char *text, size_t len, strbuf *reasoning
             if (end) {
                 strbuf_append(reasoning, h->data, (size_t)(end - h->data));
                 strbuf_consume(h, (size_t)(end - h->data) + sizeof THINK_CLOSE - 1);
-                strbuf_consume(h, skip_space(h->data, h->len));
                 r->state = ROUTE_CONTENT;
+                r->trim = true;
                 continue;
             }
             size_t hold = partial_suffix(h->data, h->len, THINK_CLOSE);
@@ -140,6 +140,12 @@ void router_feed(text_router *r, const char *text, size_t len, strbuf *reasoning
             return;
         }
         if (r->state == ROUTE_CONTENT) {
+            if (r->trim) { /* the blank lines after </think> are not content */
+                strbuf_consume(h, skip_space(h->data, h->len));
+                if (h->len == 0)
+                    return;
+                r->trim = false;
+            }
             if (!r->tools) {
                 strbuf_append(content, h->data, h->len);
                 strbuf_consume(h, h->len);

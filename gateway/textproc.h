@@ -42,6 +42,7 @@ enum route_state { ROUTE_START, ROUTE_THINK, ROUTE_CONTENT, ROUTE_TOOLS };
 typedef struct {
     enum route_state state;
     bool reasoning, tools; /* what to look for */
+    bool trim;             /* drop whitespace before the content starts */
     strbuf held;
 } text_router;
 

@@ -57,7 +57,8 @@ fuzz() { # name corpus-dir [libFuzzer flags...]
 echo "== fuzz: ${FUZZ_SECONDS}s per target"
 export INFERNO_FUZZ_MODEL="$INFERNO_REFERENCE_DIR/tinyA-q8_0.gguf"
 corpus=build/fuzz/corpus
-mkdir -p "$corpus"/{gguf,tokenizer,jinja,tokenizer_svc,worker_svc,sched_svc}
+mkdir -p "$corpus"/{gguf,tokenizer,jinja,tokenizer_svc,worker_svc,sched_svc,gateway}
+cp tests/fuzz/gateway-seeds/*.json "$corpus/gateway/"
 INFERNO_FUZZ_WRITE_SEEDS="$corpus/sched_svc" build/fuzz/fuzz_sched_svc 2>/dev/null
 "$BUILD/tests/write-type-samples" "$corpus/gguf/seed-samples.gguf"
 cp "$INFERNO_REFERENCE_DIR"/chat_templates/*.jinja "$corpus/jinja/"
@@ -73,6 +74,7 @@ fuzz fuzz_jinja "$corpus/jinja" -max_len=16384
 fuzz fuzz_tokenizer_svc "$corpus/tokenizer_svc" -max_len=4096
 fuzz fuzz_worker_svc "$corpus/worker_svc" -max_len=1024
 fuzz fuzz_sched_svc "$corpus/sched_svc" -max_len=2048
+fuzz fuzz_gateway_request "$corpus/gateway" -max_len=4096 -dict=tests/fuzz/json.dict
 
 echo "== python system tests"
 PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-}" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python \

@@ -96,3 +96,52 @@ def generate_alone(bin_dir, model, prompt_ids, max_tokens):
     assert p.returncode == 0, p.stderr
     line = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     return [int(x) for x in line.split(",") if x]
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FullCluster(Cluster):
+    """Scheduler, workers, tokenizer-svc and the gateway on a free port."""
+
+    def __init__(self, bin_dir, model, workdir, workers=1, gateway_args=(), **kw):
+        self.gateway_args = list(gateway_args)
+        self.port = free_port()
+        super().__init__(bin_dir, model, workdir, workers=workers, **kw)
+        self.tk_url = f"ipc://{self.dir}/tokenizer.ipc"
+        self.tokenizer = self._spawn("tokenizer", [self.bin_dir / "tokenizer-svc", "--model", model, "--listen",
+                                                   self.tk_url])
+        self.gateway = self._spawn("gateway", [self.bin_dir / "inferno-gateway", "--model", model, "--port", self.port,
+                                               "--scheduler", self.url, "--tokenizer", self.tk_url,
+                                               "--model-name", "tinyA", *self.gateway_args])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout=60):
+        import urllib.request
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("cluster not healthy:\n" + self.logs())
+
+    def stop(self):
+        codes = []
+        for p in (self.gateway, self.tokenizer):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            codes.append(p.returncode)
+        return codes + super().stop()
