@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential clang pkg-config python3 python3-venv
           libnng-dev libprotobuf-c-dev protobuf-c-compiler libcivetweb-dev
-          libpcre2-dev libutf8proc-dev libjansson-dev libcmocka-dev)
+          libpcre2-dev libutf8proc-dev libjansson-dev libcmocka-dev curl)
 PY_PACKAGES=(pytest openai gguf numpy jinja2)
 VENV=.venv
 
