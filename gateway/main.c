@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "gateway.h"
 
 #define PROG "inferno-gateway"
@@ -41,46 +42,20 @@ int main(int argc, char **argv) {
                           .request_timeout_s = 600,
                           .threads = 128,
                           .api_key = getenv("INFERNO_API_KEY")};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model"))
-            cfg.model_path = v;
-        else if (!strcmp(a, "--host"))
-            cfg.host = v;
-        else if (!strcmp(a, "--port"))
-            cfg.port = atoi(v);
-        else if (!strcmp(a, "--scheduler"))
-            cfg.scheduler_url = v;
-        else if (!strcmp(a, "--tokenizer"))
-            cfg.tokenizer_url = v;
-        else if (!strcmp(a, "--model-name"))
-            cfg.model_name = v;
-        else if (!strcmp(a, "--api-key"))
-            cfg.api_key = v;
-        else if (!strcmp(a, "--max-body-bytes"))
-            cfg.max_body_bytes = (size_t)atol(v);
-        else if (!strcmp(a, "--request-timeout"))
-            cfg.request_timeout_s = atoi(v);
-        else if (!strcmp(a, "--threads"))
-            cfg.threads = atoi(v);
-        else {
-            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {{"--model", CLI_STRING, &cfg.model_path},
+                              {"--host", CLI_STRING, &cfg.host},
+                              {"--port", CLI_INT, &cfg.port},
+                              {"--scheduler", CLI_STRING, &cfg.scheduler_url},
+                              {"--tokenizer", CLI_STRING, &cfg.tokenizer_url},
+                              {"--model-name", CLI_STRING, &cfg.model_name},
+                              {"--api-key", CLI_STRING, &cfg.api_key},
+                              {"--max-body-bytes", CLI_SIZE, &cfg.max_body_bytes},
+                              {"--request-timeout", CLI_INT, &cfg.request_timeout_s},
+                              {"--threads", CLI_INT, &cfg.threads},
+                              {NULL}};
+    int rc = cli_parse(argc, argv, PROG, usage, flags);
+    if (rc != CLI_RUN)
+        return rc;
     if (!cfg.model_path || cfg.port < 1 || cfg.port > 65535 || cfg.threads < 1 || cfg.request_timeout_s < 1 ||
         cfg.max_body_bytes < 1024) {
         usage(stderr);

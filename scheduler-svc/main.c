@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "service.h"
 
 #define PROG "scheduler-svc"
@@ -31,36 +32,15 @@ int main(int argc, char **argv) {
     const char *url = "ipc:///tmp/inferno-scheduler.ipc";
     sched_service_config cfg;
     sched_service_defaults(&cfg);
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--listen"))
-            url = v;
-        else if (!strcmp(a, "--max-step-tokens"))
-            cfg.max_step_tokens = atoi(v);
-        else if (!strcmp(a, "--max-running"))
-            cfg.max_running = atoi(v);
-        else if (!strcmp(a, "--max-waiting"))
-            cfg.max_waiting = atoi(v);
-        else if (!strcmp(a, "--step-timeout-ms"))
-            cfg.step_timeout_ms = atoi(v);
-        else {
-            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {{"--listen", CLI_STRING, &url},
+                              {"--max-step-tokens", CLI_INT, &cfg.max_step_tokens},
+                              {"--max-running", CLI_INT, &cfg.max_running},
+                              {"--max-waiting", CLI_INT, &cfg.max_waiting},
+                              {"--step-timeout-ms", CLI_INT, &cfg.step_timeout_ms},
+                              {NULL}};
+    int rc = cli_parse(argc, argv, PROG, usage, flags);
+    if (rc != CLI_RUN)
+        return rc;
     if (cfg.max_step_tokens < 1 || cfg.max_running < 1 || cfg.max_waiting < 1 || cfg.step_timeout_ms < 1) {
         usage(stderr);
         return 2;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "gguf.h"
 #include "tokenizer_service.h"
 
@@ -25,24 +26,11 @@ static void usage(FILE *out) {
 int main(int argc, char **argv) {
     const char *model = NULL, *url = "ipc:///tmp/inferno-tokenizer.ipc";
     int workers = 8;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            usage(stdout);
-            return 0;
-        } else if (!strcmp(argv[i], "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        } else if (!strcmp(argv[i], "--model") && i + 1 < argc) {
-            model = argv[++i];
-        } else if (!strcmp(argv[i], "--listen") && i + 1 < argc) {
-            url = argv[++i];
-        } else if (!strcmp(argv[i], "--workers") && i + 1 < argc) {
-            workers = atoi(argv[++i]);
-        } else {
-            fprintf(stderr, PROG ": unknown argument %s (see --help)\n", argv[i]);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {
+        {"--model", CLI_STRING, &model}, {"--listen", CLI_STRING, &url}, {"--workers", CLI_INT, &workers}, {NULL}};
+    int parsed = cli_parse(argc, argv, PROG, usage, flags);
+    if (parsed != CLI_RUN)
+        return parsed;
     if (!model || workers < 1 || workers > 1024) {
         usage(stderr);
         return 2;

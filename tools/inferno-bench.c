@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "engine.h"
 
 #define PROG "inferno-bench"
@@ -31,43 +32,14 @@ static void usage(FILE *out) {
 int main(int argc, char **argv) {
     const char *path = NULL, *batches = "1,8,32", *kernels = NULL;
     int prompt = 128, gen = 32, threads = 2;
-    int json = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!strcmp(a, "--json")) {
-            json = 1;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model"))
-            path = v;
-        else if (!strcmp(a, "--prompt"))
-            prompt = atoi(v);
-        else if (!strcmp(a, "--gen"))
-            gen = atoi(v);
-        else if (!strcmp(a, "--batch"))
-            batches = v;
-        else if (!strcmp(a, "--threads"))
-            threads = atoi(v);
-        else if (!strcmp(a, "--kernels"))
-            kernels = v;
-        else {
-            fprintf(stderr, PROG ": unknown flag %s\n", a);
-            return 2;
-        }
-    }
+    bool json = false;
+    const cli_flag flags[] = {{"--model", CLI_STRING, &path},   {"--prompt", CLI_INT, &prompt},
+                              {"--gen", CLI_INT, &gen},         {"--batch", CLI_STRING, &batches},
+                              {"--threads", CLI_INT, &threads}, {"--kernels", CLI_STRING, &kernels},
+                              {"--json", CLI_SWITCH, &json},    {NULL}};
+    int parsed = cli_parse(argc, argv, PROG, usage, flags);
+    if (parsed != CLI_RUN)
+        return parsed;
     if (!path || prompt < 1 || gen < 1 || threads < 1) {
         usage(stderr);
         return 2;

@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "gguf.h"
 
 #define PROG "make-test-model"
@@ -411,70 +412,36 @@ static void usage(FILE *out) {
             "  --version                  print the version\n");
 }
 
-static int parse_u32(const char *flag, const char *s, uint32_t *out) {
-    char *end;
-    errno = 0;
-    unsigned long v = strtoul(s, &end, 10);
-    if (errno || *end || !*s || v == 0 || v > 1u << 24) {
-        fprintf(stderr, PROG ": %s: expected a positive integer, got '%s'\n", flag, s);
-        return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
-}
-
 int main(int argc, char **argv) {
     struct model_config cfg = {0};
     const char *out = NULL, *type_name = "f32", *tok_flag = NULL, *config = NULL;
     uint64_t seed = 1;
-    struct {
-        const char *flag;
-        uint32_t *field;
-    } dims[] = {{"--layers", &cfg.layers},     {"--hidden", &cfg.hidden},     {"--heads", &cfg.heads},
-                {"--kv-heads", &cfg.kv_heads}, {"--head-dim", &cfg.head_dim}, {"--ffn", &cfg.ffn},
-                {"--context", &cfg.context}};
-    uint32_t overrides[7] = {0};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!val) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
+    static const char *dim_flags[7] = {"--layers",   "--hidden", "--heads",  "--kv-heads",
+                                       "--head-dim", "--ffn",    "--context"};
+    uint32_t *dims[7] = {&cfg.layers, &cfg.hidden, &cfg.heads, &cfg.kv_heads, &cfg.head_dim, &cfg.ffn, &cfg.context};
+    int overrides[7] = {-1, -1, -1, -1, -1, -1, -1}; /* -1: the config's own */
+    const cli_flag flags[] = {{"--config", CLI_STRING, &config},
+                              {"--type", CLI_STRING, &type_name},
+                              {"--seed", CLI_U64, &seed},
+                              {"--out", CLI_STRING, &out},
+                              {"--tokenizer", CLI_STRING, &tok_flag},
+                              {"--name", CLI_STRING, &cfg.name},
+                              {dim_flags[0], CLI_INT, &overrides[0]},
+                              {dim_flags[1], CLI_INT, &overrides[1]},
+                              {dim_flags[2], CLI_INT, &overrides[2]},
+                              {dim_flags[3], CLI_INT, &overrides[3]},
+                              {dim_flags[4], CLI_INT, &overrides[4]},
+                              {dim_flags[5], CLI_INT, &overrides[5]},
+                              {dim_flags[6], CLI_INT, &overrides[6]},
+                              {NULL}};
+    int parsed = cli_parse(argc, argv, PROG, usage, flags);
+    if (parsed != CLI_RUN)
+        return parsed;
+    for (size_t d = 0; d < 7; d++)
+        if (overrides[d] != -1 && (overrides[d] < 1 || overrides[d] > 1 << 24)) {
+            fprintf(stderr, PROG ": %s: expected a positive integer, got %d\n", dim_flags[d], overrides[d]);
             return 2;
         }
-        i++;
-        int matched = 0;
-        for (size_t d = 0; d < 7; d++)
-            if (!strcmp(a, dims[d].flag)) {
-                if (parse_u32(a, val, &overrides[d]))
-                    return 2;
-                matched = 1;
-            }
-        if (matched)
-            continue;
-        if (!strcmp(a, "--config"))
-            config = val;
-        else if (!strcmp(a, "--type"))
-            type_name = val;
-        else if (!strcmp(a, "--seed"))
-            seed = strtoull(val, NULL, 10);
-        else if (!strcmp(a, "--out"))
-            out = val;
-        else if (!strcmp(a, "--tokenizer"))
-            tok_flag = val;
-        else if (!strcmp(a, "--name"))
-            cfg.name = val;
-        else {
-            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
-            return 2;
-        }
-    }
     if (!config || !out) {
         usage(stderr);
         return 2;
@@ -491,8 +458,8 @@ int main(int argc, char **argv) {
     if (name)
         cfg.name = name;
     for (size_t d = 0; d < 7; d++)
-        if (overrides[d])
-            *dims[d].field = overrides[d];
+        if (overrides[d] != -1)
+            *dims[d] = (uint32_t)overrides[d];
     if (cfg.heads % cfg.kv_heads) {
         fprintf(stderr, PROG ": --heads %u is not a multiple of --kv-heads %u\n", cfg.heads, cfg.kv_heads);
         return 2;

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "engine.h"
 #include "jinja.h"
 #include "sampler.h"
@@ -59,68 +60,28 @@ int main(int argc, char **argv) {
     bool chat = false, print_ids = false, ignore_eos = false;
     int max_tokens = 64, threads = 2;
     sampling_params sp = sampling_defaults();
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!strcmp(a, "--chat")) {
-            chat = true;
-            continue;
-        }
-        if (!strcmp(a, "--print-ids")) {
-            print_ids = true;
-            continue;
-        }
-        if (!strcmp(a, "--ignore-eos")) {
-            ignore_eos = true;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model"))
-            model_path = v;
-        else if (!strcmp(a, "--prompt"))
-            prompt = v;
-        else if (!strcmp(a, "--prompt-ids"))
-            prompt_ids = v;
-        else if (!strcmp(a, "--dump-logits"))
-            dump = v;
-        else if (!strcmp(a, "--kernels"))
-            kernels = v;
-        else if (!strcmp(a, "--max-tokens"))
-            max_tokens = atoi(v);
-        else if (!strcmp(a, "--threads"))
-            threads = atoi(v);
-        else if (!strcmp(a, "--temperature"))
-            sp.temperature = strtof(v, NULL);
-        else if (!strcmp(a, "--top-k"))
-            sp.top_k = atoi(v);
-        else if (!strcmp(a, "--top-p"))
-            sp.top_p = strtof(v, NULL);
-        else if (!strcmp(a, "--min-p"))
-            sp.min_p = strtof(v, NULL);
-        else if (!strcmp(a, "--seed"))
-            sp.seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--repetition-penalty"))
-            sp.repetition_penalty = strtof(v, NULL);
-        else if (!strcmp(a, "--presence-penalty"))
-            sp.presence_penalty = strtof(v, NULL);
-        else if (!strcmp(a, "--frequency-penalty"))
-            sp.frequency_penalty = strtof(v, NULL);
-        else {
-            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {{"--model", CLI_STRING, &model_path},
+                              {"--prompt", CLI_STRING, &prompt},
+                              {"--prompt-ids", CLI_STRING, &prompt_ids},
+                              {"--chat", CLI_SWITCH, &chat},
+                              {"--max-tokens", CLI_INT, &max_tokens},
+                              {"--threads", CLI_INT, &threads},
+                              {"--kernels", CLI_STRING, &kernels},
+                              {"--print-ids", CLI_SWITCH, &print_ids},
+                              {"--ignore-eos", CLI_SWITCH, &ignore_eos},
+                              {"--dump-logits", CLI_STRING, &dump},
+                              {"--temperature", CLI_FLOAT, &sp.temperature},
+                              {"--top-k", CLI_INT, &sp.top_k},
+                              {"--top-p", CLI_FLOAT, &sp.top_p},
+                              {"--min-p", CLI_FLOAT, &sp.min_p},
+                              {"--seed", CLI_U64, &sp.seed},
+                              {"--repetition-penalty", CLI_FLOAT, &sp.repetition_penalty},
+                              {"--presence-penalty", CLI_FLOAT, &sp.presence_penalty},
+                              {"--frequency-penalty", CLI_FLOAT, &sp.frequency_penalty},
+                              {NULL}};
+    int parsed = cli_parse(argc, argv, PROG, usage, flags);
+    if (parsed != CLI_RUN)
+        return parsed;
     if (!model_path || (!prompt && !prompt_ids) || max_tokens < 0 || threads < 1) {
         usage(stderr);
         return 2;

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "sched_client.h"
 
 #define PROG "sched-submit"
@@ -153,39 +154,14 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
     const char *url = NULL, *requests = NULL;
-    int stats = 0, want_workers = 0, timeout_s = 30;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!strcmp(a, "--stats")) {
-            stats = 1;
-            continue;
-        }
-        if (!v) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--scheduler"))
-            url = v;
-        else if (!strcmp(a, "--requests"))
-            requests = v;
-        else if (!strcmp(a, "--wait-workers"))
-            want_workers = atoi(v);
-        else if (!strcmp(a, "--timeout"))
-            timeout_s = atoi(v);
-        else {
-            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
-            return 2;
-        }
-    }
+    bool stats = false;
+    int want_workers = 0, timeout_s = 30;
+    const cli_flag flags[] = {{"--scheduler", CLI_STRING, &url},  {"--requests", CLI_STRING, &requests},
+                              {"--stats", CLI_SWITCH, &stats},    {"--wait-workers", CLI_INT, &want_workers},
+                              {"--timeout", CLI_INT, &timeout_s}, {NULL}};
+    int parsed = cli_parse(argc, argv, PROG, usage, flags);
+    if (parsed != CLI_RUN)
+        return parsed;
     if (!url || (!requests && !stats && !want_workers)) {
         usage(stderr);
         return 2;

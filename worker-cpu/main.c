@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "registrar.h"
 #include "worker_service.h"
 #include "tokenizer.h"
@@ -50,40 +51,13 @@ static void usage(FILE *out) {
 int main(int argc, char **argv) {
     const char *model_path = NULL, *url = "ipc:///tmp/inferno-worker-0.ipc", *scheduler_url = NULL, *advertise = NULL;
     int threads = 2, block_size = 16, kv_tokens = 16384;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage(stdout);
-            return 0;
-        }
-        if (!strcmp(a, "--version")) {
-            printf(PROG " " INFERNO_VERSION "\n");
-            return 0;
-        }
-        if (!v) {
-            fprintf(stderr, PROG ": %s: missing value or unknown flag (see --help)\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model"))
-            model_path = v;
-        else if (!strcmp(a, "--listen"))
-            url = v;
-        else if (!strcmp(a, "--threads"))
-            threads = atoi(v);
-        else if (!strcmp(a, "--block-size"))
-            block_size = atoi(v);
-        else if (!strcmp(a, "--kv-tokens"))
-            kv_tokens = atoi(v);
-        else if (!strcmp(a, "--scheduler"))
-            scheduler_url = v;
-        else if (!strcmp(a, "--advertise"))
-            advertise = v;
-        else {
-            fprintf(stderr, PROG ": unknown flag %s (see --help)\n", a);
-            return 2;
-        }
-    }
+    const cli_flag flags[] = {{"--model", CLI_STRING, &model_path},    {"--listen", CLI_STRING, &url},
+                              {"--threads", CLI_INT, &threads},        {"--block-size", CLI_INT, &block_size},
+                              {"--kv-tokens", CLI_INT, &kv_tokens},    {"--scheduler", CLI_STRING, &scheduler_url},
+                              {"--advertise", CLI_STRING, &advertise}, {NULL}};
+    int parsed = cli_parse(argc, argv, PROG, usage, flags);
+    if (parsed != CLI_RUN)
+        return parsed;
     if (!model_path || threads < 1 || block_size < 1 || kv_tokens < block_size) {
         usage(stderr);
         return 2;
