@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "gateway_internal.h"
 #include "utf8.h"
 
@@ -150,7 +151,7 @@ static json_t *chat_logprob(job *j, const sched_client_event *ev) {
 static void on_token(job *j, int index, const sched_client_event *ev) {
     gen_choice *c = &j->choices[index];
     gen_request *r = j->r;
-    double now = gw_now();
+    double now = clock_now();
     if (!j->first_token_seen)
         gw_metrics_ttft(j->g, now - j->t_start), j->first_token_seen = true;
     else
@@ -377,7 +378,7 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
         gw_send_error(g, conn, &e);
         return;
     }
-    j->g = g, j->conn = conn, j->r = r, j->created = (long)time(NULL), j->t_start = gw_now();
+    j->g = g, j->conn = conn, j->r = r, j->created = (long)time(NULL), j->t_start = clock_now();
     snprintf(j->id, sizeof j->id, "%s-%08x%08x", r->chat ? "chatcmpl" : "cmpl", (unsigned)rand(), (unsigned)rand());
     for (int i = 0; i < r->n; i++) {
         gen_choice *c = &j->choices[i];
@@ -408,7 +409,7 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
     /* gather events from every choice until all finish, the client leaves
      * or the request runs out of time */
     int running = r->n;
-    double deadline = gw_now() + g->cfg.request_timeout_s, last_write = gw_now();
+    double deadline = clock_now() + g->cfg.request_timeout_s, last_write = clock_now();
     while (running > 0 && !j->client_gone) {
         bool any = false;
         for (int i = 0; i < r->n; i++) {
@@ -424,11 +425,11 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
                 }
             }
         }
-        if (gw_now() > deadline) {
+        if (clock_now() > deadline) {
             for (int i = 0; i < r->n; i++)
                 if (!j->choices[i].finish)
                     sched_client_cancel(j->choices[i].stream);
-            deadline = gw_now() + 30; /* the cancels answer soon */
+            deadline = clock_now() + 30; /* the cancels answer soon */
         }
         if (!any && running > 0) {
             /* wait on one unfinished stream; others are checked right after */
@@ -447,13 +448,13 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
                 }
         }
         /* an idle stream still notices a client that left: SSE comments */
-        if (r->stream && running > 0 && gw_now() - last_write > 2.0) {
+        if (r->stream && running > 0 && clock_now() - last_write > 2.0) {
             if (mg_printf(conn, ": keep-alive\n\n") <= 0)
                 j->client_gone = true;
-            last_write = gw_now();
+            last_write = clock_now();
         }
         if (any)
-            last_write = gw_now();
+            last_write = clock_now();
     }
     long completion = 0;
     for (int i = 0; i < r->n; i++)

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "gateway_internal.h"
 
 #define N_BUCKETS 14
@@ -26,12 +27,6 @@ struct gw_metrics {
     histogram ttft, itl;
     uint64_t prompt_tokens, completion_tokens;
 };
-
-double gw_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 int gw_metrics_init(gateway *g) {
     pthread_mutex_init(&g->metrics_mu, NULL);

@@ -1,4 +1,5 @@
 /* Worker registration loop (see registrar.h). */
+#include "clock.h"
 #include "registrar.h"
 
 #include <nng/nng.h>
@@ -52,9 +53,7 @@ static void *registrar_main(void *arg) {
         if (buf)
             nng_free(buf, len);
         pthread_mutex_lock(&r->mu);
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += 1;
+        struct timespec until = clock_deadline(1000);
         if (!r->stop)
             pthread_cond_timedwait(&r->cv, &r->mu, &until);
     }
@@ -74,10 +73,7 @@ int registrar_start(const char *scheduler_url, const char *worker_url, const reg
     wi.block_size = info->block_size, wi.n_blocks = info->n_blocks, wi.eos_id = info->eos_id;
     wi.max_context = info->max_context;
     Inferno__RegisterWorker reg = INFERNO__REGISTER_WORKER__INIT;
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    /* a new value per process start: the scheduler drops the old KV state */
-    reg.instance = ((uint64_t)t.tv_sec << 32) ^ (uint64_t)t.tv_nsec ^ ((uint64_t)getpid() << 20);
+    reg.instance = clock_start_id(); /* new per process start: the scheduler drops the old KV state */
     reg.url = (char *)worker_url, reg.info = &wi;
     Inferno__SchedulerRequest q = INFERNO__SCHEDULER_REQUEST__INIT;
     q.version = INFERNO_PROTOCOL_VERSION, q.request_id = 1;

@@ -1,4 +1,5 @@
 /* Scheduler client (see sched_client.h). */
+#include "clock.h"
 #include "sched_client.h"
 
 #include <nng/nng.h>
@@ -37,12 +38,6 @@ struct sched_client {
     bool stop;
     pthread_t poller;
 };
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* One request/answer on a fresh context; NULL and err on failure. */
 static Inferno__SchedulerResponse *call(sched_client *c, Inferno__SchedulerRequest *q, int timeout_ms, char *err,
@@ -183,8 +178,8 @@ static void *poller_main(void *arg) {
                     fail_stream(st, "the scheduler restarted; the request was lost");
         } else {
             if (failing_since == 0)
-                failing_since = now_s();
-            if (now_s() - failing_since > UNAVAILABLE_AFTER_S)
+                failing_since = clock_now();
+            if (clock_now() - failing_since > UNAVAILABLE_AFTER_S)
                 for (sched_stream *st = c->streams; st; st = st->next)
                     if (st->incarnation)
                         fail_stream(st, r ? "scheduler: unexpected answer to a poll" : err);
@@ -216,14 +211,12 @@ int sched_client_open(const char *url, sched_client **out, char *err, size_t err
         free(c);
         return -1;
     }
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
     FILE *f = fopen("/dev/urandom", "rb");
     if (!f || fread(&c->client_id, sizeof c->client_id, 1, f) != 1)
         c->client_id = 0;
     if (f)
         fclose(f);
-    c->client_id ^= ((uint64_t)t.tv_nsec << 20) ^ (uint64_t)getpid();
+    c->client_id ^= clock_start_id();
     c->next_request_id = 1;
     pthread_mutex_init(&c->mu, NULL);
     pthread_create(&c->poller, NULL, poller_main, c);
@@ -333,12 +326,7 @@ int sched_client_submit(sched_client *c, const sched_submit_args *a, sched_strea
 
 int sched_client_next(sched_stream *st, sched_client_event *ev, int timeout_ms) {
     sched_client *c = st->client;
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += timeout_ms / 1000;
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L)
-        until.tv_sec++, until.tv_nsec -= 1000000000L;
+    struct timespec until = clock_deadline(timeout_ms);
     pthread_mutex_lock(&c->mu);
     while (st->n_events == 0)
         if (pthread_cond_timedwait(&st->cv, &c->mu, &until))

@@ -8,14 +8,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.h"
 #include "protocol.h"
 #include "service_internal.h"
-
-double svc_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* Upper bounds of the step-time histogram, seconds. */
 static const double step_bounds[SVC_STEP_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -46,10 +41,8 @@ sched_service *sched_service_create(const sched_service_config *cfg) {
     pthread_mutex_init(&s->mu, NULL);
     /* sequence ids differ across scheduler restarts, so a worker never
      * confuses a new sequence with a stale one of the previous scheduler */
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    s->next_seq_id = ((uint64_t)t.tv_sec << 24) | 1;
-    s->incarnation = ((uint64_t)t.tv_sec << 32) ^ (uint64_t)t.tv_nsec ^ ((uint64_t)getpid() << 16);
+    s->next_seq_id = ((uint64_t)time(NULL) << 24) | 1;
+    s->incarnation = clock_start_id();
     return s;
 }
 
@@ -73,7 +66,7 @@ static svc_client *client_get(sched_service *s, uint64_t id, bool create) {
         return NULL;
     /* event numbers keep growing across scheduler restarts (time based), so
      * a client's acknowledgement from before a restart covers no new event */
-    c->id = id, c->next_seq = s->next_seq_id, c->last_seen = svc_now();
+    c->id = id, c->next_seq = s->next_seq_id, c->last_seen = clock_now();
     s->clients[s->n_clients++] = c;
     return c;
 }
@@ -194,7 +187,7 @@ int svc_place(sched_service *s, svc_request *r) {
     }
     if (!idlest) {
         r->worker = NULL;
-        r->orphaned_at = svc_now();
+        r->orphaned_at = clock_now();
         return SCHED_OK;
     }
     svc_worker *w = best && best_load <= idlest_load + 8 ? best : idlest;
@@ -257,7 +250,7 @@ static void handle_submit(sched_service *s, const Inferno__SubmitRequest *q, rep
     svc_client *c = client_get(s, q->client_id, true);
     if (!c)
         return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory%s", "");
-    c->last_seen = svc_now();
+    c->last_seen = clock_now();
     if (find_by_client(s, c, q->request_id))
         return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "request id already in use%s", "");
     if (q->n_prompt == 0 || q->max_tokens < 1)
@@ -467,11 +460,11 @@ static bool handle(sched_service *s, const uint8_t *buf, size_t len, reply *out,
         if (!c) {
             reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "%s", "out of memory");
         } else {
-            c->last_seen = svc_now();
+            c->last_seen = clock_now();
             drop_acked(c, q->poll->ack);
             if (c->n_events == 0 && may_park && q->poll->wait_ms > 0 && !c->parked) {
                 c->parked = fc, c->parked_ack = q->poll->ack;
-                c->parked_deadline = svc_now() + 1e-3 * (q->poll->wait_ms < 60000 ? q->poll->wait_ms : 60000);
+                c->parked_deadline = clock_now() + 1e-3 * (q->poll->wait_ms < 60000 ? q->poll->wait_ms : 60000);
                 *parked_on = c;
                 parked = true;
             } else {
@@ -621,7 +614,7 @@ static void *housekeeper_main(void *arg) {
         pthread_mutex_unlock(&s->mu);
         usleep(20000);
         pthread_mutex_lock(&s->mu);
-        double now = svc_now();
+        double now = clock_now();
         for (int32_t i = 0; i < s->n_clients; i++) {
             svc_client *c = s->clients[i];
             if (c->parked && now >= c->parked_deadline)

@@ -106,6 +106,5 @@ void svc_worker_lose(sched_service *s, svc_worker *w, const char *why);
 /* Joins and frees workers whose threads ended (mu held; joins are quick). */
 void svc_worker_reap(sched_service *s, bool all);
 
-double svc_now(void);
 
 #endif

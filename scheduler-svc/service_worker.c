@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "protocol.h"
 #include "service_internal.h"
 
@@ -44,11 +45,7 @@ static int wait_io(svc_worker *w) {
             pthread_mutex_lock(&w->io_mu);
             continue;
         }
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_nsec += 50 * 1000 * 1000;
-        if (until.tv_nsec >= 1000000000)
-            until.tv_sec++, until.tv_nsec -= 1000000000;
+        struct timespec until = clock_deadline(50);
         pthread_cond_timedwait(&w->io_cv, &w->io_mu, &until);
     }
     w->io_done = false;
@@ -185,11 +182,7 @@ static void *worker_main(void *arg) {
         sched_step step;
         int32_t n = sched_plan(w->sch, &step);
         if (n == 0 && w->n_released == 0) {
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_nsec += 100 * 1000 * 1000;
-            if (until.tv_nsec >= 1000000000)
-                until.tv_sec++, until.tv_nsec -= 1000000000;
+            struct timespec until = clock_deadline(100);
             pthread_cond_timedwait(&w->wake, &s->mu, &until);
             continue;
         }
@@ -200,9 +193,9 @@ static void *worker_main(void *arg) {
             continue;
         }
         pthread_mutex_unlock(&s->mu);
-        double t0 = svc_now();
+        double t0 = clock_now();
         Inferno__WorkerResponse *resp = exchange(w, buf, len, err, sizeof err);
-        double seconds = svc_now() - t0;
+        double seconds = clock_now() - t0;
         free(buf);
         pthread_mutex_lock(&s->mu);
         if (!w->alive) { /* lost while we waited: its sequences moved already */
@@ -321,7 +314,7 @@ static void on_drain(void *arg, uint64_t id, const int32_t *tokens, int32_t n_to
     svc_request *r = svc_find_by_seq(d->s, id);
     if (!r)
         return;
-    r->worker = NULL, r->orphaned_at = svc_now();
+    r->worker = NULL, r->orphaned_at = clock_now();
     r->tokens = malloc((size_t)n_tokens * sizeof *tokens);
     if (!r->tokens) {
         svc_finish(d->s, r, INFERNO__FINISH_REASON__FINISH_ERROR, "scheduler out of memory", 0);

@@ -13,16 +13,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "engine.h"
 
 #define PROG "inferno-bench"
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static void usage(FILE *out) {
     fprintf(out, "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--threads N]\n"
@@ -80,15 +75,15 @@ int main(int argc, char **argv) {
     /* prefill: warm up once, then time one prompt */
     engine_seq s = {0, prompt, 0, tables, per_seq, false};
     engine_batch b = {toks, prompt, &s, 1};
-    double t0 = now_s();
+    double t0 = clock_now();
     if (cpu_engine_forward(e, &b, logits, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);
         return 1;
     }
-    double warm = now_s() - t0;
-    t0 = now_s();
+    double warm = clock_now() - t0;
+    t0 = clock_now();
     cpu_engine_forward(e, &b, logits, err, sizeof err);
-    double prefill_s = now_s() - t0;
+    double prefill_s = clock_now() - t0;
     if (warm < prefill_s)
         prefill_s = warm;
     double prefill_tps = prompt / prefill_s;
@@ -103,7 +98,7 @@ int main(int argc, char **argv) {
             if (q > 0)
                 cpu_engine_forward(e, &bp, logits, err, sizeof err);
         }
-        double start = now_s();
+        double start = clock_now();
         for (int step = 0; step < gen; step++) {
             for (int q = 0; q < B; q++)
                 seqs[q] = (engine_seq){q, 1, prompt + step, tables + (size_t)q * per_seq, per_seq, false};
@@ -113,7 +108,7 @@ int main(int argc, char **argv) {
                 return 1;
             }
         }
-        double el = now_s() - start;
+        double el = clock_now() - start;
         decode_tps[k] = (double)B * gen / el;
         decode_gbs[k] = gb * gen / el;
         free(seqs);

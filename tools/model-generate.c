@@ -13,6 +13,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "cli.h"
 #include "engine.h"
 #include "jinja.h"
@@ -34,12 +35,6 @@ static void usage(FILE *out) {
                  "  --print-ids            print the generated ids, comma separated, on one line\n"
                  "  --dump-logits FILE     write the float32 logits of the last prompt position\n"
                  "  --ignore-eos           keep generating past end-of-sequence tokens\n");
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static int parse_ids(const char *s, token_list *out) {
@@ -135,7 +130,7 @@ int main(int argc, char **argv) {
     detokenizer dt;
     detok_init(&dt, tk);
 
-    double t0 = now_s();
+    double t0 = clock_now();
     for (int32_t done = 0; done < n_prompt;) { /* prefill in chunks */
         int32_t n = n_prompt - done < PREFILL_CHUNK ? n_prompt - done : PREFILL_CHUNK;
         engine_seq s = {0, n, done, table, n_table, false};
@@ -146,7 +141,7 @@ int main(int argc, char **argv) {
         }
         done += n;
     }
-    double t1 = now_s();
+    double t1 = clock_now();
     if (dump) {
         FILE *fp = fopen(dump, "wb");
         if (!fp || fwrite(logits, sizeof *logits, m->vocab, fp) != m->vocab || fclose(fp)) {
@@ -180,7 +175,7 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    double t2 = now_s();
+    double t2 = clock_now();
     if (print_ids) {
         for (size_t i = 0; i < generated.n; i++)
             printf("%s%d", i ? "," : "", generated.ids[i]);

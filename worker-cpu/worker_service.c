@@ -1,4 +1,5 @@
 /* Worker service: request handling and the serving loop (see service.h). */
+#include "clock.h"
 #include "worker_service.h"
 
 #include <nng/nng.h>
@@ -113,12 +114,6 @@ static sampling_params params_from(const Inferno__SamplingParams *sp, int32_t n_
     return p;
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 typedef Inferno__SampledToken SampledToken_t;
 
 /* Runs a step; on a bad request writes a message into err and returns -1. */
@@ -211,7 +206,7 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         }
     }
     engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
-    double t0 = now_s();
+    double t0 = clock_now();
     if (cpu_engine_forward(w->e, &b, w->logits, err, errlen))
         goto out;
     res->tokens = calloc(q->n_seqs, sizeof *res->tokens);
@@ -248,7 +243,7 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         memcpy(t->top_logprobs, sr.top_logprobs, (size_t)sr.n_top * sizeof(float));
         res->tokens[res->n_tokens++] = t;
     }
-    res->step_seconds = (float)(now_s() - t0);
+    res->step_seconds = (float)(clock_now() - t0);
     rc = 0;
 out:
     free(tokens);
