@@ -190,7 +190,7 @@ $(FUZZ_DIR)/gen/inferno.pb-c.c: proto/inferno.proto
 
 $(FUZZ_DIR)/fuzz_gguf: tests/fuzz/fuzz_gguf.c $(COMMON_SRC) common/*.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_gguf.c $(COMMON_SRC) -lm -o $@
+	$(FUZZ_CC) $(FUZZ_FLAGS) tests/fuzz/fuzz_gguf.c $(COMMON_SRC) $(FUZZ_LIBS) -o $@
 
 $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c common/*.h tokenizer-svc/*.h
 	@mkdir -p $(dir $@)

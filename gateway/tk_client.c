@@ -9,6 +9,7 @@
 
 #include "inferno.pb-c.h"
 #include "protocol.h"
+#include "rpc.h"
 
 #define TK_TIMEOUT_MS 10000
 
@@ -45,45 +46,11 @@ void tk_client_close(tk_client *c) {
 /* One exchange; returns the response (checked for an Error body) or NULL. */
 static Inferno__TokenizerResponse *call(tk_client *c, Inferno__TokenizerRequest *q, int *rc, char *err, size_t errlen) {
     q->version = INFERNO_PROTOCOL_VERSION;
-    nng_ctx ctx;
-    nng_aio *aio = NULL;
-    nng_msg *m = NULL;
-    int rv;
     *rc = -2;
-    if ((rv = nng_ctx_open(&ctx, c->sock))) {
-        snprintf(err, errlen, "tokenizer: %s", nng_strerror(rv));
+    Inferno__TokenizerResponse *r = (Inferno__TokenizerResponse *)rpc_call(
+        c->sock, &q->base, &inferno__tokenizer_response__descriptor, TK_TIMEOUT_MS, "tokenizer", err, errlen);
+    if (!r)
         return NULL;
-    }
-    size_t n = inferno__tokenizer_request__get_packed_size(q);
-    if ((rv = nng_aio_alloc(&aio, NULL, NULL)) || (rv = nng_msg_alloc(&m, n))) {
-        snprintf(err, errlen, "tokenizer: %s", nng_strerror(rv));
-        goto fail;
-    }
-    inferno__tokenizer_request__pack(q, nng_msg_body(m));
-    nng_aio_set_timeout(aio, TK_TIMEOUT_MS);
-    nng_aio_set_msg(aio, m);
-    nng_ctx_send(ctx, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio))) {
-        nng_msg_free(m);
-        snprintf(err, errlen, "tokenizer: send: %s", nng_strerror(rv));
-        goto fail;
-    }
-    nng_ctx_recv(ctx, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio))) {
-        snprintf(err, errlen, "tokenizer: %s", rv == NNG_ETIMEDOUT ? "not answering" : nng_strerror(rv));
-        goto fail;
-    }
-    m = nng_aio_get_msg(aio);
-    Inferno__TokenizerResponse *r = inferno__tokenizer_response__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-    nng_msg_free(m);
-    nng_aio_free(aio);
-    nng_ctx_close(ctx);
-    if (!r) {
-        snprintf(err, errlen, "tokenizer: malformed answer");
-        return NULL;
-    }
     if (r->body_case == INFERNO__TOKENIZER_RESPONSE__BODY_ERROR) {
         snprintf(err, errlen, "%s", r->error->message ? r->error->message : "tokenizer error");
         *rc = -1;
@@ -92,11 +59,6 @@ static Inferno__TokenizerResponse *call(tk_client *c, Inferno__TokenizerRequest 
     }
     *rc = 0;
     return r;
-fail:
-    if (aio)
-        nng_aio_free(aio);
-    nng_ctx_close(ctx);
-    return NULL;
 }
 
 static int copy_ids(const int32_t *src, size_t n, int32_t **ids, size_t *n_ids) {

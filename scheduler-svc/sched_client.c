@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "protocol.h"
+#include "rpc.h"
 
 #define CALL_TIMEOUT_MS     10000
 #define POLL_WAIT_MS        1000
@@ -42,52 +43,12 @@ struct sched_client {
 /* One request/answer on a fresh context; NULL and err on failure. */
 static Inferno__SchedulerResponse *call(sched_client *c, Inferno__SchedulerRequest *q, int timeout_ms, char *err,
                                         size_t errlen) {
-    nng_ctx ctx;
-    nng_msg *m;
-    int rv;
     q->version = INFERNO_PROTOCOL_VERSION;
-    size_t n = inferno__scheduler_request__get_packed_size(q);
-    if ((rv = nng_ctx_open(&ctx, c->sock))) {
-        snprintf(err, errlen, "scheduler: %s", nng_strerror(rv));
-        return NULL;
-    }
-    nng_aio *aio;
-    if ((rv = nng_aio_alloc(&aio, NULL, NULL))) {
-        nng_ctx_close(ctx);
-        snprintf(err, errlen, "scheduler: %s", nng_strerror(rv));
-        return NULL;
-    }
-    nng_aio_set_timeout(aio, timeout_ms);
-    if ((rv = nng_msg_alloc(&m, n))) {
-        nng_aio_free(aio), nng_ctx_close(ctx);
-        snprintf(err, errlen, "scheduler: %s", nng_strerror(rv));
-        return NULL;
-    }
-    inferno__scheduler_request__pack(q, nng_msg_body(m));
-    nng_aio_set_msg(aio, m);
-    nng_ctx_send(ctx, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio))) {
-        nng_msg_free(m);
-        nng_aio_free(aio), nng_ctx_close(ctx);
-        snprintf(err, errlen, "scheduler: send: %s", nng_strerror(rv));
-        return NULL;
-    }
-    nng_ctx_recv(ctx, aio);
-    nng_aio_wait(aio);
-    if ((rv = nng_aio_result(aio))) {
-        nng_aio_free(aio), nng_ctx_close(ctx);
-        snprintf(err, errlen, "scheduler: %s", rv == NNG_ETIMEDOUT ? "not answering" : nng_strerror(rv));
-        return NULL;
-    }
-    m = nng_aio_get_msg(aio);
-    nng_aio_free(aio);
-    nng_ctx_close(ctx);
-    Inferno__SchedulerResponse *r = inferno__scheduler_response__unpack(NULL, nng_msg_len(m), nng_msg_body(m));
-    nng_msg_free(m);
+    Inferno__SchedulerResponse *r = (Inferno__SchedulerResponse *)rpc_call(
+        c->sock, &q->base, &inferno__scheduler_response__descriptor, timeout_ms, "scheduler", err, errlen);
     if (!r)
-        snprintf(err, errlen, "scheduler: malformed answer");
-    else if (r->version != INFERNO_PROTOCOL_VERSION) {
+        return NULL;
+    if (r->version != INFERNO_PROTOCOL_VERSION) {
         snprintf(err, errlen, "scheduler: speaks protocol version %u, not %d", r->version, INFERNO_PROTOCOL_VERSION);
         inferno__scheduler_response__free_unpacked(r, NULL);
         return NULL;
