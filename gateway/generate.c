@@ -234,6 +234,16 @@ static void on_finish(job *j, int index, const sched_client_event *ev) {
     strbuf_free(&tail), strbuf_free(&rest), strbuf_free(&reasoning), strbuf_free(&content);
 }
 
+/* Handles one event of choice i; returns 1 when it finished the choice. */
+static int on_event(job *j, int i, const sched_client_event *ev) {
+    if (ev->token >= 0)
+        on_token(j, i, ev);
+    if (ev->finish == SCHED_CLIENT_NOT_FINISHED)
+        return 0;
+    on_finish(j, i, ev);
+    return 1;
+}
+
 /* ---- the whole request ---- */
 
 static json_t *usage_json(job *j) {
@@ -413,16 +423,11 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
     while (running > 0 && !j->client_gone) {
         bool any = false;
         for (int i = 0; i < r->n; i++) {
-            gen_choice *c = &j->choices[i];
+            /* take what has arrived; while nothing has, wait a little */
             sched_client_event ev;
-            while (!c->finish && sched_client_next(c->stream, &ev, 0)) {
+            while (!j->choices[i].finish && sched_client_next(j->choices[i].stream, &ev, any ? 0 : 20)) {
                 any = true;
-                if (ev.token >= 0)
-                    on_token(j, i, &ev);
-                if (ev.finish != SCHED_CLIENT_NOT_FINISHED) {
-                    on_finish(j, i, &ev);
-                    running--;
-                }
+                running -= on_event(j, i, &ev);
             }
         }
         if (clock_now() > deadline) {
@@ -430,22 +435,6 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
                 if (!j->choices[i].finish)
                     sched_client_cancel(j->choices[i].stream);
             deadline = clock_now() + 30; /* the cancels answer soon */
-        }
-        if (!any && running > 0) {
-            /* wait on one unfinished stream; others are checked right after */
-            for (int i = 0; i < r->n; i++)
-                if (!j->choices[i].finish) {
-                    sched_client_event ev;
-                    if (sched_client_next(j->choices[i].stream, &ev, 20)) {
-                        if (ev.token >= 0)
-                            on_token(j, i, &ev);
-                        if (ev.finish != SCHED_CLIENT_NOT_FINISHED) {
-                            on_finish(j, i, &ev);
-                            running--;
-                        }
-                    }
-                    break;
-                }
         }
         /* an idle stream still notices a client that left: SSE comments */
         if (r->stream && running > 0 && clock_now() - last_write > 2.0) {

@@ -2,6 +2,7 @@
  * and the SchedulerRequest handlers (see service.h for the threading). */
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -240,8 +241,13 @@ typedef struct {
     uint64_t step_counts[SVC_STEP_BUCKETS + 1];
 } reply;
 
-static void reply_error(reply *out, Inferno__ErrorCode code, const char *fmt, const char *detail) {
-    snprintf(out->message, sizeof out->message, fmt, detail);
+static void reply_error(reply *out, Inferno__ErrorCode code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void reply_error(reply *out, Inferno__ErrorCode code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out->message, sizeof out->message, fmt, ap);
+    va_end(ap);
     out->error.code = code, out->error.message = out->message;
     out->r.body_case = INFERNO__SCHEDULER_RESPONSE__BODY_ERROR, out->r.error = &out->error;
 }
@@ -249,27 +255,25 @@ static void reply_error(reply *out, Inferno__ErrorCode code, const char *fmt, co
 static void handle_submit(sched_service *s, const Inferno__SubmitRequest *q, reply *out) {
     svc_client *c = client_get(s, q->client_id, true);
     if (!c)
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory%s", "");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory");
     c->last_seen = clock_now();
     if (find_by_client(s, c, q->request_id))
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "request id already in use%s", "");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "request id already in use");
     if (q->n_prompt == 0 || q->max_tokens < 1)
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "empty prompt or max_tokens < 1%s", "");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "empty prompt or max_tokens < 1");
     if (q->n_stop_ids > SCHED_MAX_STOP_IDS || q->n_prompt > (size_t)INT32_MAX / 2)
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "too many stop ids or prompt tokens%s", "");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "too many stop ids or prompt tokens");
     for (svc_worker *w = s->workers; w; w = w->next) {
         if (!w->alive)
             continue;
         for (size_t i = 0; i < q->n_prompt; i++)
             if (q->prompt[i] < 0 || (uint32_t)q->prompt[i] >= w->vocab_size)
-                return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "prompt token out of the vocabulary%s",
-                                   "");
+                return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "prompt token out of the vocabulary");
         if ((int64_t)q->n_prompt + q->max_tokens > w->max_context) {
-            char limit[96];
-            snprintf(limit, sizeof limit, "%d tokens (%zu in the prompt + %d to generate)", w->max_context, q->n_prompt,
-                     q->max_tokens);
             return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST,
-                               "prompt plus max_tokens exceed the context of %s", limit);
+                               "prompt plus max_tokens exceed the context of %d tokens (%zu in the prompt + %d to "
+                               "generate)",
+                               w->max_context, q->n_prompt, q->max_tokens);
         }
     }
     int32_t waiting = 0;
@@ -282,10 +286,10 @@ static void handle_submit(sched_service *s, const Inferno__SubmitRequest *q, rep
             waiting += st.waiting;
         }
     if (waiting >= s->cfg.max_waiting)
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "overloaded: %s requests waiting", "too many");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "overloaded: too many requests waiting");
     svc_request *r = calloc(1, sizeof *r);
     if (!r || s->n_requests == INT32_MAX)
-        return free(r), reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory%s", "");
+        return free(r), reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory");
     r->client = c, r->client_request_id = q->request_id;
     r->n_prompt = (int32_t)q->n_prompt, r->max_tokens = q->max_tokens;
     r->n_stop_ids = (int32_t)q->n_stop_ids;
@@ -317,17 +321,16 @@ static void handle_submit(sched_service *s, const Inferno__SubmitRequest *q, rep
     }
     if (!r->tokens || s->n_requests == s->cap_requests) {
         request_free(r);
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory%s", "");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory");
     }
     memcpy(r->tokens, q->prompt, q->n_prompt * sizeof *r->tokens);
     int rc = svc_place(s, r);
     if (rc != SCHED_OK) {
         request_free(r);
         if (rc == SCHED_OVERLOADED)
-            return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "overloaded: %s",
-                               "the worker's queue is full");
+            return reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "overloaded: the worker's queue is full");
         return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST,
-                           "prompt plus max_tokens exceed the context or KV cache%s", "");
+                           "prompt plus max_tokens exceed the context or KV cache");
     }
     s->requests[s->n_requests++] = r;
     s->requests_total++;
@@ -343,14 +346,8 @@ static void handle_cancel(sched_service *s, const Inferno__CancelRequest *q, rep
     svc_request *r = c ? find_by_client(s, c, q->request_id) : NULL;
     inferno__cancelled__init(&out->u.cancelled);
     out->u.cancelled.found = r != NULL;
-    if (r && r->worker) {
-        sched_cancel(r->worker->sch, r->seq_id, NULL, NULL);
-        svc_worker *w = r->worker;
-        if (w->n_released < w->cap_released ||
-            (w->released = realloc(w->released, (size_t)(w->cap_released = 2 * w->cap_released + 16) * 8)))
-            w->released[w->n_released++] = r->seq_id;
-        svc_finish(s, r, INFERNO__FINISH_REASON__FINISH_CANCELLED, NULL, 0);
-    } else if (r) {
+    if (r) {
+        svc_worker_drop(r);
         svc_finish(s, r, INFERNO__FINISH_REASON__FINISH_CANCELLED, NULL, 0);
     }
     out->r.body_case = INFERNO__SCHEDULER_RESPONSE__BODY_CANCELLED, out->r.cancelled = &out->u.cancelled;
@@ -412,8 +409,7 @@ static void fill_stats(sched_service *s, reply *out) {
 
 static void handle_register(sched_service *s, const Inferno__RegisterWorker *q, reply *out) {
     if (!q->url || !*q->url || !q->info || q->info->block_size < 1 || q->info->n_blocks < 1 || q->info->vocab_size < 1)
-        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "registration without url or %s",
-                           "worker info");
+        return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "registration without url or worker info");
     inferno__registered__init(&out->u.registered);
     out->u.registered.is_new = true;
     for (svc_worker *w = s->workers; w; w = w->next) {
@@ -428,7 +424,7 @@ static void handle_register(sched_service *s, const Inferno__RegisterWorker *q, 
     if (out->u.registered.is_new) {
         char err[256];
         if (!s->started)
-            return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "%s", "not serving");
+            return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "not serving");
         if (!svc_worker_add(s, q, err, sizeof err))
             return reply_error(out, INFERNO__ERROR_CODE__ERROR_INTERNAL, "%s", err);
         svc_place_orphans(s);
@@ -442,15 +438,13 @@ static bool handle(sched_service *s, const uint8_t *buf, size_t len, reply *out,
     out->r.version = INFERNO_PROTOCOL_VERSION;
     Inferno__SchedulerRequest *q = inferno__scheduler_request__unpack(NULL, len, buf);
     if (!q) {
-        reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "%s", "malformed SchedulerRequest");
+        reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "malformed SchedulerRequest");
         return false;
     }
     out->r.request_id = q->request_id;
     bool parked = false;
     if (q->version != INFERNO_PROTOCOL_VERSION) {
-        char v[16];
-        snprintf(v, sizeof v, "%u", q->version);
-        reply_error(out, INFERNO__ERROR_CODE__ERROR_VERSION, "protocol version %s not supported", v);
+        reply_error(out, INFERNO__ERROR_CODE__ERROR_VERSION, "protocol version %u not supported", q->version);
     } else if (q->body_case == INFERNO__SCHEDULER_REQUEST__BODY_SUBMIT) {
         handle_submit(s, q->submit, out);
     } else if (q->body_case == INFERNO__SCHEDULER_REQUEST__BODY_CANCEL) {
@@ -458,7 +452,7 @@ static bool handle(sched_service *s, const uint8_t *buf, size_t len, reply *out,
     } else if (q->body_case == INFERNO__SCHEDULER_REQUEST__BODY_POLL) {
         svc_client *c = client_get(s, q->poll->client_id, true);
         if (!c) {
-            reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "%s", "out of memory");
+            reply_error(out, INFERNO__ERROR_CODE__ERROR_OVERLOADED, "out of memory");
         } else {
             c->last_seen = clock_now();
             drop_acked(c, q->poll->ack);
@@ -476,7 +470,7 @@ static bool handle(sched_service *s, const uint8_t *buf, size_t len, reply *out,
     } else if (q->body_case == INFERNO__SCHEDULER_REQUEST__BODY_REGISTER_WORKER) {
         handle_register(s, q->register_worker, out);
     } else {
-        reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "%s", "request has no body");
+        reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "request has no body");
     }
     inferno__scheduler_request__free_unpacked(q, NULL);
     return parked;
@@ -592,8 +586,7 @@ static void client_forget(sched_service *s, int32_t index) {
         svc_request *r = s->requests[i];
         if (r->client != c)
             continue;
-        if (r->worker)
-            sched_cancel(r->worker->sch, r->seq_id, NULL, NULL);
+        svc_worker_drop(r);
         request_remove(s, r);
         i--;
     }

@@ -101,10 +101,12 @@ void svc_record_step(sched_service *s, double seconds);
 /* service_worker.c */
 /* Adds a registered worker and starts its thread (mu held). */
 svc_worker *svc_worker_add(sched_service *s, const Inferno__RegisterWorker *reg, char *err, size_t errlen);
+/* Takes a request off its worker: its blocks are freed at once and the
+ * worker is told to drop the sequence's state with its next step (mu held). */
+void svc_worker_drop(svc_request *r);
 /* Marks a worker lost and moves its sequences to orphans (mu held). */
 void svc_worker_lose(sched_service *s, svc_worker *w, const char *why);
 /* Joins and frees workers whose threads ended (mu held; joins are quick). */
 void svc_worker_reap(sched_service *s, bool all);
-
 
 #endif

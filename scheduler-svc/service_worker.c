@@ -64,6 +64,14 @@ static void add_released(svc_worker *w, uint64_t id) {
     w->released[w->n_released++] = id;
 }
 
+void svc_worker_drop(svc_request *r) {
+    if (!r->worker)
+        return;
+    sched_cancel(r->worker->sch, r->seq_id, NULL, NULL);
+    add_released(r->worker, r->seq_id);
+    r->worker = NULL;
+}
+
 typedef struct {
     sched_service *s;
     svc_worker *w;
@@ -161,8 +169,7 @@ static void fail_step(sched_service *s, const sched_step *step, const char *why)
     for (int32_t k = 0; k < step->n_seqs; k++) {
         svc_request *r = svc_find_by_seq(s, step->seqs[k].id);
         if (r && r->worker) {
-            sched_cancel(r->worker->sch, r->seq_id, NULL, NULL);
-            add_released(r->worker, r->seq_id);
+            svc_worker_drop(r);
             svc_finish(s, r, INFERNO__FINISH_REASON__FINISH_ERROR, why, 0);
         }
     }
