@@ -3,17 +3,19 @@
 
 #include <stdio.h>
 
-ProtobufCMessage *rpc_call(nng_socket sock, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *answer,
-                           int timeout_ms, const char *peer, char *err, size_t errlen) {
+ProtobufCMessage *rpc_call(nng_socket sock, nng_aio *caller_aio, const ProtobufCMessage *req,
+                           const ProtobufCMessageDescriptor *answer, int timeout_ms, const char *peer, char *err,
+                           size_t errlen) {
     nng_ctx ctx;
-    nng_aio *aio = NULL;
+    nng_aio *aio = caller_aio;
     nng_msg *m = NULL;
     int rv;
     if ((rv = nng_ctx_open(&ctx, sock))) {
         snprintf(err, errlen, "%s: %s", peer, nng_strerror(rv));
         return NULL;
     }
-    if ((rv = nng_aio_alloc(&aio, NULL, NULL)) || (rv = nng_msg_alloc(&m, protobuf_c_message_get_packed_size(req)))) {
+    if ((!aio && (rv = nng_aio_alloc(&aio, NULL, NULL))) ||
+        (rv = nng_msg_alloc(&m, protobuf_c_message_get_packed_size(req)))) {
         snprintf(err, errlen, "%s: %s", peer, nng_strerror(rv));
         goto fail;
     }
@@ -38,11 +40,12 @@ ProtobufCMessage *rpc_call(nng_socket sock, const ProtobufCMessage *req, const P
     nng_msg_free(m);
     if (!r)
         snprintf(err, errlen, "%s: malformed answer", peer);
-    nng_aio_free(aio);
+    if (aio != caller_aio)
+        nng_aio_free(aio);
     nng_ctx_close(ctx);
     return r;
 fail:
-    if (aio)
+    if (aio && aio != caller_aio)
         nng_aio_free(aio);
     nng_ctx_close(ctx);
     return NULL;

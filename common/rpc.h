@@ -10,8 +10,11 @@
 
 /* Sends req and returns the answer unpacked as `answer` (free it with
  * protobuf_c_message_free_unpacked), or NULL with err starting with peer:
- * not sent, no answer within timeout_ms, or an answer that does not parse. */
-ProtobufCMessage *rpc_call(nng_socket sock, const ProtobufCMessage *req, const ProtobufCMessageDescriptor *answer,
-                           int timeout_ms, const char *peer, char *err, size_t errlen);
+ * not sent, no answer within timeout_ms, or an answer that does not parse.
+ * aio: the caller's own (so another thread may nng_aio_cancel a call in
+ * flight, which must happen before the socket closes), or NULL. */
+ProtobufCMessage *rpc_call(nng_socket sock, nng_aio *aio, const ProtobufCMessage *req,
+                           const ProtobufCMessageDescriptor *answer, int timeout_ms, const char *peer, char *err,
+                           size_t errlen);
 
 #endif

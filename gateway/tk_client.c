@@ -48,7 +48,7 @@ static Inferno__TokenizerResponse *call(tk_client *c, Inferno__TokenizerRequest 
     q->version = INFERNO_PROTOCOL_VERSION;
     *rc = -2;
     Inferno__TokenizerResponse *r = (Inferno__TokenizerResponse *)rpc_call(
-        c->sock, &q->base, &inferno__tokenizer_response__descriptor, TK_TIMEOUT_MS, "tokenizer", err, errlen);
+        c->sock, NULL, &q->base, &inferno__tokenizer_response__descriptor, TK_TIMEOUT_MS, "tokenizer", err, errlen);
     if (!r)
         return NULL;
     if (r->body_case == INFERNO__TOKENIZER_RESPONSE__BODY_ERROR) {

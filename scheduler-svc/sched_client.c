@@ -38,14 +38,15 @@ struct sched_client {
     uint64_t next_request_id, ack;
     bool stop;
     pthread_t poller;
+    nng_aio *poll_aio; /* the poller's: cancelled to end a poll at close */
 };
 
 /* One request/answer on a fresh context; NULL and err on failure. */
-static Inferno__SchedulerResponse *call(sched_client *c, Inferno__SchedulerRequest *q, int timeout_ms, char *err,
-                                        size_t errlen) {
+static Inferno__SchedulerResponse *call(sched_client *c, nng_aio *aio, Inferno__SchedulerRequest *q, int timeout_ms,
+                                        char *err, size_t errlen) {
     q->version = INFERNO_PROTOCOL_VERSION;
     Inferno__SchedulerResponse *r = (Inferno__SchedulerResponse *)rpc_call(
-        c->sock, &q->base, &inferno__scheduler_response__descriptor, timeout_ms, "scheduler", err, errlen);
+        c->sock, aio, &q->base, &inferno__scheduler_response__descriptor, timeout_ms, "scheduler", err, errlen);
     if (!r)
         return NULL;
     if (r->version != INFERNO_PROTOCOL_VERSION) {
@@ -122,7 +123,7 @@ static void *poller_main(void *arg) {
         Inferno__SchedulerRequest q = INFERNO__SCHEDULER_REQUEST__INIT;
         q.body_case = INFERNO__SCHEDULER_REQUEST__BODY_POLL, q.poll = &poll;
         pthread_mutex_unlock(&c->mu);
-        Inferno__SchedulerResponse *r = call(c, &q, POLL_WAIT_MS + 4000, err, sizeof err);
+        Inferno__SchedulerResponse *r = call(c, c->poll_aio, &q, POLL_WAIT_MS + 4000, err, sizeof err);
         pthread_mutex_lock(&c->mu);
         if (r && r->body_case == INFERNO__SCHEDULER_RESPONSE__BODY_EVENTS) {
             failing_since = 0;
@@ -179,6 +180,12 @@ int sched_client_open(const char *url, sched_client **out, char *err, size_t err
         fclose(f);
     c->client_id ^= clock_start_id();
     c->next_request_id = 1;
+    if ((rv = nng_aio_alloc(&c->poll_aio, NULL, NULL))) {
+        snprintf(err, errlen, "scheduler client: %s", nng_strerror(rv));
+        nng_close(c->sock);
+        free(c);
+        return -1;
+    }
     pthread_mutex_init(&c->mu, NULL);
     pthread_create(&c->poller, NULL, poller_main, c);
     *out = c;
@@ -205,8 +212,12 @@ void sched_client_close(sched_client *c) {
     pthread_mutex_lock(&c->mu);
     c->stop = true;
     pthread_mutex_unlock(&c->mu);
-    nng_close(c->sock); /* ends the poll in progress */
+    /* end the poll in flight while the socket is open, so its context
+     * closes cleanly (closing the socket under it leaks nng's copy) */
+    nng_aio_cancel(c->poll_aio);
     pthread_join(c->poller, NULL);
+    nng_close(c->sock);
+    nng_aio_free(c->poll_aio);
     while (c->streams) {
         sched_stream *st = c->streams;
         c->streams = st->next;
@@ -247,7 +258,7 @@ int sched_client_submit(sched_client *c, const sched_submit_args *a, sched_strea
     Inferno__SchedulerRequest q = INFERNO__SCHEDULER_REQUEST__INIT;
     q.request_id = st->request_id;
     q.body_case = INFERNO__SCHEDULER_REQUEST__BODY_SUBMIT, q.submit = &sub;
-    Inferno__SchedulerResponse *r = call(c, &q, CALL_TIMEOUT_MS, err, errlen);
+    Inferno__SchedulerResponse *r = call(c, NULL, &q, CALL_TIMEOUT_MS, err, errlen);
     int rc = SCHED_CLIENT_OK;
     if (!r) {
         rc = SCHED_CLIENT_UNAVAILABLE;
@@ -276,7 +287,7 @@ int sched_client_submit(sched_client *c, const sched_submit_args *a, sched_strea
             Inferno__SchedulerRequest cq = INFERNO__SCHEDULER_REQUEST__INIT;
             cq.body_case = INFERNO__SCHEDULER_REQUEST__BODY_CANCEL, cq.cancel = &can;
             char ignored[64];
-            Inferno__SchedulerResponse *cr = call(c, &cq, 1000, ignored, sizeof ignored);
+            Inferno__SchedulerResponse *cr = call(c, NULL, &cq, 1000, ignored, sizeof ignored);
             if (cr)
                 inferno__scheduler_response__free_unpacked(cr, NULL);
         }
@@ -308,7 +319,7 @@ void sched_client_cancel(sched_stream *st) {
     Inferno__SchedulerRequest q = INFERNO__SCHEDULER_REQUEST__INIT;
     q.body_case = INFERNO__SCHEDULER_REQUEST__BODY_CANCEL, q.cancel = &can;
     char err[256];
-    Inferno__SchedulerResponse *r = call(c, &q, CALL_TIMEOUT_MS, err, sizeof err);
+    Inferno__SchedulerResponse *r = call(c, NULL, &q, CALL_TIMEOUT_MS, err, sizeof err);
     if (r)
         inferno__scheduler_response__free_unpacked(r, NULL);
 }
@@ -332,7 +343,7 @@ Inferno__SchedulerResponse *sched_client_stats(sched_client *c, char *err, size_
     Inferno__StatsRequest sr = INFERNO__STATS_REQUEST__INIT;
     Inferno__SchedulerRequest q = INFERNO__SCHEDULER_REQUEST__INIT;
     q.body_case = INFERNO__SCHEDULER_REQUEST__BODY_STATS, q.stats = &sr;
-    Inferno__SchedulerResponse *r = call(c, &q, 3000, err, errlen);
+    Inferno__SchedulerResponse *r = call(c, NULL, &q, 3000, err, errlen);
     if (r && r->body_case != INFERNO__SCHEDULER_RESPONSE__BODY_STATS) {
         snprintf(err, errlen, "scheduler: unexpected answer to stats");
         inferno__scheduler_response__free_unpacked(r, NULL);
