@@ -59,7 +59,7 @@ GATEWAY_LIB   := $(LIB)/libgateway.a
 # ---- programs ----
 TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)/tokenizer-svc \
          $(BIN)/model-generate $(BIN)/inferno-bench $(BIN)/inferno-worker-cpu $(BIN)/scheduler-svc $(BIN)/sched-submit \
-         $(BIN)/inferno-gateway
+         $(BIN)/inferno-gateway $(BIN)/inferno-probe
 
 # ---- tests ----
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
@@ -147,6 +147,11 @@ $(BIN)/inferno-gateway: $(OBJ)/gateway/main.o $(GATEWAY_LIB) $(SCHED_LIB) $(TOKE
 	$(CC) $(LDFLAGS) $^ -lcivetweb -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS) -o $@
 
 $(BIN)/sched-submit: $(OBJ)/tools/sched-submit.o $(SCHED_LIB) $(PROTO_LIB) $(COMMON_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -ljansson $(LDLIBS) -o $@
+
+$(OBJ)/tools/inferno-probe.o: $(PROTO_H)
+$(BIN)/inferno-probe: $(OBJ)/tools/inferno-probe.o $(GATEWAY_LIB) $(SCHED_LIB) $(PROTO_LIB) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) $^ -lnng -lprotobuf-c -ljansson $(LDLIBS) -o $@
 

@@ -87,5 +87,4 @@ void gw_metrics_tokens(gateway *g, long prompt, long completion);
 /* Prometheus text, the scheduler's figures included; malloc'ed. */
 char *gw_metrics_render(gateway *g);
 
-
 #endif

@@ -463,7 +463,8 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
     }
     for (int i = 0; i < r->n; i++)
         if (j->choices[i].error[0]) {
-            gw_error_set(&e, 500, "server_error", "", "%s", j->choices[i].error);
+            /* the request was lost (a scheduler restart, no live worker): retryable */
+            gw_error_set(&e, 503, "server_error", "", "%s", j->choices[i].error);
             gw_send_error(g, conn, &e);
             goto out;
         }

@@ -15,6 +15,7 @@
 
 struct tk_client {
     nng_socket sock;
+    int timeout_ms;
 };
 
 int tk_client_open(const char *url, tk_client **out, char *err, size_t errlen) {
@@ -25,6 +26,7 @@ int tk_client_open(const char *url, tk_client **out, char *err, size_t errlen) {
         free(c);
         return -1;
     }
+    c->timeout_ms = TK_TIMEOUT_MS;
     nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, INFERNO_MAX_MESSAGE_BYTES);
     if ((rv = nng_dial(c->sock, url, NULL, NNG_FLAG_NONBLOCK))) {
         snprintf(err, errlen, "tokenizer client: dial %s: %s", url, nng_strerror(rv));
@@ -35,6 +37,8 @@ int tk_client_open(const char *url, tk_client **out, char *err, size_t errlen) {
     *out = c;
     return 0;
 }
+
+void tk_client_set_timeout(tk_client *c, int timeout_ms) { c->timeout_ms = timeout_ms; }
 
 void tk_client_close(tk_client *c) {
     if (c) {
@@ -48,7 +52,7 @@ static Inferno__TokenizerResponse *call(tk_client *c, Inferno__TokenizerRequest 
     q->version = INFERNO_PROTOCOL_VERSION;
     *rc = -2;
     Inferno__TokenizerResponse *r = (Inferno__TokenizerResponse *)rpc_call(
-        c->sock, NULL, &q->base, &inferno__tokenizer_response__descriptor, TK_TIMEOUT_MS, "tokenizer", err, errlen);
+        c->sock, NULL, &q->base, &inferno__tokenizer_response__descriptor, c->timeout_ms, "tokenizer", err, errlen);
     if (!r)
         return NULL;
     if (r->body_case == INFERNO__TOKENIZER_RESPONSE__BODY_ERROR) {

@@ -12,6 +12,8 @@ typedef struct tk_client tk_client;
 
 int tk_client_open(const char *url, tk_client **out, char *err, size_t errlen);
 void tk_client_close(tk_client *c);
+/* How long a call waits for its answer (default 10 s). */
+void tk_client_set_timeout(tk_client *c, int timeout_ms);
 
 /* Each returns 0, -1 with err for a request the tokenizer refused (a bad
  * template variable, say), or -2 with err when it did not answer. */

@@ -1,7 +1,7 @@
 /* scheduler-svc: continuous batching over the registered workers.
  *
- *   scheduler-svc [--listen URL] [--max-step-tokens N] [--max-running N]
- *                 [--max-waiting N] [--step-timeout-ms N]
+ *   scheduler-svc [--listen URL] [--also-listen URL] [--max-step-tokens N]
+ *                 [--max-running N] [--max-waiting N] [--step-timeout-ms N]
  *
  * Threading: see service.h; the main thread only waits for SIGINT/SIGTERM. */
 #include <signal.h>
@@ -19,9 +19,10 @@ static volatile sig_atomic_t stop_flag;
 static void on_signal(int sig) { (void)sig, stop_flag = 1; }
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: " PROG " [--listen URL] [--max-step-tokens N] [--max-running N] [--max-waiting N]\n"
-                 "                     [--step-timeout-ms N]\n"
+    fprintf(out, "usage: " PROG " [--listen URL] [--also-listen URL] [--max-step-tokens N] [--max-running N]\n"
+                 "                     [--max-waiting N] [--step-timeout-ms N]\n"
                  "  --listen           nng URL for gateways and workers (default ipc:///tmp/inferno-scheduler.ipc)\n"
+                 "  --also-listen      a second URL, e.g. tcp://0.0.0.0:7000 for workers on other hosts\n"
                  "  --max-step-tokens  tokens in one batched step (default 512)\n"
                  "  --max-running      sequences in one step (default 64)\n"
                  "  --max-waiting      queued requests before answering overloaded (default 256)\n"
@@ -29,10 +30,11 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
-    const char *url = "ipc:///tmp/inferno-scheduler.ipc";
+    const char *url = "ipc:///tmp/inferno-scheduler.ipc", *also = NULL;
     sched_service_config cfg;
     sched_service_defaults(&cfg);
     const cli_flag flags[] = {{"--listen", CLI_STRING, &url},
+                              {"--also-listen", CLI_STRING, &also},
                               {"--max-step-tokens", CLI_INT, &cfg.max_step_tokens},
                               {"--max-running", CLI_INT, &cfg.max_running},
                               {"--max-waiting", CLI_INT, &cfg.max_waiting},
@@ -50,12 +52,13 @@ int main(int argc, char **argv) {
     sigaction(SIGTERM, &sa, NULL);
     char err[512];
     sched_service *s = sched_service_create(&cfg);
-    if (!s || sched_service_start(s, url, err, sizeof err)) {
+    if (!s || sched_service_start(s, url, err, sizeof err) ||
+        (also && sched_service_listen(s, also, err, sizeof err))) {
         fprintf(stderr, PROG ": %s\n", s ? err : "out of memory");
         sched_service_free(s);
         return 1;
     }
-    fprintf(stderr, PROG ": listening on %s\n", url);
+    fprintf(stderr, PROG ": listening on %s%s%s\n", url, also ? " and " : "", also ? also : "");
     while (!stop_flag)
         pause();
     sched_service_free(s);

@@ -178,7 +178,7 @@ int svc_place(sched_service *s, svc_request *r) {
     svc_worker *best = NULL, *idlest = NULL;
     int32_t best_hit = 0, best_load = 0, idlest_load = 0;
     for (svc_worker *w = s->workers; w; w = w->next) {
-        if (!w->alive)
+        if (!w->alive || w->draining)
             continue;
         int32_t load = worker_load(w), hit = sched_cached_prefix(w->sch, tokens, n);
         if (!idlest || load < idlest_load)
@@ -383,7 +383,7 @@ static void fill_stats(sched_service *s, reply *out) {
         sched_get_stats(w->sch, &ss);
         Inferno__WorkerStats *ws = &out->worker_stats[k];
         inferno__worker_stats__init(ws);
-        ws->url = w->url, ws->alive = true, ws->backend = w->backend;
+        ws->url = w->url, ws->alive = true, ws->backend = w->backend, ws->draining = w->draining;
         ws->waiting = ss.waiting, ws->running = ss.running, ws->steps = w->steps;
         ws->blocks_used = ss.blocks_used, ws->blocks_total = ss.blocks_total, ws->blocks_cached = ss.blocks_cached;
         out->worker_stats_ptrs[k++] = ws;
@@ -411,24 +411,31 @@ static void handle_register(sched_service *s, const Inferno__RegisterWorker *q, 
     if (!q->url || !*q->url || !q->info || q->info->block_size < 1 || q->info->n_blocks < 1 || q->info->vocab_size < 1)
         return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "registration without url or worker info");
     inferno__registered__init(&out->u.registered);
-    out->u.registered.is_new = true;
+    svc_worker *known = NULL;
     for (svc_worker *w = s->workers; w; w = w->next) {
         if (!w->alive || strcmp(w->url, q->url))
             continue;
         if (w->instance == q->instance) {
-            out->u.registered.is_new = false;
+            known = w;
             break;
         }
         svc_worker_lose(s, w, "re-registered by a new process"); /* it restarted: its KV is gone */
     }
-    if (out->u.registered.is_new) {
+    if (!known) {
         char err[256];
         if (!s->started)
             return reply_error(out, INFERNO__ERROR_CODE__ERROR_BAD_REQUEST, "not serving");
-        if (!svc_worker_add(s, q, err, sizeof err))
+        if (!(known = svc_worker_add(s, q, err, sizeof err)))
             return reply_error(out, INFERNO__ERROR_CODE__ERROR_INTERNAL, "%s", err);
-        svc_place_orphans(s);
+        out->u.registered.is_new = true;
     }
+    if (q->draining && !known->draining) {
+        known->draining = true; /* scale-down: a draining worker exits once active is 0 */
+        fprintf(stderr, "scheduler-svc: worker %s is draining\n", known->url);
+    }
+    if (out->u.registered.is_new)
+        svc_place_orphans(s);
+    out->u.registered.active = worker_load(known);
     out->r.body_case = INFERNO__SCHEDULER_RESPONSE__BODY_REGISTERED, out->r.registered = &out->u.registered;
 }
 
@@ -662,6 +669,13 @@ int sched_service_start(sched_service *s, const char *url, char *err, size_t err
         nng_ctx_recv(s->front[i].ctx, s->front[i].aio);
     pthread_create(&s->housekeeper, NULL, housekeeper_main, s);
     return 0;
+}
+
+int sched_service_listen(sched_service *s, const char *url, char *err, size_t errlen) {
+    int rv = nng_listen(s->sock, url, NULL, 0);
+    if (rv)
+        snprintf(err, errlen, "listen on %s: %s", url, nng_strerror(rv));
+    return rv ? -1 : 0;
 }
 
 void sched_service_free(sched_service *s) {

@@ -31,6 +31,9 @@ void sched_service_defaults(sched_service_config *cfg);
 sched_service *sched_service_create(const sched_service_config *cfg);
 /* Listens on url and starts serving; 0 or -1 with err. */
 int sched_service_start(sched_service *s, const char *url, char *err, size_t errlen);
+/* Listens on one more URL (a tcp:// one for workers on other hosts, say)
+ * after sched_service_start; 0 or -1 with err. */
+int sched_service_listen(sched_service *s, const char *url, char *err, size_t errlen);
 /* Stops serving (if started), stops worker threads, frees everything. */
 void sched_service_free(sched_service *s);
 

@@ -52,6 +52,7 @@ struct svc_worker {
     uint32_t vocab_size;
     sched *sch;
     bool alive;        /* false: lost; its thread is ending */
+    bool draining;     /* leaving: finishes what it has, gets nothing new */
     volatile int lost; /* set by the pipe callback (any thread) */
     bool exited;       /* its thread has returned */
     pthread_t thread;

@@ -2,12 +2,13 @@
  *
  *   inferno-worker-cpu --model FILE.gguf [--listen URL] [--threads N]
  *                      [--block-size N] [--kv-tokens N]
- *                      [--scheduler URL [--advertise URL]]
+ *                      [--scheduler URL [--advertise URL] [--drain-timeout S]]
  *
  * Threading: the main thread serves (see worker_service.h); the engine's
  * pool adds threads-1 workers; with --scheduler, a registrar thread
- * announces the worker every second (registrar.h); SIGINT/SIGTERM end the
- * loop cleanly. */
+ * announces the worker every second (registrar.h). SIGINT ends the loop
+ * at once; SIGTERM first drains (the scheduler places nothing new here and
+ * the worker exits once its requests are done), a second SIGTERM ends it. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,8 +21,13 @@
 
 #define PROG "inferno-worker-cpu"
 
-static volatile sig_atomic_t stop_flag;
-static void on_signal(int sig) { (void)sig, stop_flag = 1; }
+static volatile sig_atomic_t stop_flag, drain_flag, may_drain;
+static void on_signal(int sig) {
+    if (sig == SIGTERM && may_drain && !drain_flag)
+        drain_flag = 1;
+    else
+        stop_flag = 1;
+}
 
 typedef struct {
     const char *scheduler_url, *worker_url;
@@ -39,10 +45,11 @@ static void start_registrar(void *arg) {
 
 static void usage(FILE *out) {
     fprintf(out, "usage: " PROG " --model FILE.gguf [--listen URL] [--threads N] [--block-size N] [--kv-tokens N]\n"
-                 "                          [--scheduler URL [--advertise URL]]\n"
+                 "                          [--scheduler URL [--advertise URL] [--drain-timeout S]]\n"
                  "  --listen      nng URL (default ipc:///tmp/inferno-worker-0.ipc)\n"
                  "  --scheduler   register with the scheduler at this URL (and again whenever it restarts)\n"
                  "  --advertise   the URL the scheduler dials for steps (default: --listen's)\n"
+                 "  --drain-timeout  on SIGTERM, seconds to finish its requests before exiting (default 60)\n"
                  "  --threads     CPU threads for the engine (default 2)\n"
                  "  --block-size  positions per KV block (default 16)\n"
                  "  --kv-tokens   KV cache capacity in positions (default 16384)\n");
@@ -50,15 +57,21 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *url = "ipc:///tmp/inferno-worker-0.ipc", *scheduler_url = NULL, *advertise = NULL;
-    int threads = 2, block_size = 16, kv_tokens = 16384;
-    const cli_flag flags[] = {{"--model", CLI_STRING, &model_path},    {"--listen", CLI_STRING, &url},
-                              {"--threads", CLI_INT, &threads},        {"--block-size", CLI_INT, &block_size},
-                              {"--kv-tokens", CLI_INT, &kv_tokens},    {"--scheduler", CLI_STRING, &scheduler_url},
-                              {"--advertise", CLI_STRING, &advertise}, {NULL}};
+    int threads = 2, block_size = 16, kv_tokens = 16384, drain_timeout_s = 60;
+    const cli_flag flags[] = {{"--model", CLI_STRING, &model_path},
+                              {"--listen", CLI_STRING, &url},
+                              {"--threads", CLI_INT, &threads},
+                              {"--block-size", CLI_INT, &block_size},
+                              {"--kv-tokens", CLI_INT, &kv_tokens},
+                              {"--scheduler", CLI_STRING, &scheduler_url},
+                              {"--advertise", CLI_STRING, &advertise},
+                              {"--drain-timeout", CLI_INT, &drain_timeout_s},
+                              {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
-    if (!model_path || threads < 1 || block_size < 1 || kv_tokens < block_size) {
+    if (!model_path || threads < 1 || block_size < 1 || kv_tokens < block_size || drain_timeout_s < 0 ||
+        drain_timeout_s > 86400) {
         usage(stderr);
         return 2;
     }
@@ -77,6 +90,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     worker_state *w = worker_state_create(m, e, eos_id, model_path);
+    may_drain = scheduler_url != NULL;
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
@@ -89,7 +103,10 @@ int main(int argc, char **argv) {
                               .max_context = m->context,
                               .block_size = block_size,
                               .n_blocks = cpu_engine_n_blocks(e),
-                              .eos_id = eos_id};
+                              .eos_id = eos_id,
+                              .drain = &drain_flag,
+                              .drained = &stop_flag,
+                              .drain_timeout_ms = drain_timeout_s * 1000};
     int rc = worker_serve(w, url, scheduler_url ? start_registrar : NULL, &a, &stop_flag, err, sizeof err);
     registrar_stop(a.reg);
     if (rc)
