@@ -35,7 +35,7 @@ if [[ -f $real ]]; then
 fi
 
 say "downloading $(basename "$real") from $URL"
-if curl -fL --connect-timeout 10 --retry 2 --progress-bar -o "$real.part" "$URL"; then
+if curl -fL --connect-timeout 10 --progress-bar -o "$real.part" "$URL"; then
     if [[ -n $SHA256 ]] && ! echo "$SHA256  $real.part" | sha256sum -c --status 2>/dev/null; then
         say "checksum mismatch: $real.part is not the expected file (SHA-256 $SHA256); removed"
         rm -f "$real.part"
