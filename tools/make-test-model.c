@@ -30,10 +30,11 @@
 struct model_config {
     const char *name;
     uint32_t layers, hidden, heads, kv_heads, head_dim, ffn, context;
+    const char *arch; /* qwen3 (q/k norms) or qwen2 (q/k/v biases) */
 };
 
-static const struct model_config config_tiny = {"inferno-test-tiny", 2, 32, 4, 2, 16, 96, 4096};
-static const struct model_config config_0_6b = {"inferno-test-0.6b", 28, 1024, 16, 8, 128, 3072, 40960};
+static const struct model_config config_tiny = {"inferno-test-tiny", 2, 32, 4, 2, 16, 96, 4096, "qwen3"};
+static const struct model_config config_0_6b = {"inferno-test-0.6b", 28, 1024, 16, 8, 128, 3072, 40960, "qwen3"};
 
 /* ---- deterministic random numbers: splitmix64 seeding xoshiro256** ---- */
 
@@ -329,6 +330,9 @@ static int add_weights(struct model_writer *m, const struct model_config *c, uin
             float mean, std;
         } layer[] = {
             {"attn_norm", c->hidden, 1, 1.0f, 0.1f},         /* [hidden] */
+            {"attn_q.bias", q_dim, 1, 0.0f, 0.5f},           /* [heads*head_dim], qwen2 */
+            {"attn_k.bias", kv_dim, 1, 0.0f, 0.5f},          /* [kv_heads*head_dim], qwen2 */
+            {"attn_v.bias", kv_dim, 1, 0.0f, 0.5f},          /* [kv_heads*head_dim], qwen2 */
             {"ffn_down", c->ffn, c->hidden, 0.0f, s_ffn},    /* [hidden][ffn] */
             {"ffn_gate", c->hidden, c->ffn, 0.0f, s_in},     /* [ffn][hidden] */
             {"ffn_up", c->hidden, c->ffn, 0.0f, s_in},       /* [ffn][hidden] */
@@ -340,9 +344,14 @@ static int add_weights(struct model_writer *m, const struct model_config *c, uin
             {"attn_q", c->hidden, q_dim, 0.0f, s_in},        /* [heads*head_dim][hidden] */
             {"attn_v", c->hidden, kv_dim, 0.0f, s_in},       /* [kv_heads*head_dim][hidden] */
         };
+        bool qwen2 = !strcmp(c->arch, "qwen2");
         for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
+            bool bias = strstr(layer[i].suffix, ".bias") != NULL,
+                 qk_norm = !strcmp(layer[i].suffix, "attn_q_norm") || !strcmp(layer[i].suffix, "attn_k_norm");
+            if ((bias || qk_norm) && bias != qwen2)
+                continue; /* qwen2 has the biases and no q/k norms, qwen3 the other way round */
             char name[64];
-            snprintf(name, sizeof name, "blk.%u.%s.weight", l, layer[i].suffix);
+            snprintf(name, sizeof name, "blk.%u.%s%s", l, layer[i].suffix, bias ? "" : ".weight");
             if (add_weight(m, name, layer[i].ne0, layer[i].ne1, layer[i].mean, layer[i].std))
                 return -1;
         }
@@ -371,19 +380,23 @@ static void size_label(uint64_t params, char *out, size_t len) {
 
 static int add_metadata(gguf_writer *w, const struct model_config *c, const struct tokenizer_files *tk,
                         uint32_t file_type, const char *label) {
+    char k[8][64];
+    const char *suffixes[8] = {"block_count",          "context_length",        "embedding_length",
+                               "feed_forward_length",  "attention.head_count",  "attention.head_count_kv",
+                               "attention.key_length", "attention.value_length"};
+    for (int i = 0; i < 8; i++)
+        snprintf(k[i], sizeof k[i], "%s.%s", c->arch, suffixes[i]);
+    char rope_key[64], eps_key[64];
+    snprintf(rope_key, sizeof rope_key, "%s.rope.freq_base", c->arch);
+    snprintf(eps_key, sizeof eps_key, "%s.attention.layer_norm_rms_epsilon", c->arch);
     int rc =
-        gguf_writer_add_str(w, "general.architecture", "qwen3") || gguf_writer_add_str(w, "general.type", "model") ||
+        gguf_writer_add_str(w, "general.architecture", c->arch) || gguf_writer_add_str(w, "general.type", "model") ||
         gguf_writer_add_str(w, "general.name", c->name) || gguf_writer_add_str(w, "general.size_label", label) ||
-        gguf_writer_add_u32(w, "qwen3.block_count", c->layers) ||
-        gguf_writer_add_u32(w, "qwen3.context_length", c->context) ||
-        gguf_writer_add_u32(w, "qwen3.embedding_length", c->hidden) ||
-        gguf_writer_add_u32(w, "qwen3.feed_forward_length", c->ffn) ||
-        gguf_writer_add_u32(w, "qwen3.attention.head_count", c->heads) ||
-        gguf_writer_add_u32(w, "qwen3.attention.head_count_kv", c->kv_heads) ||
-        gguf_writer_add_f32(w, "qwen3.rope.freq_base", 1000000.0f) ||
-        gguf_writer_add_f32(w, "qwen3.attention.layer_norm_rms_epsilon", 1e-6f) ||
-        gguf_writer_add_u32(w, "qwen3.attention.key_length", c->head_dim) ||
-        gguf_writer_add_u32(w, "qwen3.attention.value_length", c->head_dim) ||
+        gguf_writer_add_u32(w, k[0], c->layers) || gguf_writer_add_u32(w, k[1], c->context) ||
+        gguf_writer_add_u32(w, k[2], c->hidden) || gguf_writer_add_u32(w, k[3], c->ffn) ||
+        gguf_writer_add_u32(w, k[4], c->heads) || gguf_writer_add_u32(w, k[5], c->kv_heads) ||
+        gguf_writer_add_f32(w, rope_key, 1000000.0f) || gguf_writer_add_f32(w, eps_key, 1e-6f) ||
+        gguf_writer_add_u32(w, k[6], c->head_dim) || gguf_writer_add_u32(w, k[7], c->head_dim) ||
         gguf_writer_add_u32(w, "general.file_type", file_type) ||
         gguf_writer_add_u32(w, "general.quantization_version", 2) ||
         gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2") ||
@@ -403,6 +416,7 @@ static int add_metadata(gguf_writer *w, const struct model_config *c, const stru
 static void usage(FILE *out) {
     fprintf(out,
             "usage: " PROG " --config tiny|0.6b --out FILE [options]\n"
+            "  --arch qwen3|qwen2         the architecture (default qwen3; qwen2: q/k/v biases, no q/k norm)\n"
             "  --type f32|f16|bf16|q8_0   weight type (default f32; norms stay f32)\n"
             "  --seed N                   random seed (default 1)\n"
             "  --layers N --hidden N --heads N --kv-heads N --head-dim N --ffn N --context N\n"
@@ -414,6 +428,7 @@ static void usage(FILE *out) {
 
 int main(int argc, char **argv) {
     struct model_config cfg = {0};
+    const char *arch = NULL;
     const char *out = NULL, *type_name = "f32", *tok_flag = NULL, *config = NULL;
     uint64_t seed = 1;
     static const char *dim_flags[7] = {"--layers",   "--hidden", "--heads",  "--kv-heads",
@@ -426,6 +441,7 @@ int main(int argc, char **argv) {
                               {"--out", CLI_STRING, &out},
                               {"--tokenizer", CLI_STRING, &tok_flag},
                               {"--name", CLI_STRING, &cfg.name},
+                              {"--arch", CLI_STRING, &arch},
                               {dim_flags[0], CLI_INT, &overrides[0]},
                               {dim_flags[1], CLI_INT, &overrides[1]},
                               {dim_flags[2], CLI_INT, &overrides[2]},
@@ -453,10 +469,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": --config: expected tiny or 0.6b, got '%s'\n", config);
         return 2;
     }
+    if (arch && strcmp(arch, "qwen3") && strcmp(arch, "qwen2")) {
+        fprintf(stderr, PROG ": --arch: expected qwen3 or qwen2, got '%s'\n", arch);
+        return 2;
+    }
     const char *name = cfg.name;
     cfg = *base;
     if (name)
         cfg.name = name;
+    if (arch)
+        cfg.arch = arch;
     for (size_t d = 0; d < 7; d++)
         if (overrides[d] != -1)
             *dims[d] = (uint32_t)overrides[d];

@@ -6,7 +6,8 @@
  *   per layer:
  *     xn = rmsnorm(x) * attn_norm
  *     q, k, v = xn Wq^T, xn Wk^T, xn Wv^T              [T][heads*hd], [T][kv_heads*hd] x2
- *     q, k = rmsnorm per head (q_norm, k_norm), then RoPE (NeoX) at each token's position
+ *               (+ bq, bk, bv: qwen2)
+ *     q, k = rmsnorm per head (q_norm, k_norm: qwen3), then RoPE (NeoX) at each token's position
  *     k, v -> the KV blocks of each token's sequence
  *     att = softmax(q K^T / sqrt(hd)) V, causal, over the sequence's blocks (GQA)
  *     x += att Wo^T
@@ -42,6 +43,8 @@ struct cpu_engine {
     /* norm gains as float, once: per layer attn[H], q[hd], k[hd], ffn[H]; then output[H] */
     float *norms;
     size_t norms_stride;
+    bool qk_norm;  /* per-head q/k RMSNorm (qwen3) */
+    float *biases; /* per layer: bq [q_dim], bk, bv [kv_dim] (qwen2); NULL without */
     /* scratch, grown on demand */
     int cap_tokens;
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up;
@@ -64,9 +67,20 @@ int cpu_engine_block_size(const cpu_engine *e) { return e->block_size; }
 int cpu_engine_n_blocks(const cpu_engine *e) { return e->n_blocks; }
 const char *cpu_engine_kernels(const cpu_engine *e) { return e->k->name; }
 
+static void add_to(float *y, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
 static void *xalloc(size_t n) { return aligned_alloc(64, (n + 63) / 64 * 64); }
 
-static void load_vector(const weight *w, float *out) { tensor_dequantize_row(w->type, w->data, out, w->cols); }
+/* A model vector as floats; an absent one (no bias, say) reads as zeros. */
+static void load_vector(const weight *w, float *out, uint64_t n) {
+    if (w->data)
+        tensor_dequantize_row(w->type, w->data, out, w->cols);
+    else
+        memset(out, 0, n * sizeof *out);
+}
 
 /* The mmapped original of a repacked matrix is no longer read: let the
  * kernel drop its pages (they are file-backed and read-only, so a later
@@ -160,14 +174,29 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
         cpu_engine_free(e);
         return -1;
     }
-    for (uint32_t l = 0; l < m->n_layers; l++) {
-        float *g = e->norms + l * e->norms_stride;
-        load_vector(&m->layers[l].attn_norm, g);
-        load_vector(&m->layers[l].q_norm, g + m->hidden);
-        load_vector(&m->layers[l].k_norm, g + m->hidden + m->head_dim);
-        load_vector(&m->layers[l].ffn_norm, g + m->hidden + 2 * m->head_dim);
+    e->qk_norm = m->layers[0].q_norm.data != NULL;
+    bool has_bias = m->layers[0].bq.data || m->layers[0].bk.data || m->layers[0].bv.data;
+    size_t bias_stride = e->q_dim + 2 * (size_t)e->kv_dim;
+    if (has_bias && !(e->biases = malloc(bias_stride * m->n_layers * sizeof *e->biases))) {
+        snprintf(err, errlen, "engine: out of memory");
+        cpu_engine_free(e);
+        return -1;
     }
-    load_vector(&m->output_norm, e->norms + e->norms_stride * m->n_layers);
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const layer_weights *L = &m->layers[l];
+        float *g = e->norms + l * e->norms_stride;
+        load_vector(&L->attn_norm, g, m->hidden);
+        load_vector(&L->q_norm, g + m->hidden, m->head_dim);
+        load_vector(&L->k_norm, g + m->hidden + m->head_dim, m->head_dim);
+        load_vector(&L->ffn_norm, g + m->hidden + 2 * m->head_dim, m->hidden);
+        if (has_bias) {
+            float *bias = e->biases + l * bias_stride;
+            load_vector(&L->bq, bias, e->q_dim);
+            load_vector(&L->bk, bias + e->q_dim, e->kv_dim);
+            load_vector(&L->bv, bias + e->q_dim + e->kv_dim, e->kv_dim);
+        }
+    }
+    load_vector(&m->output_norm, e->norms + e->norms_stride * m->n_layers, m->hidden);
     *out = e;
     return 0;
 }
@@ -186,7 +215,7 @@ void cpu_engine_free(cpu_engine *e) {
         if (e->v_cache)
             free(e->v_cache[l]);
     }
-    free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores), free(e->norms);
+    free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores), free(e->norms), free(e->biases);
     for (int i = 0; i < e->n_repacked; i++)
         free(e->repacked[i]);
     free(e->repacked), free(e->layers);
@@ -231,7 +260,6 @@ static int reserve(cpu_engine *e, int T, int max_pos) {
 }
 
 /* ---- small row operations (single-threaded: cheap next to the matmuls) ---- */
-
 
 static void rmsnorm(float *out, const float *x, const float *gain, uint32_t n, float eps) {
     float ss = 0.0f;
@@ -427,14 +455,22 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         float *qkv_out[3] = {e->q, e->kk, e->vv};
         matmul_many(e, e->xn, T, 3, qkv, qkv_out);
         for (int t = 0; t < T; t++) {
+            if (e->biases) {
+                const float *bias = e->biases + l * (e->q_dim + 2 * (size_t)e->kv_dim);
+                add_to(e->q + (size_t)t * e->q_dim, bias, e->q_dim);
+                add_to(e->kk + (size_t)t * e->kv_dim, bias + e->q_dim, e->kv_dim);
+                add_to(e->vv + (size_t)t * e->kv_dim, bias + e->q_dim + e->kv_dim, e->kv_dim);
+            }
             for (uint32_t h = 0; h < m->n_heads; h++) {
                 float *q = e->q + (size_t)t * e->q_dim + h * hd;
-                rmsnorm(q, q, q_gain, hd, m->rms_eps);
+                if (e->qk_norm)
+                    rmsnorm(q, q, q_gain, hd, m->rms_eps);
                 rope(q, e->tok_pos[t], e->inv_freq, hd);
             }
             for (uint32_t h = 0; h < m->n_kv_heads; h++) {
                 float *k = e->kk + (size_t)t * e->kv_dim + h * hd;
-                rmsnorm(k, k, k_gain, hd, m->rms_eps);
+                if (e->qk_norm)
+                    rmsnorm(k, k, k_gain, hd, m->rms_eps);
                 rope(k, e->tok_pos[t], e->inv_freq, hd);
             }
             const engine_seq *s = &b->seqs[e->tok_seq[t]];
