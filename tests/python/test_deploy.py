@@ -273,3 +273,28 @@ def test_run_in_foreground_stops_on_ctrl_c(deploy):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert deploy.status()[1] == 3
+
+
+def test_workers_join_over_tcp(deploy, bin_dir, tmp_path):
+    """A second run directory on the same host plays "another host": workers
+    only, registering over tcp:// with the first cluster's scheduler."""
+    sched_port, worker_port = free_port(), free_port()
+    deploy.env["INFERNO_SCHEDULER_TCP"] = f"tcp://127.0.0.1:{sched_port}"
+    deploy.start(1)
+    remote = Deploy(bin_dir, deploy.model, tmp_path / "remote-run")
+    remote.env["INFERNO_WORKER_PORT"] = str(worker_port)
+    try:
+        remote.cmd("start", "--model", deploy.model, "--workers", 1, "--threads", 1,
+                   "--join", f"tcp://127.0.0.1:{sched_port}", "--advertise-host", "127.0.0.1")
+        rows, rc, out = remote.status()
+        assert rc == 0 and list(rows) == ["worker-0"], out
+        rows, rc, out = deploy.status()
+        assert rc == 0 and "2 workers" in out, out
+        assert chat(deploy.port, "hello", stream=False)[0] == "ok"
+        remote.cmd("stop")
+        deadline = time.time() + 30  # the scheduler drops the worker that left
+        while "1 workers" not in deploy.status()[2] and time.time() < deadline:
+            time.sleep(0.3)
+        assert "1 workers" in deploy.status()[2]
+    finally:
+        remote.stop()
