@@ -328,30 +328,28 @@ static int add_weights(struct model_writer *m, const struct model_config *c, uin
             const char *suffix;
             uint64_t ne0, ne1;
             float mean, std;
+            const char *only; /* the one architecture that has it; NULL: every one */
         } layer[] = {
-            {"attn_norm", c->hidden, 1, 1.0f, 0.1f},         /* [hidden] */
-            {"attn_q.bias", q_dim, 1, 0.0f, 0.5f},           /* [heads*head_dim], qwen2 */
-            {"attn_k.bias", kv_dim, 1, 0.0f, 0.5f},          /* [kv_heads*head_dim], qwen2 */
-            {"attn_v.bias", kv_dim, 1, 0.0f, 0.5f},          /* [kv_heads*head_dim], qwen2 */
-            {"ffn_down", c->ffn, c->hidden, 0.0f, s_ffn},    /* [hidden][ffn] */
-            {"ffn_gate", c->hidden, c->ffn, 0.0f, s_in},     /* [ffn][hidden] */
-            {"ffn_up", c->hidden, c->ffn, 0.0f, s_in},       /* [ffn][hidden] */
-            {"ffn_norm", c->hidden, 1, 1.0f, 0.1f},          /* [hidden] */
-            {"attn_k_norm", c->head_dim, 1, 1.0f, 0.1f},     /* [head_dim] */
-            {"attn_k", c->hidden, kv_dim, 0.0f, s_in},       /* [kv_heads*head_dim][hidden] */
-            {"attn_output", q_dim, c->hidden, 0.0f, s_attn}, /* [hidden][heads*head_dim] */
-            {"attn_q_norm", c->head_dim, 1, 1.0f, 0.1f},     /* [head_dim] */
-            {"attn_q", c->hidden, q_dim, 0.0f, s_in},        /* [heads*head_dim][hidden] */
-            {"attn_v", c->hidden, kv_dim, 0.0f, s_in},       /* [kv_heads*head_dim][hidden] */
+            {"attn_norm.weight", c->hidden, 1, 1.0f, 0.1f, NULL},         /* [hidden] */
+            {"attn_q.bias", q_dim, 1, 0.0f, 0.5f, "qwen2"},               /* [heads*head_dim] */
+            {"attn_k.bias", kv_dim, 1, 0.0f, 0.5f, "qwen2"},              /* [kv_heads*head_dim] */
+            {"attn_v.bias", kv_dim, 1, 0.0f, 0.5f, "qwen2"},              /* [kv_heads*head_dim] */
+            {"ffn_down.weight", c->ffn, c->hidden, 0.0f, s_ffn, NULL},    /* [hidden][ffn] */
+            {"ffn_gate.weight", c->hidden, c->ffn, 0.0f, s_in, NULL},     /* [ffn][hidden] */
+            {"ffn_up.weight", c->hidden, c->ffn, 0.0f, s_in, NULL},       /* [ffn][hidden] */
+            {"ffn_norm.weight", c->hidden, 1, 1.0f, 0.1f, NULL},          /* [hidden] */
+            {"attn_k_norm.weight", c->head_dim, 1, 1.0f, 0.1f, "qwen3"},  /* [head_dim] */
+            {"attn_k.weight", c->hidden, kv_dim, 0.0f, s_in, NULL},       /* [kv_heads*head_dim][hidden] */
+            {"attn_output.weight", q_dim, c->hidden, 0.0f, s_attn, NULL}, /* [hidden][heads*head_dim] */
+            {"attn_q_norm.weight", c->head_dim, 1, 1.0f, 0.1f, "qwen3"},  /* [head_dim] */
+            {"attn_q.weight", c->hidden, q_dim, 0.0f, s_in, NULL},        /* [heads*head_dim][hidden] */
+            {"attn_v.weight", c->hidden, kv_dim, 0.0f, s_in, NULL},       /* [kv_heads*head_dim][hidden] */
         };
-        bool qwen2 = !strcmp(c->arch, "qwen2");
         for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
-            bool bias = strstr(layer[i].suffix, ".bias") != NULL,
-                 qk_norm = !strcmp(layer[i].suffix, "attn_q_norm") || !strcmp(layer[i].suffix, "attn_k_norm");
-            if ((bias || qk_norm) && bias != qwen2)
-                continue; /* qwen2 has the biases and no q/k norms, qwen3 the other way round */
+            if (layer[i].only && strcmp(layer[i].only, c->arch))
+                continue;
             char name[64];
-            snprintf(name, sizeof name, "blk.%u.%s%s", l, layer[i].suffix, bias ? "" : ".weight");
+            snprintf(name, sizeof name, "blk.%u.%s", l, layer[i].suffix);
             if (add_weight(m, name, layer[i].ne0, layer[i].ne1, layer[i].mean, layer[i].std))
                 return -1;
         }

@@ -482,8 +482,7 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         struct attention_job aj = {e, b, l, T};
         threadpool_run(e->tp, attention_worker, &aj);
         matmul1(e, e->att, T, &L->wo, e->xn);
-        for (size_t i = 0; i < (size_t)T * H; i++)
-            e->x[i] += e->xn[i];
+        add_to(e->x, e->xn, (size_t)T * H);
 
         /* feed-forward */
         for (int t = 0; t < T; t++)
@@ -496,8 +495,7 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
             e->gate[i] = g / (1.0f + expf(-g)) * e->up[i];
         }
         matmul1(e, e->gate, T, &L->w_down, e->xn);
-        for (size_t i = 0; i < (size_t)T * H; i++)
-            e->x[i] += e->xn[i];
+        add_to(e->x, e->xn, (size_t)T * H);
     }
 
     /* output: final norm and head, only for the rows asked for */
