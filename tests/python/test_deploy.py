@@ -15,73 +15,11 @@ import time
 
 import pytest
 
-from cluster import free_port
+from cluster import INFERNO, Deploy, free_port
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-INFERNO = ROOT / "deploy" / "inferno"
 NAMES = ["gateway", "tokenizer", "scheduler"]
 PROMPTS = ["Say something.", "Count to five.", "What is a GPU?", "Tell me a story about a cat.", "hello"]
 CLIENT_TIMEOUT = 90  # a request still unanswered after this is a hang
-
-
-class Deploy:
-    """One cluster under deploy/inferno, in its own run directory and port."""
-
-    def __init__(self, bin_dir, model, run_dir):
-        self.run_dir = pathlib.Path(run_dir)
-        self.port = free_port()
-        self.env = dict(os.environ, INFERNO_CONF="/dev/null", INFERNO_RUN_DIR=str(run_dir),
-                        INFERNO_BIN_DIR=str(bin_dir), INFERNO_PORT=str(self.port), INFERNO_START_TIMEOUT="120",
-                        INFERNO_DRAIN_TIMEOUT="60")
-        self.model = model
-
-    def cmd(self, *args, check=True, timeout=240):
-        p = subprocess.run([str(INFERNO), *map(str, args)], env=self.env, capture_output=True, text=True,
-                           timeout=timeout)
-        if check and p.returncode != 0:
-            pytest.fail(f"inferno {' '.join(map(str, args))} exited {p.returncode}:\n{p.stdout}{p.stderr}\n"
-                        + self.logs())
-        return p
-
-    def start(self, workers):
-        return self.cmd("start", "--model", self.model, "--workers", workers, "--threads", 1)
-
-    def status(self):
-        """{name: (pid, state)} and the exit status."""
-        p = self.cmd("status", check=False)
-        rows = {}
-        for line in p.stdout.splitlines():
-            f = line.split()
-            if len(f) >= 3:
-                rows[f[0]] = (f[1], f[2])
-        return rows, p.returncode, p.stdout
-
-    def wait_healthy(self, names, changed=None, timeout=120):
-        """Until exactly `names` are listed and healthy (and the one in
-        `changed`, a (name, old pid) pair, has a new pid)."""
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            rows, rc, out = self.status()
-            if rc == 0 and list(rows) == names and (not changed or rows[changed[0]][0] != changed[1]):
-                return rows
-            time.sleep(0.3)
-        pytest.fail(f"not healthy after {timeout}s:\n{out}\n{self.logs()}")
-
-    def pid(self, name):
-        return int((self.run_dir / f"{name}.pid").read_text())
-
-    def logs(self):
-        return "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-2500:]}"
-                         for p in sorted(self.run_dir.glob("*.log")))
-
-    def stop(self):
-        self.cmd("stop", check=False)
-
-    def sanitizer_reports(self):
-        """ASan/UBSan/LSan reports in any process's log (the test build is sanitized)."""
-        marks = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
-        return [f"{p.name}: {line}" for p in self.run_dir.glob("*.log")
-                for line in p.read_text(errors="replace").splitlines() if any(m in line for m in marks)]
 
 
 def chat(port, prompt, stream, max_tokens=12):

@@ -56,7 +56,7 @@ def test_greedy_answers_are_coherent(bin_dir, question, keyword):
 
 def test_through_the_cluster(bin_dir, tmp_path):
     import openai
-    from test_deploy import Deploy
+    from cluster import Deploy
     d = Deploy(bin_dir, pathlib.Path(MODEL), tmp_path / "run")
     try:
         d.start(1)
