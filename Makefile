@@ -33,7 +33,7 @@ TST := $(BUILD)/tests
 GEN := $(BUILD)/gen
 
 CFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wno-missing-field-initializers \
-            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -Ischeduler-svc -Igateway -I$(GEN) $(EXTRA_CFLAGS)
+            -fPIC -MMD -MP $(OPTFLAGS) -DINFERNO_VERSION='"$(VERSION)"' -I. -Icommon -Itokenizer-svc -Imodel -Iworker-cpu -Iworker-cuda -Ischeduler-svc -Igateway -I$(GEN) $(EXTRA_CFLAGS)
 LDFLAGS  := $(LDSAN) $(EXTRA_LDFLAGS)
 LDLIBS   := -lm -lpthread
 
@@ -120,7 +120,7 @@ $(ENGINE_LIB): $(ENGINE_SRC:%.c=$(OBJ)/%.o)
 	rm -f $@ && ar rcs $@ $^
 
 ENGINE_LIBS := $(ENGINE_LIB) $(SCHED_LIB) $(MODEL_LIB) $(TOKENIZER_LIB) $(PROTO_LIB) $(COMMON_LIB)
-ENGINE_LDLIBS := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson $(LDLIBS)
+ENGINE_LDLIBS := -lnng -lprotobuf-c -lpcre2-8 -lutf8proc -ljansson -ldl $(LDLIBS)
 
 $(BIN)/model-generate: $(OBJ)/tools/model-generate.o $(ENGINE_LIBS)
 	@mkdir -p $(dir $@)
@@ -131,6 +131,39 @@ $(BIN)/inferno-worker-cpu: $(OBJ)/worker-cpu/main.o $(ENGINE_LIBS)
 	$(CC) $(LDFLAGS) $^ $(ENGINE_LDLIBS) -o $@
 
 $(ENGINE_SRC:%.c=$(OBJ)/%.o) $(OBJ)/worker-cpu/main.o: $(PROTO_H)
+
+# ---- the CUDA engine (when nvcc is installed) ----
+# A shared library that backend.c loads for --backend cuda, so that no CPU
+# program needs the CUDA libraries; inferno-worker-cuda is the worker
+# program under the name that defaults to that backend.
+NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cuda/bin/nvcc))
+CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_GENCODE ?= -gencode=arch=compute_90,code=[sm_90,compute_90]
+CUDA_LIB  := $(LIB)/libinferno-cuda.so
+CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/tensor_types.o $(OBJ)/cuda/batch.o
+ifneq ($(NVCC),)
+tools: $(CUDA_LIB) $(BIN)/inferno-worker-cuda
+endif
+
+$(OBJ)/cuda/engine.o: worker-cuda/engine.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h common/*.h
+	@mkdir -p $(dir $@)
+	$(NVCC) -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-missing-field-initializers \
+	  -Icommon -Imodel -Iworker-cpu -Iworker-cuda -c $< -o $@
+
+# the C parts the library carries itself: never sanitized, as the library is loaded by any build
+$(OBJ)/cuda/%.o: common/%.c common/*.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -Wall -Wextra -Werror -Icommon -c $< -o $@
+$(OBJ)/cuda/batch.o: worker-cpu/batch.c worker-cpu/batch.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -Wall -Wextra -Werror -Iworker-cpu -c $< -o $@
+
+$(CUDA_LIB): $(CUDA_OBJ)
+	@mkdir -p $(dir $@)
+	$(NVCC) -shared $(CUDA_GENCODE) $^ -lcublas -Xlinker -rpath,$(CUDA_HOME)/lib64 -o $@
+
+$(BIN)/inferno-worker-cuda: $(BIN)/inferno-worker-cpu
+	cp $< $@
 $(SCHED_SRC:%.c=$(OBJ)/%.o) $(OBJ)/scheduler-svc/main.o $(OBJ)/tools/sched-submit.o: $(PROTO_H)
 
 $(BIN)/scheduler-svc: $(OBJ)/scheduler-svc/main.o $(SCHED_LIB) $(PROTO_LIB) $(COMMON_LIB)
@@ -203,10 +236,10 @@ $(FUZZ_DIR)/fuzz_%: tests/fuzz/fuzz_%.c $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DI
 	$(FUZZ_CC) $(FUZZ_FLAGS) $< $(COMMON_SRC) $(TOKENIZER_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
 
 $(FUZZ_DIR)/fuzz_worker_svc: tests/fuzz/fuzz_worker_svc.c $(COMMON_SRC) $(MODEL_SRC) $(ENGINE_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c \
-                             common/*.h model/*.h worker-cpu/*.h
+                             common/*.h model/*.h worker-cpu/*.h worker-cuda/*.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -Imodel -Iworker-cpu -Wno-unknown-pragmas $< $(COMMON_SRC) $(MODEL_SRC) $(ENGINE_SRC) \
-	  $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -o $@
+	$(FUZZ_CC) $(FUZZ_FLAGS) -Imodel -Iworker-cpu -Iworker-cuda -Wno-unknown-pragmas $< $(COMMON_SRC) $(MODEL_SRC) \
+	  $(ENGINE_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c $(FUZZ_LIBS) -ldl -o $@
 
 SCHED_FUZZ_SRC := $(filter-out scheduler-svc/sched_client.c scheduler-svc/registrar.c,$(SCHED_SRC))
 $(FUZZ_DIR)/fuzz_sched_svc: tests/fuzz/fuzz_sched_svc.c $(COMMON_SRC) $(SCHED_FUZZ_SRC) $(FUZZ_DIR)/gen/inferno.pb-c.c \

@@ -49,7 +49,7 @@ def inferno_numbers(model, threads, prompt, gen, corpus):
     mbs = float(tok.split(" MB/s")[0].split()[-1])
     return {"tokenizer_mb_s": mbs, "prefill_tok_s": r["prefill_tokens_per_s"],
             "decode_tok_s": r["decode"][0]["tokens_per_s"], "decode_gb_s": r["decode"][0]["gb_per_s"],
-            "kernels": r["kernels"]}
+            "engine": r["engine"]}
 
 
 def main():

@@ -1,13 +1,16 @@
 /* inferno-bench: engine speed on one model.
  *
  *   inferno-bench --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32]
- *                 [--threads N] [--kernels NAME] [--json]
+ *                 [--threads N] [--kernels NAME] [--backend cpu|cuda] [--json]
  *
  * Prefill: one sequence of N prompt tokens in one step. Decode: B sequences
  * (each with an N-token prompt already in the cache) step together, one
  * token each, for --gen steps. Achieved bandwidth counts the weight bytes a
  * step reads (every matrix once) over the step time. Token ids are fixed
- * pseudo-random values, so runs are comparable. */
+ * pseudo-random values, so runs are comparable. Steps ask only for each
+ * row's argmax, as greedy serving would (on the GPU, the logits then stay
+ * there); the first decode step of each batch size is a warm-up (on the
+ * GPU, it captures the step's graph) and is not timed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,23 +18,23 @@
 
 #include "clock.h"
 #include "cli.h"
-#include "engine.h"
+#include "backend.h"
 
 #define PROG "inferno-bench"
 
 static void usage(FILE *out) {
     fprintf(out, "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--threads N]\n"
-                 "                     [--kernels reference|avx2|avx512] [--json]\n");
+                 "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--json]\n");
 }
 
 int main(int argc, char **argv) {
-    const char *path = NULL, *batches = "1,8,32", *kernels = NULL;
+    const char *path = NULL, *batches = "1,8,32", *kernels = NULL, *backend = "cpu";
     int prompt = 128, gen = 32, threads = 2;
     bool json = false;
-    const cli_flag flags[] = {{"--model", CLI_STRING, &path},   {"--prompt", CLI_INT, &prompt},
-                              {"--gen", CLI_INT, &gen},         {"--batch", CLI_STRING, &batches},
-                              {"--threads", CLI_INT, &threads}, {"--kernels", CLI_STRING, &kernels},
-                              {"--json", CLI_SWITCH, &json},    {NULL}};
+    const cli_flag flags[] = {
+        {"--model", CLI_STRING, &path},    {"--prompt", CLI_INT, &prompt},      {"--gen", CLI_INT, &gen},
+        {"--batch", CLI_STRING, &batches}, {"--threads", CLI_INT, &threads},    {"--kernels", CLI_STRING, &kernels},
+        {"--json", CLI_SWITCH, &json},     {"--backend", CLI_STRING, &backend}, {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
@@ -57,9 +60,10 @@ int main(int argc, char **argv) {
         return 1;
     }
     int bsz = 16, per_seq = (prompt + gen + bsz) / bsz;
-    cpu_engine_config cfg = {.n_threads = threads, .block_size = bsz, .n_blocks = per_seq * max_b, .kernels = kernels};
-    cpu_engine *e;
-    if (cpu_engine_create(m, &cfg, &e, err, sizeof err)) {
+    engine_config cfg = {
+        .backend = backend, .n_threads = threads, .block_size = bsz, .n_blocks = per_seq * max_b, .kernels = kernels};
+    engine *e;
+    if (engine_open(m, &cfg, &e, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);
         return 1;
     }
@@ -69,20 +73,20 @@ int main(int argc, char **argv) {
     int32_t *toks = malloc((size_t)(prompt > max_b ? prompt : max_b) * sizeof *toks);
     for (int i = 0; i < (prompt > max_b ? prompt : max_b); i++)
         toks[i] = (int32_t)((i * 2654435761u) % (m->vocab - 1000));
-    float *logits = malloc((size_t)max_b * m->vocab * sizeof *logits);
+    int32_t *ids = malloc((size_t)(prompt > max_b ? prompt : max_b) * sizeof *ids);
     double gb = (double)m->weight_bytes / 1e9;
 
     /* prefill: warm up once, then time one prompt */
     engine_seq s = {0, prompt, 0, tables, per_seq, false};
     engine_batch b = {toks, prompt, &s, 1};
     double t0 = clock_now();
-    if (cpu_engine_forward(e, &b, logits, err, sizeof err)) {
+    if (engine_step(e, &b, NULL, ids, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);
         return 1;
     }
     double warm = clock_now() - t0;
     t0 = clock_now();
-    cpu_engine_forward(e, &b, logits, err, sizeof err);
+    engine_step(e, &b, NULL, ids, err, sizeof err);
     double prefill_s = clock_now() - t0;
     if (warm < prefill_s)
         prefill_s = warm;
@@ -96,14 +100,16 @@ int main(int argc, char **argv) {
             engine_seq sp = {0, prompt, 0, tables + (size_t)q * per_seq, per_seq, false};
             engine_batch bp = {toks, prompt, &sp, 1};
             if (q > 0)
-                cpu_engine_forward(e, &bp, logits, err, sizeof err);
+                engine_step(e, &bp, NULL, ids, err, sizeof err);
         }
-        double start = clock_now();
-        for (int step = 0; step < gen; step++) {
+        double start = 0;
+        for (int step = 0; step <= gen; step++) {
+            if (step == 1)
+                start = clock_now();
             for (int q = 0; q < B; q++)
                 seqs[q] = (engine_seq){q, 1, prompt + step, tables + (size_t)q * per_seq, per_seq, false};
             engine_batch bd = {toks, B, seqs, B};
-            if (cpu_engine_forward(e, &bd, logits, err, sizeof err)) {
+            if (engine_step(e, &bd, NULL, ids, err, sizeof err)) {
                 fprintf(stderr, PROG ": %s\n", err);
                 return 1;
             }
@@ -114,22 +120,23 @@ int main(int argc, char **argv) {
         free(seqs);
     }
     if (json) {
-        printf("{\"model\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, \"weight_gb\": %.4f, \"prompt\": %d, "
+        printf("{\"model\": \"%s\", \"backend\": \"%s\", \"engine\": \"%s\", \"threads\": %d, \"weight_gb\": %.4f, "
+               "\"prompt\": %d, "
                "\"prefill_tokens_per_s\": %.2f, \"prefill_gb_per_s\": %.2f, \"decode\": [",
-               path, cpu_engine_kernels(e), threads, gb, prompt, prefill_tps, gb / prefill_s);
+               path, engine_backend(e), engine_describe(e), threads, gb, prompt, prefill_tps, gb / prefill_s);
         for (int k = 0; k < nb; k++)
             printf("%s{\"batch\": %d, \"tokens_per_s\": %.2f, \"gb_per_s\": %.2f}", k ? ", " : "", bs[k], decode_tps[k],
                    decode_gbs[k]);
         printf("]}\n");
     } else {
-        printf("model %s (%s, %.2f GB of weights), %s kernels, %d threads\n", path, m->name, gb, cpu_engine_kernels(e),
-               threads);
+        printf("model %s (%s, %.2f GB of weights), %s engine: %s\n", path, m->name, gb, engine_backend(e),
+               engine_describe(e));
         printf("  prefill  %4d tokens   %9.1f tok/s\n", prompt, prefill_tps);
         for (int k = 0; k < nb; k++)
             printf("  decode   batch %4d   %9.1f tok/s   %6.1f GB/s\n", bs[k], decode_tps[k], decode_gbs[k]);
     }
-    free(logits), free(toks), free(tables);
-    cpu_engine_free(e);
+    free(ids), free(toks), free(tables);
+    engine_close(e);
     model_close(m);
     return 0;
 }

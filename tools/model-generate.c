@@ -3,7 +3,7 @@
  *   model-generate --model FILE.gguf --prompt TEXT [--chat] [--max-tokens N]
  *                  [--temperature T --top-p P --top-k K --min-p P --seed S
  *                   --repetition-penalty R --presence-penalty P --frequency-penalty F]
- *                  [--threads N] [--kernels reference|avx2|avx512]
+ *                  [--threads N] [--kernels reference|avx2|avx512] [--backend cpu|cuda]
  *   For tests: --prompt-ids 1,2,3  --print-ids  --dump-logits FILE  --ignore-eos
  *
  * Streams the text to stdout, then prints prefill and decode speed to stderr. */
@@ -15,7 +15,7 @@
 
 #include "clock.h"
 #include "cli.h"
-#include "engine.h"
+#include "backend.h"
 #include "jinja.h"
 #include "sampler.h"
 #include "tokenizer.h"
@@ -32,6 +32,7 @@ static void usage(FILE *out) {
                  "  --repetition-penalty R --presence-penalty P --frequency-penalty F\n"
                  "  --threads N            CPU threads (default 2)\n"
                  "  --kernels NAME         reference, avx2 or avx512 (default: best available)\n"
+                 "  --backend NAME         cpu (default) or cuda\n"
                  "  --print-ids            print the generated ids, comma separated, on one line\n"
                  "  --dump-logits FILE     write the float32 logits of the last prompt position\n"
                  "  --ignore-eos           keep generating past end-of-sequence tokens\n");
@@ -51,7 +52,7 @@ static int parse_ids(const char *s, token_list *out) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *prompt_ids = NULL, *dump = NULL, *kernels = NULL;
+    const char *model_path = NULL, *prompt = NULL, *prompt_ids = NULL, *dump = NULL, *kernels = NULL, *backend = "cpu";
     bool chat = false, print_ids = false, ignore_eos = false;
     int max_tokens = 64, threads = 2;
     sampling_params sp = sampling_defaults();
@@ -62,6 +63,7 @@ int main(int argc, char **argv) {
                               {"--max-tokens", CLI_INT, &max_tokens},
                               {"--threads", CLI_INT, &threads},
                               {"--kernels", CLI_STRING, &kernels},
+                              {"--backend", CLI_STRING, &backend},
                               {"--print-ids", CLI_SWITCH, &print_ids},
                               {"--ignore-eos", CLI_SWITCH, &ignore_eos},
                               {"--dump-logits", CLI_STRING, &dump},
@@ -113,9 +115,10 @@ int main(int argc, char **argv) {
         tokenizer_encode(tk, prompt, strlen(prompt), true, &ids);
     }
     int32_t n_prompt = (int32_t)ids.n, total = n_prompt + max_tokens;
-    cpu_engine_config cfg = {.n_threads = threads, .block_size = 16, .kv_tokens = total + 16, .kernels = kernels};
-    cpu_engine *e;
-    if (cpu_engine_create(m, &cfg, &e, err, sizeof err)) {
+    engine_config cfg = {
+        .backend = backend, .n_threads = threads, .block_size = 16, .kv_tokens = total + 16, .kernels = kernels};
+    engine *e;
+    if (engine_open(m, &cfg, &e, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);
         return 1;
     }
@@ -135,7 +138,7 @@ int main(int argc, char **argv) {
         int32_t n = n_prompt - done < PREFILL_CHUNK ? n_prompt - done : PREFILL_CHUNK;
         engine_seq s = {0, n, done, table, n_table, false};
         engine_batch b = {ids.ids + done, n, &s, 1};
-        if (cpu_engine_forward(e, &b, logits, err, sizeof err)) {
+        if (engine_step(e, &b, logits, NULL, err, sizeof err)) {
             fprintf(stderr, PROG ": %s\n", err);
             return 1;
         }
@@ -170,7 +173,7 @@ int main(int argc, char **argv) {
             continue; /* the last token needs no forward pass */
         engine_seq s = {0, 1, (int32_t)ids.n - 1, table, n_table, false};
         engine_batch b = {&ids.ids[ids.n - 1], 1, &s, 1};
-        if (cpu_engine_forward(e, &b, logits, err, sizeof err)) {
+        if (engine_step(e, &b, logits, NULL, err, sizeof err)) {
             fprintf(stderr, PROG ": %s\n", err);
             return 1;
         }
@@ -191,13 +194,13 @@ int main(int argc, char **argv) {
     double gb = (double)m->weight_bytes / 1e9;
     int32_t decode_steps = n_gen > 1 ? n_gen - 1 : 0;
     fprintf(stderr,
-            PROG ": %s kernels, %d threads: prefill %d tokens in %.3f s (%.1f tok/s), decode %d tokens in %.3f s "
+            PROG ": %s: prefill %d tokens in %.3f s (%.1f tok/s), decode %d tokens in %.3f s "
                  "(%.1f tok/s, %.1f GB/s of weights)\n",
-            cpu_engine_kernels(e), threads, n_prompt, t1 - t0, n_prompt / (t1 - t0), decode_steps, t2 - t1,
+            engine_describe(e), n_prompt, t1 - t0, n_prompt / (t1 - t0), decode_steps, t2 - t1,
             decode_steps / (t2 - t1 + 1e-12), decode_steps * gb / (t2 - t1 + 1e-12));
     free(logits), free(table);
     token_list_free(&ids), token_list_free(&generated);
-    cpu_engine_free(e);
+    engine_close(e);
     tokenizer_free(tk);
     model_close(m);
     return 0;

@@ -119,10 +119,10 @@ static int print_stats(sched_client *c) {
     json_t *ws = json_array();
     for (size_t i = 0; i < s->n_workers; i++) {
         const Inferno__WorkerStats *w = s->workers[i];
-        json_array_append_new(ws, json_pack("{s:s,s:b,s:b,s:i,s:i,s:i,s:i,s:i,s:I}", "url", w->url, "alive", w->alive, "draining", w->draining,
-                                            "waiting", w->waiting, "running", w->running, "blocks_used", w->blocks_used,
-                                            "blocks_total", w->blocks_total, "blocks_cached", w->blocks_cached, "steps",
-                                            (json_int_t)w->steps));
+        json_array_append_new(ws, json_pack("{s:s,s:b,s:b,s:i,s:i,s:i,s:i,s:i,s:I}", "url", w->url, "alive", w->alive,
+                                            "draining", w->draining, "waiting", w->waiting, "running", w->running,
+                                            "blocks_used", w->blocks_used, "blocks_total", w->blocks_total,
+                                            "blocks_cached", w->blocks_cached, "steps", (json_int_t)w->steps));
     }
     json_object_set_new(o, "workers", ws);
     char *text = json_dumps(o, JSON_COMPACT);

@@ -56,13 +56,6 @@ struct cpu_engine {
     float *scores; /* [n_threads][cap_scores] */
 };
 
-int32_t cpu_engine_logit_rows(const engine_batch *b) {
-    int32_t rows = 0;
-    for (int32_t s = 0; s < b->n_seqs; s++)
-        rows += b->seqs[s].all_logits ? b->seqs[s].n_tokens : 1;
-    return rows;
-}
-
 int cpu_engine_block_size(const cpu_engine *e) { return e->block_size; }
 int cpu_engine_n_blocks(const cpu_engine *e) { return e->n_blocks; }
 const char *cpu_engine_kernels(const cpu_engine *e) { return e->k->name; }
@@ -386,48 +379,10 @@ static void attention_worker(void *p, int ith, int nth) {
 
 /* ---- the step ---- */
 
-static int validate(const cpu_engine *e, const engine_batch *b, int *max_pos, char *err, size_t errlen) {
-    int32_t covered = 0;
-    *max_pos = 0;
-    if (b->n_tokens <= 0 || b->n_seqs <= 0) {
-        snprintf(err, errlen, "engine: empty batch");
-        return -1;
-    }
-    for (int32_t i = 0; i < b->n_tokens; i++)
-        if (b->tokens[i] < 0 || (uint32_t)b->tokens[i] >= e->m->vocab) {
-            snprintf(err, errlen, "engine: token %d at %d is outside the vocabulary (%u)", b->tokens[i], i,
-                     e->m->vocab);
-            return -1;
-        }
-    for (int32_t s = 0; s < b->n_seqs; s++) {
-        const engine_seq *q = &b->seqs[s];
-        int64_t end = (int64_t)q->pos0 + q->n_tokens;
-        if (q->n_tokens <= 0 || q->start != covered || q->pos0 < 0 || end > (int64_t)q->n_table * e->block_size) {
-            snprintf(err, errlen, "engine: sequence %d: tokens [%d, +%d) at position %d do not fit its %d blocks", s,
-                     q->start, q->n_tokens, q->pos0, q->n_table);
-            return -1;
-        }
-        for (int32_t i = 0; i < (end + e->block_size - 1) / e->block_size; i++)
-            if (q->block_table[i] < 0 || q->block_table[i] >= e->n_blocks) {
-                snprintf(err, errlen, "engine: sequence %d: block id %d out of range (pool of %d)", s,
-                         q->block_table[i], e->n_blocks);
-                return -1;
-            }
-        covered += q->n_tokens;
-        if (end > *max_pos)
-            *max_pos = (int)end;
-    }
-    if (covered != b->n_tokens) {
-        snprintf(err, errlen, "engine: sequences cover %d of %d tokens", covered, b->n_tokens);
-        return -1;
-    }
-    return 0;
-}
-
 int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char *err, size_t errlen) {
     const model_desc *m = e->m;
     int max_pos, T = b->n_tokens;
-    if (validate(e, b, &max_pos, err, errlen))
+    if (engine_batch_check(b, m->vocab, e->block_size, e->n_blocks, &max_pos, err, errlen))
         return -1;
     if (reserve(e, T, max_pos)) {
         snprintf(err, errlen, "engine: out of memory for a batch of %d tokens", T);

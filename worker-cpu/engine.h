@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "batch.h"
 #include "model.h"
 
 typedef struct cpu_engine cpu_engine;
@@ -29,21 +30,6 @@ typedef struct {
     const char *kernels; /* "reference", "avx2", "avx512", NULL: best available */
 } cpu_engine_config;
 
-typedef struct {
-    int32_t start, n_tokens;    /* this sequence's tokens: batch tokens[start .. start+n_tokens) */
-    int32_t pos0;               /* position of tokens[start] in the sequence */
-    const int32_t *block_table; /* KV block ids covering positions 0 .. pos0+n_tokens-1 */
-    int32_t n_table;
-    bool all_logits; /* logits for every new token, not only the last */
-} engine_seq;
-
-typedef struct {
-    const int32_t *tokens;
-    int32_t n_tokens;
-    const engine_seq *seqs;
-    int32_t n_seqs;
-} engine_batch;
-
 int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_engine **out, char *err, size_t errlen);
 void cpu_engine_free(cpu_engine *e);
 
@@ -51,11 +37,7 @@ int cpu_engine_block_size(const cpu_engine *e);
 int cpu_engine_n_blocks(const cpu_engine *e);
 const char *cpu_engine_kernels(const cpu_engine *e);
 
-/* Number of logit rows a batch produces (one per sequence, or n_tokens for
- * all_logits sequences), in sequence order. */
-int32_t cpu_engine_logit_rows(const engine_batch *b);
-
-/* Runs the step; logits holds cpu_engine_logit_rows(b) * vocab floats.
+/* Runs the step; logits holds engine_batch_rows(b) * vocab floats.
  * Every index is checked: a bad token, position or block id is an error. */
 int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char *err, size_t errlen);
 

@@ -21,7 +21,7 @@ typedef struct {
 
 struct worker_state {
     const model_desc *m;
-    cpu_engine *e;
+    engine *e;
     int32_t eos_id;
     const char *model_name;
     seq_history *hist;
@@ -30,7 +30,7 @@ struct worker_state {
     int32_t cap_logits;
 };
 
-worker_state *worker_state_create(const model_desc *m, cpu_engine *e, int32_t eos_id, const char *model_name) {
+worker_state *worker_state_create(const model_desc *m, engine *e, int32_t eos_id, const char *model_name) {
     worker_state *w = calloc(1, sizeof *w);
     if (w)
         w->m = m, w->e = e, w->eos_id = eos_id, w->model_name = model_name;
@@ -136,8 +136,8 @@ int worker_handle(worker_state *w, const uint8_t *req, size_t len, uint8_t **res
         e.code = INFERNO__ERROR_CODE__ERROR_VERSION, e.message = msg;
         r.body_case = INFERNO__WORKER_RESPONSE__BODY_ERROR, r.error = &e;
     } else if (q->body_case == INFERNO__WORKER_REQUEST__BODY_INFO) {
-        info.model = (char *)w->model_name, info.backend = "cpu", info.vocab_size = w->m->vocab;
-        info.block_size = cpu_engine_block_size(w->e), info.n_blocks = cpu_engine_n_blocks(w->e);
+        info.model = (char *)w->model_name, info.backend = (char *)engine_backend(w->e), info.vocab_size = w->m->vocab;
+        info.block_size = engine_block_size(w->e), info.n_blocks = engine_n_blocks(w->e);
         info.eos_id = w->eos_id, info.max_context = w->m->context;
         r.body_case = INFERNO__WORKER_RESPONSE__BODY_INFO, r.info = &info;
     } else if (q->body_case == INFERNO__WORKER_REQUEST__BODY_STEP) {
@@ -207,7 +207,7 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     }
     engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
     double t0 = clock_now();
-    if (cpu_engine_forward(w->e, &b, w->logits, err, errlen))
+    if (engine_step(w->e, &b, w->logits, NULL, err, errlen))
         goto out;
     res->tokens = calloc(q->n_seqs, sizeof *res->tokens);
     if (!res->tokens) {

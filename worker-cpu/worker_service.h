@@ -1,4 +1,4 @@
-/* The CPU worker as a service: answers WorkerRequest messages (info, one
+/* The worker as a service (CPU or CUDA engine): answers WorkerRequest messages (info, one
  * batched step) from the scheduler over an nng REP socket.
  *
  * Threading: one thread receives, runs the step on the engine (whose own
@@ -14,12 +14,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine.h"
+#include "backend.h"
 #include "model.h"
 
 typedef struct worker_state worker_state;
 
-worker_state *worker_state_create(const model_desc *m, cpu_engine *e, int32_t eos_id, const char *model_name);
+worker_state *worker_state_create(const model_desc *m, engine *e, int32_t eos_id, const char *model_name);
 void worker_state_free(worker_state *w);
 
 /* One packed WorkerRequest in, one packed WorkerResponse out (malloc'ed).

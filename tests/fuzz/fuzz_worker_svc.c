@@ -16,10 +16,10 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     const char *path = getenv("INFERNO_FUZZ_MODEL");
     char err[512];
     model_desc *m;
-    cpu_engine *e;
-    cpu_engine_config cfg = {.n_threads = 1, .block_size = 4, .n_blocks = 8};
+    engine *e;
+    engine_config cfg = {.n_threads = 1, .block_size = 4, .n_blocks = 8};
     if (model_open(path ? path : "../shared/reference/tinyA-q8_0.gguf", &m, err, sizeof err) ||
-        cpu_engine_create(m, &cfg, &e, err, sizeof err)) {
+        engine_open(m, &cfg, &e, err, sizeof err)) {
         fprintf(stderr, "fuzz_worker_svc: %s\n", err);
         exit(1);
     }

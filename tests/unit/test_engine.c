@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine.h"
+#include "backend.h"
 #include "kernels.h"
 #include "sampler.h"
 #include "test_util.h"
@@ -30,17 +30,23 @@ static float *read_floats(const char *path, size_t *n) {
     return v;
 }
 
-static cpu_engine *make_engine(const model_desc *m, const char *kernels, int threads, int block_size) {
-    cpu_engine_config cfg = {.n_threads = threads, .block_size = block_size, .n_blocks = 128, .kernels = kernels};
-    cpu_engine *e;
+/* kernels: a CPU kernel set, NULL for the best one, or "cuda" for the GPU engine */
+static engine *make_engine(const model_desc *m, const char *kernels, int threads, int block_size) {
+    bool cuda = kernels && !strcmp(kernels, "cuda");
+    engine_config cfg = {.backend = cuda ? "cuda" : "cpu",
+                         .n_threads = threads,
+                         .block_size = block_size,
+                         .n_blocks = 128,
+                         .kernels = cuda ? NULL : kernels};
+    engine *e;
     char err[512];
-    if (cpu_engine_create(m, &cfg, &e, err, sizeof err))
+    if (engine_open(m, &cfg, &e, err, sizeof err))
         fail_msg("%s", err);
     return e;
 }
 
 /* All-position logits of one prompt, run as a single prefill. */
-static float *prompt_logits(cpu_engine *e, const model_desc *m, const int32_t *ids, int32_t n) {
+static float *prompt_logits(engine *e, const model_desc *m, const int32_t *ids, int32_t n) {
     int32_t table[64];
     for (int i = 0; i < 64; i++)
         table[i] = i;
@@ -48,7 +54,7 @@ static float *prompt_logits(cpu_engine *e, const model_desc *m, const int32_t *i
     engine_batch b = {ids, n, &s, 1};
     float *logits = malloc((size_t)n * m->vocab * sizeof *logits);
     char err[512];
-    if (cpu_engine_forward(e, &b, logits, err, sizeof err))
+    if (engine_step(e, &b, logits, NULL, err, sizeof err))
         fail_msg("%s", err);
     return logits;
 }
@@ -78,7 +84,7 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
     assert_non_null(ref);
     size_t n_full;
     float *full = read_floats(ref_path(ref_logits), &n_full);
-    cpu_engine *e = make_engine(m, kernels, 2, 16);
+    engine *e = make_engine(m, kernels, 2, 16);
     size_t pi;
     json_t *prompt;
     int positions = 0, top1_agree = 0;
@@ -142,7 +148,7 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
                 seq[n + g] = tok;
                 engine_seq s = {0, 1, n + (int32_t)g, table, 64, false};
                 engine_batch b = {&seq[n + g], 1, &s, 1};
-                assert_int_equal(cpu_engine_forward(e, &b, row, err, sizeof err), 0);
+                assert_int_equal(engine_step(e, &b, row, NULL, err, sizeof err), 0);
                 tok = argmax(row, m->vocab);
             }
             free(row);
@@ -156,23 +162,46 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
         assert_true(err_max < tol.max);
         assert_true(agree >= tol.top1);
     }
-    cpu_engine_free(e);
+    engine_close(e);
     free(full);
     json_decref(ref);
     model_close(m);
 }
 
-static const char *kernel_sets[] = {"reference", "avx2", "avx512"};
+/* The CPU kernel sets, then the CUDA engine as one more "kernel set". */
+static const char *kernel_sets[] = {"reference", "avx2", "avx512", "cuda"};
+#define N_KERNEL_SETS 4
+
+/* The GPU engine where it can start (libinferno-cuda.so built, a device
+ * present); said once, so that a run without a GPU shows what it skipped. */
+static bool have_cuda(void) {
+    static int state; /* 0 unknown, 1 yes, -1 no */
+    if (!state) {
+        char err[512];
+        model_desc *m;
+        engine *e = NULL;
+        engine_config cfg = {.backend = "cuda", .n_blocks = 4};
+        state = model_open(ref_path("tinyA-bf16.gguf"), &m, err, sizeof err) == 0 &&
+                        engine_open(m, &cfg, &e, err, sizeof err) == 0
+                    ? 1
+                    : -1;
+        if (state < 0)
+            print_message("cuda engine not tested here: %s\n", err);
+        engine_close(e);
+        model_close(m);
+    }
+    return state > 0;
+}
 
 static bool have(const char *k) {
     return !strcmp(k, "reference") || (!strcmp(k, "avx2") && kernels_avx2()) ||
-           (!strcmp(k, "avx512") && kernels_avx512());
+           (!strcmp(k, "avx512") && kernels_avx512()) || (!strcmp(k, "cuda") && have_cuda());
 }
 
 static void test_reference_f32_bf16(void **state) {
     (void)state;
     struct tolerance exact = {.exact = true};
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < N_KERNEL_SETS; k++) {
         if (!have(kernel_sets[k]))
             continue;
         check_reference("tinyA-f32.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], exact);
@@ -181,22 +210,31 @@ static void test_reference_f32_bf16(void **state) {
 }
 
 /* Q8_0 weights: float activations match the dequantized reference to 1e-3;
- * 8-bit activations (the fast kernels) within the README's bounds. */
+ * 8-bit activations (the fast kernels) within the README's bounds, as must
+ * the GPU (whose tensor-core path reads the weights rounded to bf16). */
 static void test_reference_q8_0(void **state) {
     (void)state;
     check_reference("tinyA-q8_0.gguf", "tinyA-q8_0.ref.json", "tinyA-q8_0.logits.f32", "reference",
                     (struct tolerance){.exact = true});
     struct tolerance q8 = {.mean = 0.08, .max = 0.5, .top1 = 0.9};
-    for (int k = 1; k < 3; k++)
+    for (int k = 1; k < N_KERNEL_SETS; k++)
         if (have(kernel_sets[k]))
             check_reference("tinyA-q8_0.gguf", "tinyA-q8_0.ref.json", "tinyA-q8_0.logits.f32", kernel_sets[k], q8);
 }
 
 /* A sequence's logits do not depend on what else is in the batch, nor on
- * where its KV blocks sit or how big they are. */
+ * where its KV blocks sit or how big they are. On the GPU a batch of more
+ * than 8 tokens takes the tensor-core path (activations as two bf16
+ * halves; Q8_0 weights rounded to bf16) where a lone decode token takes
+ * the float32 one, so there the bounds are those paths' difference. */
 static void test_batch_and_paging_invariance(void **state) {
     (void)state;
-    for (int file = 0; file < 2; file++) {
+    for (int run = 0; run < 4; run++) {
+        int file = run % 2;
+        const char *kernels = run < 2 ? NULL : "cuda";
+        float tolerance = run < 2 ? 1e-4f : file ? 0.1f : 2e-3f;
+        if (kernels && !have(kernels))
+            continue;
         char err[512];
         model_desc *m;
         assert_int_equal(model_open(ref_path(file ? "tinyA-q8_0.gguf" : "tinyA-bf16.gguf"), &m, err, sizeof err), 0);
@@ -207,24 +245,24 @@ static void test_batch_and_paging_invariance(void **state) {
             for (int i = 0; i < 64; i++)
                 toks[s][i] = (int32_t)((s * 7919 + i * 104729) % 151000);
         /* alone, contiguous blocks of 16: prefill 20, then 3 decode steps */
-        cpu_engine *alone = make_engine(m, NULL, 2, 16);
+        engine *alone = make_engine(m, kernels, 2, 16);
         int32_t table[64];
         for (int i = 0; i < 64; i++)
             table[i] = i;
         float *want = malloc((size_t)4 * V * sizeof *want), *got = malloc((size_t)4 * V * sizeof *got);
         engine_seq s = {0, 20, 0, table, 64, false};
         engine_batch b = {toks[3], 20, &s, 1};
-        assert_int_equal(cpu_engine_forward(alone, &b, want, err, sizeof err), 0);
+        assert_int_equal(engine_step(alone, &b, want, NULL, err, sizeof err), 0);
         for (int d = 0; d < 3; d++) {
             engine_seq sd = {0, 1, 20 + d, table, 64, false};
             engine_batch bd = {&toks[3][20 + d], 1, &sd, 1};
-            assert_int_equal(cpu_engine_forward(alone, &bd, want + (size_t)(d + 1) * V, err, sizeof err), 0);
+            assert_int_equal(engine_step(alone, &bd, want + (size_t)(d + 1) * V, NULL, err, sizeof err), 0);
         }
-        cpu_engine_free(alone);
+        engine_close(alone);
 
         /* in a batch of 8, shuffled blocks of 4 positions: every other sequence
          * prefills or decodes beside it at each step */
-        cpu_engine *mixed = make_engine(m, NULL, 2, 4);
+        engine *mixed = make_engine(m, kernels, 2, 4);
         int32_t tables[8][16], pos[8] = {0};
         for (int q = 0; q < 8; q++) /* a permutation of the 128 blocks: no two sequences share one */
             for (int i = 0; i < 16; i++)
@@ -247,15 +285,15 @@ static void test_batch_and_paging_invariance(void **state) {
             }
             engine_batch mb = {flat, n, seqs, ns};
             float *rows = malloc((size_t)ns * V * sizeof *rows);
-            assert_int_equal(cpu_engine_forward(mixed, &mb, rows, err, sizeof err), 0);
+            assert_int_equal(engine_step(mixed, &mb, rows, NULL, err, sizeof err), 0);
             assert_true(probe_row >= 0);
             memcpy(got + (size_t)step * V, rows + (size_t)probe_row * V, V * sizeof *got);
             free(rows);
         }
         for (size_t i = 0; i < (size_t)4 * V; i++)
-            if (fabsf(got[i] - want[i]) > 1e-4f)
-                fail_msg("row %zu: batched %f, alone %f", i / V, got[i], want[i]);
-        cpu_engine_free(mixed);
+            if (fabsf(got[i] - want[i]) > tolerance)
+                fail_msg("%s row %zu: batched %f, alone %f", kernels ? kernels : "cpu", i / V, got[i], want[i]);
+        engine_close(mixed);
         free(want), free(got);
         model_close(m);
     }
@@ -266,7 +304,7 @@ static void test_bad_batches(void **state) {
     char err[512];
     model_desc *m;
     assert_int_equal(model_open(ref_path("tinyA-f32.gguf"), &m, err, sizeof err), 0);
-    cpu_engine *e = make_engine(m, NULL, 1, 16);
+    engine *e = make_engine(m, NULL, 1, 16);
     float *logits = malloc(m->vocab * sizeof *logits);
     int32_t table[2] = {0, 1}, bad_table[2] = {0, 128}, toks[3] = {1, 2, 151936};
     struct {
@@ -281,12 +319,12 @@ static void test_bad_batches(void **state) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         engine_batch b = {toks, cases[i].n, &cases[i].s, 1};
-        assert_int_equal(cpu_engine_forward(e, &b, logits, err, sizeof err), -1);
+        assert_int_equal(engine_step(e, &b, logits, NULL, err, sizeof err), -1);
         if (!strstr(err, cases[i].needle))
             fail_msg("case %zu: '%s' lacks '%s'", i, err, cases[i].needle);
     }
     free(logits);
-    cpu_engine_free(e);
+    engine_close(e);
     model_close(m);
     assert_int_equal(model_open("/nonexistent.gguf", &m, err, sizeof err), -1);
     assert_null(m);

@@ -24,15 +24,15 @@
 #include "test_util.h"
 
 static model_desc *m;
-static cpu_engine *e;
+static engine *e;
 static worker_state *w;
 static json_t *ref;
 
 static int setup(void **state) {
     (void)state;
     char err[512];
-    cpu_engine_config cfg = {.n_threads = 2, .block_size = 8, .n_blocks = 64};
-    if (model_open(ref_path("tinyA-f32.gguf"), &m, err, sizeof err) || cpu_engine_create(m, &cfg, &e, err, sizeof err))
+    engine_config cfg = {.n_threads = 2, .block_size = 8, .n_blocks = 64};
+    if (model_open(ref_path("tinyA-f32.gguf"), &m, err, sizeof err) || engine_open(m, &cfg, &e, err, sizeof err))
         return -1;
     w = worker_state_create(m, e, 151645, "tinyA-f32");
     ref = json_load_file(ref_path("tinyA-exact.ref.json"), 0, NULL);
@@ -42,7 +42,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
     (void)state;
     worker_state_free(w);
-    cpu_engine_free(e);
+    engine_close(e);
     model_close(m);
     json_decref(ref);
     return 0;
@@ -205,8 +205,16 @@ static void test_process(void **state) {
     (void)state;
     char url[128];
     snprintf(url, sizeof url, "ipc:///tmp/inferno-test-worker-%d.ipc", (int)getpid());
-    char *argv[] = {(char *)bin_path("inferno-worker-cpu"), "--model", (char *)ref_path("tinyA-q8_0.gguf"),
-                    "--listen", url, "--threads", "1", "--kv-tokens", "256", NULL};
+    char *argv[] = {(char *)bin_path("inferno-worker-cpu"),
+                    "--model",
+                    (char *)ref_path("tinyA-q8_0.gguf"),
+                    "--listen",
+                    url,
+                    "--threads",
+                    "1",
+                    "--kv-tokens",
+                    "256",
+                    NULL};
     pid_t pid;
     nng_socket s;
     assert_int_equal(spawn_and_dial(argv, url, &pid, &s), 0);

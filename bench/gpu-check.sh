@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Checks and benchmarks the CUDA engine on a GPU machine in one go, for
+# the `device` machines where GPU time is scarce (prepare with
+# bench/gpu-pack.sh; on a machine with our build dependencies, `make all
+# tests` and ../shared are enough):
+#   1. test_engine: the tinyA reference checks on the CPU and CUDA engines;
+#   2. compute-sanitizer memcheck over prefill (tensor-core path) and
+#      decode (GEMV path, CUDA graphs) on tinyA;
+#   3. a 0.6b-shaped model: GPU logits against the CPU engine's;
+#   4. inferno-bench --backend cuda, BF16 and Q8_0.
+# Logs and JSON go to $OUT (default /tmp/gpu-check). Exit status: 0 when
+# every check passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-check}
+BATCHES=${BATCHES:-1,8,32,256}
+mkdir -p "$OUT"
+work=${TMPDIR:-/tmp}/inferno-gpu
+mkdir -p "$work"
+status=0
+check() { # name rc
+    if [[ $2 -eq 0 ]]; then echo "  $1: ok"; else echo "  $1: FAILED ($2)"; status=1; fi
+}
+
+if [[ -d .devkit ]]; then
+    export LD_LIBRARY_PATH=$PWD/.devkit/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    tar xJf .devkit/reference.tar.xz -C "$work" && tar xJf .devkit/tokenizer.tar.xz -C "$work"
+    export INFERNO_REFERENCE_DIR=$work/reference
+    tokenizer=$work/models/qwen3-tokenizer
+else
+    export INFERNO_REFERENCE_DIR=${INFERNO_REFERENCE_DIR:-$(cd .. && pwd)/shared/reference}
+    tokenizer=../shared/models/qwen3-tokenizer
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+
+echo "== 1. test_engine (CPU and CUDA)"
+build/tests/test_engine >"$OUT/test_engine.log" 2>&1
+rc=$?
+grep -E "cuda|FAILED|PASSED" "$OUT/test_engine.log"
+check test_engine $rc
+
+echo "== 2. compute-sanitizer memcheck"
+ids=$(seq -s, 100 137)
+for f in tinyA-bf16 tinyA-q8_0; do
+    compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
+        --model "$INFERNO_REFERENCE_DIR/$f.gguf" --prompt-ids "$ids" --max-tokens 12 --print-ids \
+        >"$OUT/sanitizer-$f.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY" "$OUT/sanitizer-$f.log"
+    check "memcheck $f" $rc
+done
+
+echo "== 3. 0.6b-shaped model: GPU logits against the CPU engine's"
+for type in bf16 q8_0; do
+    model=$work/0.6b-$type.gguf
+    [[ -f $model ]] || build/bin/make-test-model --config 0.6b --type $type --tokenizer "$tokenizer" --out "$model" \
+        >/dev/null || status=1
+    for n in 5 100; do
+        prompt=$(seq -s, 1000 $((999 + n)))
+        # the CPU reference: float32 activations, as the GPU keeps them
+        for backend in cpu cuda; do
+            build/bin/model-generate --backend $backend --kernels reference --threads 16 --model "$model" --prompt-ids "$prompt" \
+                --max-tokens 0 --dump-logits "$work/logits-$type-$n-$backend.f32" >/dev/null 2>>"$OUT/compare.log"
+        done
+        python3 - "$work/logits-$type-$n-cpu.f32" "$work/logits-$type-$n-cuda.f32" "$type" "$n" <<'PY'
+import sys, numpy as np
+cpu, gpu = (np.fromfile(p, dtype=np.float32).astype(np.float64) for p in sys.argv[1:3])
+rel = np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)
+ok = rel < 1e-2 and cpu.argmax() == gpu.argmax()
+print(f"  {sys.argv[3]:5s} {int(sys.argv[4]):4d}-token prompt: |gpu-cpu|/|cpu| {rel:.2e}, max |diff| "
+      f"{np.abs(gpu - cpu).max():.4f}, top-1 {'same' if cpu.argmax() == gpu.argmax() else 'DIFFERS'}")
+sys.exit(0 if ok else 1)
+PY
+        check "logits $type $n" $?
+    done
+done
+
+echo "== 4. inferno-bench --backend cuda"
+for type in bf16 q8_0; do
+    build/bin/inferno-bench --backend cuda --model "$work/0.6b-$type.gguf" --prompt 512 --gen 32 \
+        --batch "$BATCHES" | tee "$OUT/bench-$type.txt"
+done
+
+if [[ ${PROFILE:-0} == 1 ]]; then
+    echo "== 5. ncu: kernel times of a batch-1 decode step (bf16)"
+    ncu --clock-control none --launch-skip 320 --launch-count 24 \
+        --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
+        build/bin/model-generate --backend cuda --model "$work/0.6b-bf16.gguf" --prompt-ids "$(seq -s, 1000 1007)" \
+        --max-tokens 4 >"$OUT/ncu.txt" 2>&1
+    python3 - "$OUT/ncu.txt" <<'PY'
+import re, sys
+for line in open(sys.argv[1]):
+    m = re.match(r"  (?:void )?(\w+)\S*?(?:\(.*\))? \((\d+, \d+, \d+)\)x\((\d+)", line)
+    if m:
+        print(f"  {m.group(1)[:34]:34s} grid ({m.group(2)}) x {m.group(3):4s}", end="")
+    m = re.search(r"(gpu__time_duration.sum|dram__throughput\S*)\s+(\S+)\s+([\d.,]+)", line)
+    if m:
+        print(f"  {m.group(3):>8s} {m.group(2)}", end="" if m.group(1).startswith("dram") else "\n")
+PY
+fi
+exit $status

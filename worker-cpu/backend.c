@@ -1,0 +1,142 @@
+/* The engine interface over the CPU engine and the dynamically loaded
+ * CUDA engine (see backend.h). */
+#include "backend.h"
+
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "engine_cuda.h"
+
+struct engine {
+    const model_desc *m;
+    cpu_engine *cpu;
+    cuda_engine *cuda;
+    const cuda_engine_api *api;
+    void *lib;
+    char describe[256];
+    float *scratch; /* CPU: logits when the caller wants only argmax */
+    int32_t cap_rows;
+};
+
+/* libinferno-cuda.so: INFERNO_CUDA_LIB, else ../lib/ beside the running program. */
+static void *open_cuda_library(char *err, size_t errlen) {
+    char path[PATH_MAX];
+    const char *env = getenv("INFERNO_CUDA_LIB");
+    if (env && *env) {
+        snprintf(path, sizeof path, "%s", env);
+    } else {
+        ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+        if (n <= 0) {
+            snprintf(err, errlen, "engine: cannot locate the running program to find libinferno-cuda.so");
+            return NULL;
+        }
+        path[n] = 0;
+        char *slash = strrchr(path, '/');
+        *(slash ? slash : path) = 0;
+        size_t len = strlen(path);
+        snprintf(path + len, sizeof path - len, "/../lib/libinferno-cuda.so");
+    }
+    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!lib)
+        snprintf(err, errlen, "engine: the cuda backend needs %s (built by make when nvcc is installed): %s", path,
+                 dlerror());
+    return lib;
+}
+
+int engine_open(const model_desc *m, const engine_config *cfg, engine **out, char *err, size_t errlen) {
+    *out = NULL;
+    engine_config c = cfg ? *cfg : (engine_config){0};
+    const char *backend = c.backend ? c.backend : "cpu";
+    engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        snprintf(err, errlen, "engine: out of memory");
+        return -1;
+    }
+    e->m = m;
+    if (!strcmp(backend, "cpu")) {
+        cpu_engine_config cc = {c.n_threads, c.block_size, c.n_blocks, c.kv_tokens, c.kernels};
+        if (cpu_engine_create(m, &cc, &e->cpu, err, errlen)) {
+            free(e);
+            return -1;
+        }
+        snprintf(e->describe, sizeof e->describe, "%s kernels, %d threads", cpu_engine_kernels(e->cpu),
+                 c.n_threads > 0 ? c.n_threads : 1);
+    } else if (!strcmp(backend, "cuda")) {
+        if (!(e->lib = open_cuda_library(err, errlen))) {
+            free(e);
+            return -1;
+        }
+        const cuda_engine_api *(*get_api)(void) = (const cuda_engine_api *(*)(void))dlsym(e->lib, "inferno_cuda_api");
+        e->api = get_api ? get_api() : NULL;
+        if (!e->api || e->api->abi != INFERNO_CUDA_ABI) {
+            snprintf(err, errlen, "engine: libinferno-cuda.so is from another build (rebuild with make)");
+            engine_close(e);
+            return -1;
+        }
+        cuda_engine_config cc = {c.device, c.block_size, c.n_blocks, c.kv_tokens, c.graphs};
+        if (e->api->create(m, &cc, &e->cuda, err, errlen)) {
+            engine_close(e);
+            return -1;
+        }
+        snprintf(e->describe, sizeof e->describe, "%s", e->api->describe(e->cuda));
+    } else {
+        snprintf(err, errlen, "engine: unknown backend '%s' (cpu or cuda)", backend);
+        free(e);
+        return -1;
+    }
+    *out = e;
+    return 0;
+}
+
+void engine_close(engine *e) {
+    if (!e)
+        return;
+    if (e->cpu)
+        cpu_engine_free(e->cpu);
+    if (e->cuda)
+        e->api->destroy(e->cuda);
+    /* the CUDA runtime keeps threads and handlers of its own: the library stays mapped */
+    free(e->scratch);
+    free(e);
+}
+
+static int32_t first_max(const float *x, uint32_t n) {
+    int32_t best = 0;
+    for (uint32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = (int32_t)i;
+    return best;
+}
+
+int engine_step(engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen) {
+    if (e->cuda)
+        return e->api->forward(e->cuda, b, logits, argmax, err, errlen);
+    int32_t rows = engine_batch_rows(b);
+    if (!logits) {
+        if (rows > e->cap_rows) {
+            free(e->scratch);
+            e->cap_rows = 0;
+            if (!(e->scratch = malloc((size_t)rows * e->m->vocab * sizeof *e->scratch))) {
+                snprintf(err, errlen, "engine: out of memory for %d rows of logits", rows);
+                return -1;
+            }
+            e->cap_rows = rows;
+        }
+        logits = e->scratch;
+    }
+    if (cpu_engine_forward(e->cpu, b, logits, err, errlen))
+        return -1;
+    for (int32_t r = 0; argmax && r < rows; r++)
+        argmax[r] = first_max(logits + (size_t)r * e->m->vocab, e->m->vocab);
+    return 0;
+}
+
+int engine_block_size(const engine *e) { return e->cpu ? cpu_engine_block_size(e->cpu) : e->api->block_size(e->cuda); }
+int engine_n_blocks(const engine *e) { return e->cpu ? cpu_engine_n_blocks(e->cpu) : e->api->n_blocks(e->cuda); }
+const char *engine_backend(const engine *e) { return e->cpu ? "cpu" : "cuda"; }
+const char *engine_describe(const engine *e) { return e->describe; }

@@ -1,0 +1,605 @@
+/* The CUDA forward pass: the same step as worker-cpu/engine.c, stage for
+ * stage, on one GPU.
+ *
+ *   x = embed(tokens)                                        [T][hidden]
+ *   per layer:
+ *     xn  = rmsnorm(x) * attn_norm
+ *     qkv = xn Wqkv^T             (q|k|v stacked: [q_dim + 2 kv_dim][hidden])
+ *     q, k, v: + bias, per-head RMSNorm, RoPE; k, v -> the KV blocks
+ *     att = causal softmax(q K^T / sqrt(hd)) V over each sequence's blocks
+ *     x  += att Wo^T
+ *     xn  = rmsnorm(x) * ffn_norm
+ *     act = silu(xn Wgate^T) * (xn Wup^T)   (gate|up stacked: [2 ffn][hidden])
+ *     x  += act Wdown^T
+ *   logits = (rmsnorm(x) * output_norm) Wout^T, for the rows asked for
+ *
+ * Matrix products take one of two paths by the number of tokens T:
+ *   - T <= GEMV_MAX_T (decode): our weight-streaming kernel, float32
+ *     activations against BF16/Q8_0 weights, the result fused with its use
+ *     (store, residual add, SwiGLU);
+ *   - larger T (prefill, big decode batches): cuBLAS on the tensor cores.
+ *     The float32 activations go in as two bf16 matrices, hi = bf16(x) and
+ *     lo = bf16(x - hi), and two products are summed: ~16 mantissa bits of
+ *     activation, so the result stays within the reference tolerances that
+ *     plain bf16 activations break. Q8_0 weights are expanded to a bf16
+ *     scratch matrix first.
+ *
+ * Decode steps (every sequence one token, T <= GEMV_MAX_T) replay a CUDA
+ * graph captured once per batch size: the step's inputs live in fixed
+ * device buffers, so one launch runs all layers.
+ *
+ * Threading: one stream, one step at a time (the caller's thread). */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" { /* the C headers this file shares with the rest of the tree */
+#include "engine_cuda.h"
+#include "fp16.h"
+#include "tensor_types.h"
+}
+#include "kernels.cuh"
+
+#define GEMV_MAX_T      8
+#define GRAPH_MAX_T     GEMV_MAX_T
+#define ATTN_MAX_SLICES 32
+
+typedef struct {
+    dmat qkv, wo, gate_up, down;
+    float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* [hidden], [hidden], [hd], [hd]; q/k NULL without */
+    float *qkv_bias;                               /* [q_dim + 2 kv_dim] or NULL */
+    float *k_cache, *v_cache;                      /* [n_blocks * block_size][kv_dim] */
+} dlayer;
+
+/* Per-step inputs, as one int32 array in host and device memory:
+ * tokens[T] pos[T] slot[T] table_off[T] out_src[R] tables[...]. */
+typedef struct {
+    int32_t *host, *dev;
+    size_t cap;
+} step_inputs;
+
+struct cuda_engine {
+    const model_desc *m;
+    int device, block_size, n_blocks;
+    bool use_graphs;
+    uint32_t q_dim, kv_dim, qkv_dim;
+    uint32_t gsub; /* query heads per attention block: the largest divisor of the group up to 8 */
+    char describe[256];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    dlayer *layers;
+    dmat embd, output; /* output may be the embedding itself (tied) */
+    float *output_norm, *inv_freq;
+    /* activations, grown on demand to cap_tokens rows (logits: cap_rows) */
+    int cap_tokens, cap_rows;
+    float *x, *xn, *qkv, *q, *att, *gu, *act, *logits;
+    float *part; /* attention slices: [T * slices][n_heads][head_dim + 2], T * slices <= T + 256 */
+    __nv_bfloat16 *hi, *lo, *wscratch; /* wscratch: a Q8_0 matrix as bf16 */
+    size_t wscratch_elems;
+    int32_t *ids;
+    step_inputs in;
+    /* decode graphs by batch size, with the inputs layout they were captured for */
+    cudaGraphExec_t graph[GRAPH_MAX_T + 1];
+    size_t graph_table_len[GRAPH_MAX_T + 1];
+};
+
+/* ---- errors ---- */
+
+static int fail(char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+#define CUDA_CHECK(call)                                                                                               \
+    do {                                                                                                               \
+        cudaError_t rc_ = (call);                                                                                      \
+        if (rc_ != cudaSuccess)                                                                                        \
+            return fail(err, errlen, "cuda: %s: %s (%s:%d)", #call, cudaGetErrorString(rc_), __FILE__, __LINE__);      \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                                                             \
+    do {                                                                                                               \
+        cublasStatus_t rc_ = (call);                                                                                   \
+        if (rc_ != CUBLAS_STATUS_SUCCESS)                                                                              \
+            return fail(err, errlen, "cublas: %s: %s (%s:%d)", #call, cublasGetStatusString(rc_), __FILE__, __LINE__); \
+    } while (0)
+
+/* After each launch: a bad configuration shows up here, not later. */
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+/* ---- loading weights ---- */
+
+static int upload(void **dev, const void *host, size_t bytes, char *err, size_t errlen) {
+    CUDA_CHECK(cudaMalloc(dev, bytes));
+    CUDA_CHECK(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+/* Stacks the rows of parts (same cols) into one GPU matrix: Q8_0 when every
+ * part is Q8_0, else BF16 (other types dequantized once, on the host). */
+static int upload_matrix(const weight *const *parts, int n_parts, const char *what, dmat *out, char *err,
+                         size_t errlen) {
+    uint64_t rows = 0, cols = parts[0]->cols;
+    bool q8 = true;
+    for (int i = 0; i < n_parts; i++) {
+        rows += parts[i]->rows;
+        q8 = q8 && parts[i]->type == TENSOR_Q8_0;
+        if (parts[i]->cols != cols)
+            return fail(err, errlen, "cuda engine: %s: parts of %llu and %llu columns", what, (unsigned long long)cols,
+                        (unsigned long long)parts[i]->cols);
+    }
+    if (cols % 32 || rows > UINT32_MAX)
+        return fail(err, errlen, "cuda engine: %s: %llu columns, not a multiple of 32", what, (unsigned long long)cols);
+    memset(out, 0, sizeof *out);
+    out->type = q8 ? DMAT_Q8 : DMAT_BF16;
+    out->rows = (uint32_t)rows, out->cols = (uint32_t)cols;
+    size_t n = (size_t)rows * cols;
+    void *host = malloc(q8 ? n : n * 2);
+    float *scale = q8 ? (float *)malloc(n / 32 * sizeof(float)) : NULL, *row_f32 = (float *)malloc(cols * 4);
+    if (!host || (q8 && !scale) || !row_f32) {
+        free(host), free(scale), free(row_f32);
+        return fail(err, errlen, "cuda engine: %s: out of host memory", what);
+    }
+    size_t r = 0;
+    for (int i = 0; i < n_parts; i++)
+        for (uint64_t pr = 0; pr < parts[i]->rows; pr++, r++) {
+            const uint8_t *src = (const uint8_t *)parts[i]->data + pr * parts[i]->row_bytes;
+            if (q8) {
+                const block_q8_0 *b = (const block_q8_0 *)src;
+                for (uint64_t k = 0; k < cols / 32; k++) {
+                    memcpy((int8_t *)host + r * cols + k * 32, b[k].qs, 32);
+                    scale[r * (cols / 32) + k] = fp16_to_f32(b[k].d);
+                }
+            } else if (parts[i]->type == TENSOR_BF16) {
+                memcpy((uint16_t *)host + r * cols, src, cols * 2);
+            } else {
+                tensor_dequantize_row(parts[i]->type, src, row_f32, cols);
+                for (uint64_t k = 0; k < cols; k++)
+                    ((uint16_t *)host)[r * cols + k] = bf16_from_f32(row_f32[k]);
+            }
+        }
+    int rc = q8 ? upload((void **)&out->qs, host, n, err, errlen) ||
+                      upload((void **)&out->scale, scale, n / 32 * sizeof(float), err, errlen)
+                : upload((void **)&out->w, host, n * 2, err, errlen);
+    free(host), free(scale), free(row_f32);
+    return rc ? -1 : 0;
+}
+
+/* A model vector as float32 on the GPU; NULL when absent. */
+static int upload_vector(const weight *w, float **out, char *err, size_t errlen) {
+    *out = NULL;
+    if (!w->data)
+        return 0;
+    float *v = (float *)malloc(w->cols * sizeof(float));
+    if (!v)
+        return fail(err, errlen, "cuda engine: out of host memory");
+    tensor_dequantize_row(w->type, w->data, v, w->cols);
+    int rc = upload((void **)out, v, w->cols * sizeof(float), err, errlen);
+    free(v);
+    return rc;
+}
+
+static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->scale); }
+
+static void free_activations(cuda_engine *e) {
+    cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
+    cudaFree(e->act), cudaFree(e->hi), cudaFree(e->lo), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
+    e->x = e->xn = e->qkv = e->q = e->att = e->gu = e->act = e->logits = e->part = NULL;
+    e->hi = e->lo = NULL, e->ids = NULL;
+}
+
+static void drop_graphs(cuda_engine *e) {
+    for (int i = 0; i <= GRAPH_MAX_T; i++)
+        if (e->graph[i]) {
+            cudaGraphExecDestroy(e->graph[i]);
+            e->graph[i] = NULL;
+        }
+}
+
+static void cuda_destroy(cuda_engine *e) {
+    if (!e)
+        return;
+    drop_graphs(e);
+    if (e->stream)
+        cudaStreamSynchronize(e->stream);
+    for (uint32_t l = 0; e->layers && l < e->m->n_layers; l++) {
+        dlayer *L = &e->layers[l];
+        free_matrix(&L->qkv), free_matrix(&L->wo), free_matrix(&L->gate_up), free_matrix(&L->down);
+        cudaFree(L->attn_norm), cudaFree(L->ffn_norm), cudaFree(L->q_norm), cudaFree(L->k_norm);
+        cudaFree(L->qkv_bias), cudaFree(L->k_cache), cudaFree(L->v_cache);
+    }
+    free(e->layers);
+    if (e->output.w != e->embd.w || e->output.qs != e->embd.qs)
+        free_matrix(&e->output);
+    free_matrix(&e->embd);
+    cudaFree(e->output_norm), cudaFree(e->inv_freq), cudaFree(e->wscratch), cudaFree(e->in.dev);
+    cudaFreeHost(e->in.host);
+    free_activations(e);
+    if (e->blas)
+        cublasDestroy(e->blas);
+    if (e->stream)
+        cudaStreamDestroy(e->stream);
+    free(e);
+}
+
+/* Stacked parts of every layer and the vectors, onto the GPU. */
+static int load_layers(cuda_engine *e, char *err, size_t errlen) {
+    const model_desc *m = e->m;
+    size_t kv_bytes = (size_t)e->n_blocks * e->block_size * e->kv_dim * sizeof(float);
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const layer_weights *W = &m->layers[l];
+        dlayer *L = &e->layers[l];
+        char what[64];
+        const weight *qkv[3] = {&W->wq, &W->wk, &W->wv}, *gu[2] = {&W->w_gate, &W->w_up};
+        snprintf(what, sizeof what, "blk.%u.attn_qkv", l);
+        if (upload_matrix(qkv, 3, what, &L->qkv, err, errlen))
+            return -1;
+        snprintf(what, sizeof what, "blk.%u.attn_output", l);
+        const weight *wo = &W->wo, *down = &W->w_down;
+        if (upload_matrix(&wo, 1, what, &L->wo, err, errlen))
+            return -1;
+        snprintf(what, sizeof what, "blk.%u.ffn_gate_up", l);
+        if (upload_matrix(gu, 2, what, &L->gate_up, err, errlen))
+            return -1;
+        snprintf(what, sizeof what, "blk.%u.ffn_down", l);
+        if (upload_matrix(&down, 1, what, &L->down, err, errlen))
+            return -1;
+        if (upload_vector(&W->attn_norm, &L->attn_norm, err, errlen) ||
+            upload_vector(&W->ffn_norm, &L->ffn_norm, err, errlen) ||
+            upload_vector(&W->q_norm, &L->q_norm, err, errlen) || upload_vector(&W->k_norm, &L->k_norm, err, errlen))
+            return -1;
+        if (W->bq.data || W->bk.data || W->bv.data) {
+            float *bias = (float *)calloc(e->qkv_dim, sizeof(float));
+            if (!bias)
+                return fail(err, errlen, "cuda engine: out of host memory");
+            const weight *b[3] = {&W->bq, &W->bk, &W->bv};
+            uint32_t at[3] = {0, e->q_dim, e->q_dim + e->kv_dim};
+            for (int i = 0; i < 3; i++)
+                if (b[i]->data)
+                    tensor_dequantize_row(b[i]->type, b[i]->data, bias + at[i], b[i]->cols);
+            int rc = upload((void **)&L->qkv_bias, bias, e->qkv_dim * sizeof(float), err, errlen);
+            free(bias);
+            if (rc)
+                return -1;
+        }
+        CUDA_CHECK(cudaMalloc((void **)&L->k_cache, kv_bytes));
+        CUDA_CHECK(cudaMalloc((void **)&L->v_cache, kv_bytes));
+        CUDA_CHECK(cudaMemset(L->k_cache, 0, kv_bytes));
+        CUDA_CHECK(cudaMemset(L->v_cache, 0, kv_bytes));
+    }
+    return 0;
+}
+
+static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_engine **out, char *err,
+                       size_t errlen) {
+    *out = NULL;
+    uint32_t epl = (m->head_dim + WARP - 1) / WARP; /* attention kernels exist for 1-4 and 8 */
+    if (m->head_dim % 2 || (epl > 4 && epl != 8) || m->n_kv_heads == 0 || m->n_heads % m->n_kv_heads)
+        return fail(err, errlen, "cuda engine: head_dim %u (want an even number up to 128, or 256), %u/%u heads",
+                    m->head_dim, m->n_heads, m->n_kv_heads);
+    int n_devices = 0;
+    cudaError_t rc = cudaGetDeviceCount(&n_devices);
+    if (rc != cudaSuccess || n_devices == 0)
+        return fail(err, errlen, "cuda engine: no CUDA device (%s)",
+                    rc != cudaSuccess ? cudaGetErrorString(rc) : "none found");
+    cuda_engine *e = (cuda_engine *)calloc(1, sizeof *e);
+    if (!e)
+        return fail(err, errlen, "cuda engine: out of memory");
+    e->m = m;
+    e->device = cfg ? cfg->device : 0;
+    e->use_graphs = !cfg || cfg->graphs >= 0;
+    e->block_size = cfg && cfg->block_size > 0 ? cfg->block_size : 16;
+    int kv_tokens = cfg && cfg->kv_tokens > 0 ? cfg->kv_tokens : 4096;
+    e->n_blocks = cfg && cfg->n_blocks > 0 ? cfg->n_blocks : (kv_tokens + e->block_size - 1) / e->block_size;
+    e->q_dim = m->n_heads * m->head_dim, e->kv_dim = m->n_kv_heads * m->head_dim;
+    e->qkv_dim = e->q_dim + 2 * e->kv_dim;
+    for (uint32_t g = 1; g <= 8; g++) /* the attention kernels built: 1, 2, 4, 7, 8 heads a block */
+        if ((m->n_heads / m->n_kv_heads) % g == 0 && g != 3 && g != 5 && g != 6)
+            e->gsub = g;
+    if (e->device < 0 || e->device >= n_devices) {
+        fail(err, errlen, "cuda engine: device %d of %d", e->device, n_devices);
+        free(e);
+        return -1;
+    }
+    cudaDeviceProp prop;
+    int ok = cudaSetDevice(e->device) == cudaSuccess && cudaGetDeviceProperties(&prop, e->device) == cudaSuccess &&
+             cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking) == cudaSuccess &&
+             cublasCreate(&e->blas) == CUBLAS_STATUS_SUCCESS && cublasSetStream(e->blas, e->stream) == 0;
+    e->layers = (dlayer *)calloc(m->n_layers, sizeof *e->layers);
+    if (!ok || !e->layers) {
+        fail(err, errlen, "cuda engine: cannot set up device %d: %s", e->device,
+             cudaGetErrorString(cudaGetLastError()));
+        cuda_destroy(e);
+        return -1;
+    }
+    const weight *embd = &m->token_embd, *output = &m->output;
+    if (load_layers(e, err, errlen) || upload_matrix(&embd, 1, "token_embd", &e->embd, err, errlen) ||
+        (m->tied_output ? (e->output = e->embd, 0) : upload_matrix(&output, 1, "output", &e->output, err, errlen)) ||
+        upload_vector(&m->output_norm, &e->output_norm, err, errlen)) {
+        cuda_destroy(e);
+        return -1;
+    }
+    /* as the CPU engine and transformers: inv_freq = 1 / base^(2i/hd) in float32 */
+    float inv_freq[128];
+    for (uint32_t i = 0; i < m->head_dim / 2; i++)
+        inv_freq[i] = 1.0f / powf(m->rope_base, (float)(2 * i) / (float)m->head_dim);
+    if (upload((void **)&e->inv_freq, inv_freq, m->head_dim / 2 * sizeof(float), err, errlen)) {
+        cuda_destroy(e);
+        return -1;
+    }
+    snprintf(e->describe, sizeof e->describe, "%.200s, %s weights", prop.name,
+             e->layers[0].qkv.type == DMAT_Q8 ? "q8_0" : "bf16");
+    *out = e;
+    return 0;
+}
+
+/* ---- one step ---- */
+
+static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
+    const model_desc *m = e->m;
+    if (T > e->cap_tokens || rows > e->cap_rows) {
+        drop_graphs(e); /* they point at the old buffers */
+        CUDA_CHECK(cudaStreamSynchronize(e->stream));
+        free_activations(e);
+        int cap = T > e->cap_tokens ? (T < 16 ? 16 : T) : e->cap_tokens;
+        int cap_rows = rows > e->cap_rows ? (rows < 16 ? 16 : rows) : e->cap_rows;
+        size_t widest = m->ffn > m->hidden ? m->ffn : m->hidden;
+        widest = widest > e->q_dim ? widest : e->q_dim;
+        CUDA_CHECK(cudaMalloc((void **)&e->x, (size_t)cap * m->hidden * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->xn, (size_t)cap * widest * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->qkv, (size_t)cap * e->qkv_dim * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->q, (size_t)cap * e->q_dim * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->att, (size_t)cap * e->q_dim * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->gu, (size_t)cap * 2 * m->ffn * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->act, (size_t)cap * m->ffn * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->hi, (size_t)cap * widest * 2));
+        CUDA_CHECK(cudaMalloc((void **)&e->lo, (size_t)cap * widest * 2));
+        CUDA_CHECK(cudaMalloc((void **)&e->logits, (size_t)cap_rows * m->vocab * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->ids, (size_t)cap_rows * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->part, ((size_t)cap + 256) * m->n_heads * (m->head_dim + 2) * 4));
+        e->cap_tokens = cap, e->cap_rows = cap_rows;
+    }
+    return 0;
+}
+
+/* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]); y has
+ * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. */
+static int matmul(cuda_engine *e, const dmat *w, const float *x, int T, float *y, uint32_t ldy, int mode, char *err,
+                  size_t errlen) {
+    uint32_t rows = mode == OUT_SILU_PAIR ? w->rows / 2 : w->rows;
+    if (T <= GEMV_MAX_T) {
+        dim3 grid((rows + 7) / 8), block(256);
+#define GEMV_CASE(NT)                                                                                                  \
+    case NT:                                                                                                           \
+        if (mode == OUT_STORE)                                                                                         \
+            gemv_kernel<NT, OUT_STORE><<<grid, block, 0, e->stream>>>(*w, rows, x, y, ldy);                            \
+        else if (mode == OUT_ADD)                                                                                      \
+            gemv_kernel<NT, OUT_ADD><<<grid, block, 0, e->stream>>>(*w, rows, x, y, ldy);                              \
+        else                                                                                                           \
+            gemv_kernel<NT, OUT_SILU_PAIR><<<grid, block, 0, e->stream>>>(*w, rows, x, y, ldy);                        \
+        break;
+        switch (T) {
+            GEMV_CASE(1)
+            GEMV_CASE(2)
+            GEMV_CASE(3)
+            GEMV_CASE(4)
+            GEMV_CASE(5)
+            GEMV_CASE(6)
+            GEMV_CASE(7)
+            GEMV_CASE(8)
+        }
+#undef GEMV_CASE
+        LAUNCH_CHECK();
+        return 0;
+    }
+    /* tensor cores: x as hi + lo bf16, two products summed in float32 */
+    rmsnorm_kernel<<<T, 256, 0, e->stream>>>(x, NULL, NULL, 0.0f, w->cols, NULL, e->hi, e->lo);
+    LAUNCH_CHECK();
+    const __nv_bfloat16 *wb = w->w;
+    if (w->type == DMAT_Q8) {
+        size_t n = (size_t)w->rows * w->cols;
+        if (n > e->wscratch_elems) {
+            CUDA_CHECK(cudaStreamSynchronize(e->stream));
+            cudaFree(e->wscratch);
+            e->wscratch = NULL;
+            CUDA_CHECK(cudaMalloc((void **)&e->wscratch, n * 2));
+            e->wscratch_elems = n;
+        }
+        dequant_q8_kernel<<<1024, 256, 0, e->stream>>>(*w, e->wscratch);
+        LAUNCH_CHECK();
+        wb = e->wscratch;
+    }
+    float *out = mode == OUT_SILU_PAIR ? e->gu : y;
+    uint32_t ldo = mode == OUT_SILU_PAIR ? w->rows : ldy;
+    float one = 1.0f, beta0 = mode == OUT_ADD ? 1.0f : 0.0f;
+    /* column-major view: out^T [rows][T] = W [rows][cols] . x^T [cols][T] */
+    CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
+                              (int)w->cols, e->hi, CUDA_R_16BF, (int)w->cols, &beta0, out, CUDA_R_32F, (int)ldo,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
+                              (int)w->cols, e->lo, CUDA_R_16BF, (int)w->cols, &one, out, CUDA_R_32F, (int)ldo,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (mode == OUT_SILU_PAIR) {
+        silu_mul_kernel<<<T, 256, 0, e->stream>>>(e->gu, rows, y, NULL, NULL);
+        LAUNCH_CHECK();
+    }
+    return 0;
+}
+
+/* The attention kernel for this head size and heads per block. */
+static int launch_attention(cuda_engine *e, const attention_args *aa, dim3 grid) {
+    int epl = (int)(e->m->head_dim + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
+    switch (key) {
+#define ATTN_CASE(EPL, G)                                                                                              \
+    case EPL * 16 + G:                                                                                                 \
+        attention_kernel<EPL, G><<<grid, ATTN_WARPS * WARP, 0, e->stream>>>(*aa);                                      \
+        return 0;
+#define ATTN_CASES(EPL) ATTN_CASE(EPL, 1) ATTN_CASE(EPL, 2) ATTN_CASE(EPL, 4) ATTN_CASE(EPL, 7) ATTN_CASE(EPL, 8)
+        ATTN_CASES(1) ATTN_CASES(2) ATTN_CASES(3) ATTN_CASES(4) ATTN_CASES(8)
+#undef ATTN_CASES
+#undef ATTN_CASE
+    }
+    return -1;
+}
+
+/* Every kernel of one step, on e->stream, reading the inputs already in
+ * e->in.dev. Captured as a graph for decode steps. */
+static int enqueue_step(cuda_engine *e, int T, int rows, size_t table_len, char *err, size_t errlen) {
+    (void)table_len;
+    const model_desc *m = e->m;
+    const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
+                  *out_src = table_off + T, *tables = out_src + rows;
+    uint32_t H = m->hidden, hd = m->head_dim;
+    embed_kernel<<<T, 256, 0, e->stream>>>(e->embd, tokens, e->x);
+    LAUNCH_CHECK();
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const dlayer *L = &e->layers[l];
+        rmsnorm_kernel<<<T, 256, 0, e->stream>>>(e->x, NULL, L->attn_norm, m->rms_eps, H, e->xn, NULL, NULL);
+        LAUNCH_CHECK();
+        if (matmul(e, &L->qkv, e->xn, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
+            return -1;
+        rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm,  L->k_norm, e->inv_freq, pos,       slot,      e->q,
+                        L->k_cache, L->v_cache,  m->n_heads, hd,        e->q_dim,    e->kv_dim, m->rms_eps};
+        qk_rope_kernel<<<dim3(m->n_heads + m->n_kv_heads, T), (hd + WARP - 1) / WARP * WARP, 0, e->stream>>>(ra);
+        LAUNCH_CHECK();
+        /* enough slices of the positions to give the GPU ~256 blocks; from T
+         * alone, so that a captured decode graph fits every later step */
+        uint32_t groups = m->n_heads / e->gsub, slices = 256 / ((uint32_t)T * groups);
+        slices = slices < 1 ? 1 : slices > ATTN_MAX_SLICES ? ATTN_MAX_SLICES : slices;
+        attention_args aa = {e->q,
+                             L->k_cache,
+                             L->v_cache,
+                             pos,
+                             table_off,
+                             tables,
+                             e->att,
+                             e->part,
+                             m->n_heads,
+                             m->n_heads / m->n_kv_heads,
+                             hd,
+                             e->q_dim,
+                             e->kv_dim,
+                             (uint32_t)e->block_size,
+                             1.0f / sqrtf((float)hd)};
+        dim3 agrid(groups, T, slices);
+        if (launch_attention(e, &aa, agrid))
+            return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
+        LAUNCH_CHECK();
+        if (slices > 1) {
+            attention_merge_kernel<<<dim3(m->n_heads, T), 128, 0, e->stream>>>(aa, slices);
+            LAUNCH_CHECK();
+        }
+        if (matmul(e, &L->wo, e->att, T, e->x, H, OUT_ADD, err, errlen))
+            return -1;
+        rmsnorm_kernel<<<T, 256, 0, e->stream>>>(e->x, NULL, L->ffn_norm, m->rms_eps, H, e->xn, NULL, NULL);
+        LAUNCH_CHECK();
+        if (matmul(e, &L->gate_up, e->xn, T, e->act, m->ffn, OUT_SILU_PAIR, err, errlen) ||
+            matmul(e, &L->down, e->act, T, e->x, H, OUT_ADD, err, errlen))
+            return -1;
+    }
+    rmsnorm_kernel<<<rows, 256, 0, e->stream>>>(e->x, out_src, e->output_norm, m->rms_eps, H, e->xn, NULL, NULL);
+    LAUNCH_CHECK();
+    if (matmul(e, &e->output, e->xn, rows, e->logits, m->vocab, OUT_STORE, err, errlen))
+        return -1;
+    argmax_kernel<<<rows, 1024, 0, e->stream>>>(e->logits, m->vocab, e->ids);
+    LAUNCH_CHECK();
+    return 0;
+}
+
+/* Copies the step's int32 inputs to the device (fixed buffer, so graphs
+ * captured against it stay valid while it does not grow). */
+static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, size_t *table_len, char *err, size_t errlen) {
+    int T = b->n_tokens;
+    size_t tl = 0;
+    for (int32_t s = 0; s < b->n_seqs; s++)
+        tl += (size_t)(b->seqs[s].pos0 + b->seqs[s].n_tokens + e->block_size - 1) / e->block_size;
+    size_t need = 4 * (size_t)T + rows + tl;
+    if (need > e->in.cap) {
+        drop_graphs(e);
+        CUDA_CHECK(cudaStreamSynchronize(e->stream));
+        cudaFreeHost(e->in.host), cudaFree(e->in.dev);
+        e->in.host = NULL, e->in.dev = NULL, e->in.cap = 0;
+        size_t cap = need < 4096 ? 4096 : need * 2;
+        CUDA_CHECK(cudaMallocHost((void **)&e->in.host, cap * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->in.dev, cap * 4));
+        e->in.cap = cap;
+    }
+    /* the previous step's copy must be done before the host buffer changes */
+    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    int32_t *tokens = e->in.host, *pos = tokens + T, *slot = pos + T, *table_off = slot + T, *out_src = table_off + T,
+            *tables = out_src + rows;
+    size_t off = 0;
+    int r = 0;
+    for (int32_t s = 0; s < b->n_seqs; s++) {
+        const engine_seq *q = &b->seqs[s];
+        int32_t n_table = (q->pos0 + q->n_tokens + e->block_size - 1) / e->block_size;
+        memcpy(tables + off, q->block_table, (size_t)n_table * 4);
+        for (int32_t i = 0; i < q->n_tokens; i++) {
+            int32_t t = q->start + i, p = q->pos0 + i;
+            tokens[t] = b->tokens[t];
+            pos[t] = p;
+            slot[t] = q->block_table[p / e->block_size] * e->block_size + p % e->block_size;
+            table_off[t] = (int32_t)off;
+            if (q->all_logits || i == q->n_tokens - 1)
+                out_src[r++] = t;
+        }
+        off += (size_t)n_table;
+    }
+    *table_len = tl;
+    CUDA_CHECK(cudaMemcpyAsync(e->in.dev, e->in.host, need * 4, cudaMemcpyHostToDevice, e->stream));
+    return 0;
+}
+
+static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err,
+                        size_t errlen) {
+    int max_pos;
+    if (engine_batch_check(b, e->m->vocab, e->block_size, e->n_blocks, &max_pos, err, errlen))
+        return -1;
+    int T = b->n_tokens, rows = engine_batch_rows(b);
+    size_t table_len;
+    if (reserve(e, T, rows, err, errlen) || stage_inputs(e, b, rows, &table_len, err, errlen))
+        return -1;
+    /* a graph bakes in the tables' length: attention reads them through offsets, so only T matters */
+    bool decode = T == rows && T == b->n_seqs && T <= GRAPH_MAX_T && e->use_graphs;
+    if (decode && !e->graph[T]) {
+        cudaGraph_t g;
+        CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
+        int rc = enqueue_step(e, T, rows, table_len, err, errlen);
+        cudaError_t end = cudaStreamEndCapture(e->stream, &g);
+        if (rc)
+            return -1;
+        if (end != cudaSuccess)
+            return fail(err, errlen, "cuda: capturing a decode step: %s", cudaGetErrorString(end));
+        end = cudaGraphInstantiate(&e->graph[T], g, 0);
+        cudaGraphDestroy(g);
+        if (end != cudaSuccess)
+            return fail(err, errlen, "cuda: instantiating a decode step: %s", cudaGetErrorString(end));
+    }
+    if (decode)
+        CUDA_CHECK(cudaGraphLaunch(e->graph[T], e->stream));
+    else if (enqueue_step(e, T, rows, table_len, err, errlen))
+        return -1;
+    if (logits)
+        CUDA_CHECK(
+            cudaMemcpyAsync(logits, e->logits, (size_t)rows * e->m->vocab * 4, cudaMemcpyDeviceToHost, e->stream));
+    if (argmax)
+        CUDA_CHECK(cudaMemcpyAsync(argmax, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
+    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    return 0;
+}
+
+static int cuda_block_size(const cuda_engine *e) { return e->block_size; }
+static int cuda_n_blocks(const cuda_engine *e) { return e->n_blocks; }
+static const char *cuda_describe(const cuda_engine *e) { return e->describe; }
+
+static const cuda_engine_api api = {INFERNO_CUDA_ABI, cuda_create,   cuda_destroy, cuda_forward,
+                                    cuda_block_size,  cuda_n_blocks, cuda_describe};
+
+extern "C" const cuda_engine_api *inferno_cuda_api(void) { return &api; }

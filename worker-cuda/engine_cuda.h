@@ -1,0 +1,56 @@
+/* The CUDA engine: the CPU engine's step (worker-cpu/engine.h) on one
+ * NVIDIA GPU, with the same batch, block-table and logits conventions.
+ *
+ * It is built into its own shared library, build/lib/libinferno-cuda.so,
+ * which programs load at run time (worker-cpu/backend.c) only when asked
+ * for the cuda backend: the CPU binaries never need the CUDA libraries,
+ * and a machine without nvcc still builds everything else. The library
+ * exports one symbol, inferno_cuda_api(), returning the table below.
+ *
+ * Weights live on the GPU in BF16 or Q8_0 (per matrix: Q8_0 when the
+ * file's matrix is Q8_0, BF16 otherwise, converting other types once at
+ * load); activations, the KV cache and all accumulation are float32.
+ *
+ * Threading: one stream; an engine is not re-entrant (one step at a time),
+ * like the CPU engine. */
+#ifndef INFERNO_ENGINE_CUDA_H
+#define INFERNO_ENGINE_CUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "model.h"
+
+#define INFERNO_CUDA_ABI 1
+
+typedef struct cuda_engine cuda_engine;
+
+typedef struct {
+    int device;     /* CUDA device ordinal, default 0 */
+    int block_size; /* positions per KV block, default 16 */
+    int n_blocks;   /* KV pool size; 0: enough for kv_tokens */
+    int kv_tokens;  /* with n_blocks 0: positions to hold (default 4096) */
+    int graphs;     /* capture decode steps as CUDA graphs: 1 yes (default), -1 no */
+} cuda_engine_config;
+
+typedef struct {
+    int abi; /* INFERNO_CUDA_ABI */
+    int (*create)(const model_desc *m, const cuda_engine_config *cfg, cuda_engine **out, char *err, size_t errlen);
+    void (*destroy)(cuda_engine *e);
+    /* As cpu_engine_forward; logits (host, rows x vocab) may be NULL, and
+     * argmax (host, one id per logit row, computed on the GPU) may be NULL:
+     * greedy decoding moves only ids across PCIe. */
+    int (*forward)(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen);
+    int (*block_size)(const cuda_engine *e);
+    int (*n_blocks)(const cuda_engine *e);
+    const char *(*describe)(const cuda_engine *e); /* "NVIDIA H100 80GB HBM3, bf16 weights" */
+} cuda_engine_api;
+
+#ifdef __cplusplus
+extern "C"
+#endif
+    const cuda_engine_api *
+    inferno_cuda_api(void);
+
+#endif
