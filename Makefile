@@ -142,7 +142,7 @@ CUDA_GENCODE ?= -gencode=arch=compute_90,code=[sm_90,compute_90]
 CUDA_LIB  := $(LIB)/libinferno-cuda.so
 CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/tensor_types.o $(OBJ)/cuda/batch.o
 ifneq ($(NVCC),)
-tools: $(CUDA_LIB) $(BIN)/inferno-worker-cuda
+tools tests: $(CUDA_LIB) $(BIN)/inferno-worker-cuda
 endif
 
 $(OBJ)/cuda/engine.o: worker-cuda/engine.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h common/*.h

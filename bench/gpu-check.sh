@@ -7,13 +7,18 @@
 #   2. compute-sanitizer memcheck over prefill (tensor-core path) and
 #      decode (GEMV path, CUDA graphs) on tinyA;
 #   3. a 0.6b-shaped model: GPU logits against the CPU engine's;
-#   4. inferno-bench --backend cuda, BF16 and Q8_0.
-# Logs and JSON go to $OUT (default /tmp/gpu-check). Exit status: 0 when
-# every check passed.
+#   4. inferno-bench --backend cuda, BF16 and Q8_0;
+#   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
+#      chat completions;
+#   6. with PROFILE=1, ncu kernel times of a batch-1 decode step.
+# STEPS="3 5" runs some of them. Logs go to $OUT (default /tmp/gpu-check).
+# Exit status: 0 when every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-check}
 BATCHES=${BATCHES:-1,8,32,256}
+STEPS=" ${STEPS:-1 2 3 4 5} "
+want() { [[ $STEPS == *" $1 "* || ($1 == 6 && ${PROFILE:-0} == 1) ]]; }
 mkdir -p "$OUT"
 work=${TMPDIR:-/tmp}/inferno-gpu
 mkdir -p "$work"
@@ -33,12 +38,20 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 
+for type in bf16 q8_0; do
+    [[ -f $work/0.6b-$type.gguf ]] || build/bin/make-test-model --config 0.6b --type $type --tokenizer "$tokenizer" \
+        --out "$work/0.6b-$type.gguf" >/dev/null || status=1
+done
+
+if want 1; then
 echo "== 1. test_engine (CPU and CUDA)"
 build/tests/test_engine >"$OUT/test_engine.log" 2>&1
 rc=$?
 grep -E "cuda|FAILED|PASSED" "$OUT/test_engine.log"
 check test_engine $rc
+fi
 
+if want 2; then
 echo "== 2. compute-sanitizer memcheck"
 ids=$(seq -s, 100 137)
 for f in tinyA-bf16 tinyA-q8_0; do
@@ -49,12 +62,12 @@ for f in tinyA-bf16 tinyA-q8_0; do
     grep -E "ERROR SUMMARY" "$OUT/sanitizer-$f.log"
     check "memcheck $f" $rc
 done
+fi
 
+if want 3; then
 echo "== 3. 0.6b-shaped model: GPU logits against the CPU engine's"
 for type in bf16 q8_0; do
     model=$work/0.6b-$type.gguf
-    [[ -f $model ]] || build/bin/make-test-model --config 0.6b --type $type --tokenizer "$tokenizer" --out "$model" \
-        >/dev/null || status=1
     for n in 5 100; do
         prompt=$(seq -s, 1000 $((999 + n)))
         # the CPU reference: float32 activations, as the GPU keeps them
@@ -75,14 +88,47 @@ PY
     done
 done
 
+fi
+
+if want 4; then
 echo "== 4. inferno-bench --backend cuda"
 for type in bf16 q8_0; do
     build/bin/inferno-bench --backend cuda --model "$work/0.6b-$type.gguf" --prompt 512 --gen 32 \
         --batch "$BATCHES" | tee "$OUT/bench-$type.txt"
 done
 
-if [[ ${PROFILE:-0} == 1 ]]; then
-    echo "== 5. ncu: kernel times of a batch-1 decode step (bf16)"
+fi
+
+if want 5; then
+echo "== 5. the cluster with inferno-worker-cuda (deploy/inferno --backend cuda)"
+export INFERNO_RUN_DIR=$work/run
+deploy/inferno start --backend cuda --model "$work/0.6b-bf16.gguf" --workers 2 --port 18080 >"$OUT/deploy.log" 2>&1
+check "deploy start" $?
+deploy/inferno status
+python3 - <<'PY'
+import json, sys, time, urllib.request
+def post(body):
+    req = urllib.request.Request("http://127.0.0.1:18080/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    return urllib.request.urlopen(req, timeout=60).read().decode()
+with urllib.request.urlopen("http://127.0.0.1:18080/v1/models", timeout=10) as r:
+    model = json.load(r)["data"][0]["id"]
+body = {"model": model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 32, "temperature": 0}
+a, b = json.loads(post(body)), json.loads(post(body))
+stream = post(dict(body, stream=True))
+t0 = time.time()
+outs = [json.loads(post(dict(body, temperature=0.8, seed=i)))["usage"]["completion_tokens"] for i in range(16)]
+print(f"  greedy twice equal: {a['choices'][0]['message'] == b['choices'][0]['message']}, usage {a['usage']}, "
+      f"stream events {stream.count('data: ')}, 16 sampled requests {sum(outs)} tokens in {time.time() - t0:.2f} s")
+sys.exit(0 if a["choices"][0]["message"] == b["choices"][0]["message"] and "[DONE]" in stream else 1)
+PY
+check "chat completions through the cuda workers" $?
+deploy/inferno stop >>"$OUT/deploy.log" 2>&1
+cp "$INFERNO_RUN_DIR"/worker-0.log "$OUT/" 2>/dev/null
+fi
+
+if want 6; then
+    echo "== 6. ncu: kernel times of a batch-1 decode step (bf16)"
     ncu --clock-control none --launch-skip 320 --launch-count 24 \
         --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed \
         build/bin/model-generate --backend cuda --model "$work/0.6b-bf16.gguf" --prompt-ids "$(seq -s, 1000 1007)" \

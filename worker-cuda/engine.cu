@@ -369,21 +369,23 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
     return 0;
 }
 
-/* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]); y has
+/* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]), each
+ * row first RMS-normalized and scaled by gain when one is given; y has
  * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. */
-static int matmul(cuda_engine *e, const dmat *w, const float *x, int T, float *y, uint32_t ldy, int mode, char *err,
-                  size_t errlen) {
+static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
+                  int mode, char *err, size_t errlen) {
+    float eps = e->m->rms_eps;
     uint32_t rows = mode == OUT_SILU_PAIR ? w->rows / 2 : w->rows;
     if (T <= GEMV_MAX_T) {
         dim3 grid((rows + 7) / 8), block(256);
 #define GEMV_CASE(NT)                                                                                                  \
     case NT:                                                                                                           \
         if (mode == OUT_STORE)                                                                                         \
-            gemv_kernel<NT, OUT_STORE><<<grid, block, 0, e->stream>>>(*w, rows, x, y, ldy);                            \
+            gemv_kernel<NT, OUT_STORE><<<grid, block, 0, e->stream>>>(*w, rows, x, gain, eps, y, ldy);                 \
         else if (mode == OUT_ADD)                                                                                      \
-            gemv_kernel<NT, OUT_ADD><<<grid, block, 0, e->stream>>>(*w, rows, x, y, ldy);                              \
+            gemv_kernel<NT, OUT_ADD><<<grid, block, 0, e->stream>>>(*w, rows, x, gain, eps, y, ldy);                   \
         else                                                                                                           \
-            gemv_kernel<NT, OUT_SILU_PAIR><<<grid, block, 0, e->stream>>>(*w, rows, x, y, ldy);                        \
+            gemv_kernel<NT, OUT_SILU_PAIR><<<grid, block, 0, e->stream>>>(*w, rows, x, gain, eps, y, ldy);             \
         break;
         switch (T) {
             GEMV_CASE(1)
@@ -399,8 +401,8 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, int T, float *y
         LAUNCH_CHECK();
         return 0;
     }
-    /* tensor cores: x as hi + lo bf16, two products summed in float32 */
-    rmsnorm_kernel<<<T, 256, 0, e->stream>>>(x, NULL, NULL, 0.0f, w->cols, NULL, e->hi, e->lo);
+    /* tensor cores: x (normalized) as hi + lo bf16, two products summed in float32 */
+    rmsnorm_kernel<<<T, 256, 0, e->stream>>>(x, NULL, gain, eps, w->cols, NULL, e->hi, e->lo);
     LAUNCH_CHECK();
     const __nv_bfloat16 *wb = w->w;
     if (w->type == DMAT_Q8) {
@@ -461,9 +463,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, size_t table_len, char 
     LAUNCH_CHECK();
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const dlayer *L = &e->layers[l];
-        rmsnorm_kernel<<<T, 256, 0, e->stream>>>(e->x, NULL, L->attn_norm, m->rms_eps, H, e->xn, NULL, NULL);
-        LAUNCH_CHECK();
-        if (matmul(e, &L->qkv, e->xn, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
+        if (matmul(e, &L->qkv, e->x, L->attn_norm, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
             return -1;
         rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm,  L->k_norm, e->inv_freq, pos,       slot,      e->q,
                         L->k_cache, L->v_cache,  m->n_heads, hd,        e->q_dim,    e->kv_dim, m->rms_eps};
@@ -496,17 +496,14 @@ static int enqueue_step(cuda_engine *e, int T, int rows, size_t table_len, char 
             attention_merge_kernel<<<dim3(m->n_heads, T), 128, 0, e->stream>>>(aa, slices);
             LAUNCH_CHECK();
         }
-        if (matmul(e, &L->wo, e->att, T, e->x, H, OUT_ADD, err, errlen))
-            return -1;
-        rmsnorm_kernel<<<T, 256, 0, e->stream>>>(e->x, NULL, L->ffn_norm, m->rms_eps, H, e->xn, NULL, NULL);
-        LAUNCH_CHECK();
-        if (matmul(e, &L->gate_up, e->xn, T, e->act, m->ffn, OUT_SILU_PAIR, err, errlen) ||
-            matmul(e, &L->down, e->act, T, e->x, H, OUT_ADD, err, errlen))
+        if (matmul(e, &L->wo, e->att, NULL, T, e->x, H, OUT_ADD, err, errlen) ||
+            matmul(e, &L->gate_up, e->x, L->ffn_norm, T, e->act, m->ffn, OUT_SILU_PAIR, err, errlen) ||
+            matmul(e, &L->down, e->act, NULL, T, e->x, H, OUT_ADD, err, errlen))
             return -1;
     }
     rmsnorm_kernel<<<rows, 256, 0, e->stream>>>(e->x, out_src, e->output_norm, m->rms_eps, H, e->xn, NULL, NULL);
     LAUNCH_CHECK();
-    if (matmul(e, &e->output, e->xn, rows, e->logits, m->vocab, OUT_STORE, err, errlen))
+    if (matmul(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, err, errlen))
         return -1;
     argmax_kernel<<<rows, 1024, 0, e->stream>>>(e->logits, m->vocab, e->ids);
     LAUNCH_CHECK();

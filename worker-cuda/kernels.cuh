@@ -141,7 +141,9 @@ __device__ __forceinline__ float dot8(const float w[8], const float *x) {
 }
 
 /* Weight-streaming matrix-vector product for a few tokens (decode):
- * y[t][r] (=, +=) dot(W[r], x[t]) for t < NT, or with OUT_SILU_PAIR
+ * y[t][r] (=, +=) dot(W[r], x[t]) for t < NT, where with a gain x[t] is
+ * first RMS-normalized and scaled by it (each warp finds the norm itself,
+ * which saves a kernel and a pass), or with OUT_SILU_PAIR
  * y[t][r] = silu(dot(W[r], x[t])) * dot(W[rows + r], x[t]) (gate and up
  * stacked in one matrix). One warp per output row; each lane takes 8
  * columns at a time with 16-byte loads, GEMV_UNROLL such loads in flight
@@ -150,10 +152,20 @@ __device__ __forceinline__ float dot8(const float w[8], const float *x) {
 #define GEMV_UNROLL 4
 
 template <int NT, int MODE>
-__global__ void __launch_bounds__(256) gemv_kernel(dmat m, uint32_t rows, const float *x, float *y, uint32_t ldy) {
+__global__ void __launch_bounds__(256)
+    gemv_kernel(dmat m, uint32_t rows, const float *x, const float *gain, float eps, float *y, uint32_t ldy) {
     uint32_t r = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
     if (r >= rows)
         return;
+    float norm[NT];
+    for (int t = 0; t < NT; t++) {
+        float ss = 0.0f;
+        for (uint32_t k = lane * 4; gain && k < m.cols; k += WARP * 4) {
+            float4 v = __ldg((const float4 *)(x + (size_t)t * m.cols + k));
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        norm[t] = gain ? rsqrtf(warp_sum(ss) / (float)m.cols + eps) : 1.0f;
+    }
     const int N_ROWS = MODE == OUT_SILU_PAIR ? 2 : 1;
     float acc[N_ROWS][NT];
     for (int j = 0; j < N_ROWS; j++)
@@ -176,15 +188,20 @@ __global__ void __launch_bounds__(256) gemv_kernel(dmat m, uint32_t rows, const 
             for (int j = 0; j < N_ROWS; j++) {
                 float w[8];
                 unpack8(m.type, raw[j][u], w);
+                if (gain) {
+                    float4 g0 = __ldg((const float4 *)(gain + k)), g1 = __ldg((const float4 *)(gain + k + 4));
+                    w[0] *= g0.x, w[1] *= g0.y, w[2] *= g0.z, w[3] *= g0.w;
+                    w[4] *= g1.x, w[5] *= g1.y, w[6] *= g1.z, w[7] *= g1.w;
+                }
                 for (int t = 0; t < NT; t++)
                     acc[j][t] += scale[j][u] * dot8(w, x + (size_t)t * m.cols + k);
             }
         }
     }
     for (int t = 0; t < NT; t++) {
-        float a = warp_sum(acc[0][t]);
+        float a = warp_sum(acc[0][t]) * norm[t];
         if (MODE == OUT_SILU_PAIR) {
-            float u = warp_sum(acc[N_ROWS - 1][t]);
+            float u = warp_sum(acc[N_ROWS - 1][t]) * norm[t];
             a = a / (1.0f + expf(-a)) * u;
         }
         if (lane == 0) {
@@ -360,24 +377,25 @@ template <int EPL, int GSUB> __global__ void __launch_bounds__(ATTN_WARPS *WARP)
 }
 
 /* Combines the slices of attention_kernel: out = sum_z e^(m_z - M) o_z /
- * sum_z e^(m_z - M) l_z. Grid (n_heads, T), block 128. */
+ * sum_z e^(m_z - M) l_z. The first warp weighs the slices (one a lane, so
+ * at most 32), then every thread sums its elements over them. Grid
+ * (n_heads, T), block 128. */
 __global__ void attention_merge_kernel(attention_args a, uint32_t slices) {
-    uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.head_dim;
+    __shared__ float weight[WARP];
+    uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.head_dim, lane = threadIdx.x % WARP;
     const float *part = a.part + ((size_t)t * a.n_heads + h) * slices * (hd + 2);
-    float m_all = -INFINITY, l_all = 0.0f;
-    for (uint32_t z = 0; z < slices; z++)
-        m_all = fmaxf(m_all, part[z * (hd + 2)]);
-    for (uint32_t z = 0; z < slices; z++) {
-        float mz = part[z * (hd + 2)];
-        l_all += mz == -INFINITY ? 0.0f : part[z * (hd + 2) + 1] * expf(mz - m_all);
+    if (threadIdx.x < WARP) {
+        float mz = lane < slices ? part[lane * (hd + 2)] : -INFINITY;
+        float m_all = warp_max(mz), w = mz == -INFINITY ? 0.0f : expf(mz - m_all);
+        float l_all = warp_sum(lane < slices ? w * part[lane * (hd + 2) + 1] : 0.0f);
+        weight[lane] = w / l_all;
     }
+    __syncthreads();
     for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
         float o = 0.0f;
-        for (uint32_t z = 0; z < slices; z++) {
-            float mz = part[z * (hd + 2)];
-            o += mz == -INFINITY ? 0.0f : part[z * (hd + 2) + 2 + i] * expf(mz - m_all);
-        }
-        a.out[(size_t)t * a.q_dim + h * hd + i] = o / l_all;
+        for (uint32_t z = 0; z < slices; z++)
+            o += weight[z] * part[z * (hd + 2) + 2 + i];
+        a.out[(size_t)t * a.q_dim + h * hd + i] = o;
     }
 }
 
