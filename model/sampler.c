@@ -87,7 +87,7 @@ static void sift_down(cand *c, int32_t n, int32_t i) {
     }
 }
 
-static int32_t argmax(const float *x, int32_t n) {
+int32_t sampler_argmax(const float *x, int32_t n) {
     int32_t best = 0;
     for (int32_t i = 1; i < n; i++)
         if (x[i] > x[best])
@@ -131,7 +131,7 @@ static void apply_penalties(const sampling_params *p, float *logits, int32_t voc
 
 /* log-softmax normaliser: max + log(sum(exp(x - max))). */
 static float log_norm(const float *x, int32_t n) {
-    float max = x[argmax(x, n)];
+    float max = x[sampler_argmax(x, n)];
     double sum = 0;
     for (int32_t i = 0; i < n; i++)
         sum += exp((double)(x[i] - max));
@@ -147,11 +147,11 @@ int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *
     float lognorm = p->logprobs > 0 || out ? log_norm(logits, vocab) : 0.0f;
     int32_t token;
     if (p->temperature <= 0.0f) {
-        token = argmax(logits, vocab);
+        token = sampler_argmax(logits, vocab);
     } else {
         cand *c = malloc((size_t)vocab * sizeof *c);
         if (!c)
-            return argmax(logits, vocab);
+            return sampler_argmax(logits, vocab);
         for (int32_t i = 0; i < vocab; i++)
             c[i] = (cand){logits[i] / p->temperature, i};
         int32_t n = vocab;

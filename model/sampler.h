@@ -42,6 +42,9 @@ typedef struct {
 sampling_params sampling_defaults(void);
 void sampler_init(sampler *s, const sampling_params *p);
 
+/* The index of the first largest of x[0..n): greedy decoding's choice. */
+int32_t sampler_argmax(const float *x, int32_t n);
+
 /* Samples from logits (modified in place). history holds the prompt's ids
  * followed by the ids generated so far (n_prompt of them are the prompt). */
 int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *history, int32_t n_history,

@@ -11,6 +11,7 @@
 
 #include "engine.h"
 #include "engine_cuda.h"
+#include "sampler.h"
 
 struct engine {
     const model_desc *m;
@@ -105,14 +106,6 @@ void engine_close(engine *e) {
     free(e);
 }
 
-static int32_t first_max(const float *x, uint32_t n) {
-    int32_t best = 0;
-    for (uint32_t i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = (int32_t)i;
-    return best;
-}
-
 int engine_step(engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen) {
     if (e->cuda)
         return e->api->forward(e->cuda, b, logits, argmax, err, errlen);
@@ -132,7 +125,7 @@ int engine_step(engine *e, const engine_batch *b, float *logits, int32_t *argmax
     if (cpu_engine_forward(e->cpu, b, logits, err, errlen))
         return -1;
     for (int32_t r = 0; argmax && r < rows; r++)
-        argmax[r] = first_max(logits + (size_t)r * e->m->vocab, e->m->vocab);
+        argmax[r] = sampler_argmax(logits + (size_t)r * e->m->vocab, (int32_t)e->m->vocab);
     return 0;
 }
 
