@@ -82,9 +82,9 @@ struct cuda_engine {
     size_t wscratch_elems;
     int32_t *ids;
     step_inputs in;
-    /* decode graphs by batch size, with the inputs layout they were captured for */
+    /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any
+     * length fit) */
     cudaGraphExec_t graph[GRAPH_MAX_T + 1];
-    size_t graph_table_len[GRAPH_MAX_T + 1];
 };
 
 /* ---- errors ---- */
@@ -429,7 +429,7 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
                               (int)w->cols, e->lo, CUDA_R_16BF, (int)w->cols, &one, out, CUDA_R_32F, (int)ldo,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (mode == OUT_SILU_PAIR) {
-        silu_mul_kernel<<<T, 256, 0, e->stream>>>(e->gu, rows, y, NULL, NULL);
+        silu_mul_kernel<<<T, 256, 0, e->stream>>>(e->gu, rows, y);
         LAUNCH_CHECK();
     }
     return 0;
@@ -453,8 +453,7 @@ static int launch_attention(cuda_engine *e, const attention_args *aa, dim3 grid)
 
 /* Every kernel of one step, on e->stream, reading the inputs already in
  * e->in.dev. Captured as a graph for decode steps. */
-static int enqueue_step(cuda_engine *e, int T, int rows, size_t table_len, char *err, size_t errlen) {
-    (void)table_len;
+static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
     const model_desc *m = e->m;
     const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
                   *out_src = table_off + T, *tables = out_src + rows;
@@ -512,7 +511,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, size_t table_len, char 
 
 /* Copies the step's int32 inputs to the device (fixed buffer, so graphs
  * captured against it stay valid while it does not grow). */
-static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, size_t *table_len, char *err, size_t errlen) {
+static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *err, size_t errlen) {
     int T = b->n_tokens;
     size_t tl = 0;
     for (int32_t s = 0; s < b->n_seqs; s++)
@@ -528,8 +527,7 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, size_t 
         CUDA_CHECK(cudaMalloc((void **)&e->in.dev, cap * 4));
         e->in.cap = cap;
     }
-    /* the previous step's copy must be done before the host buffer changes */
-    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    /* the host buffer is free: every step ends with the stream synchronized */
     int32_t *tokens = e->in.host, *pos = tokens + T, *slot = pos + T, *table_off = slot + T, *out_src = table_off + T,
             *tables = out_src + rows;
     size_t off = 0;
@@ -549,7 +547,6 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, size_t 
         }
         off += (size_t)n_table;
     }
-    *table_len = tl;
     CUDA_CHECK(cudaMemcpyAsync(e->in.dev, e->in.host, need * 4, cudaMemcpyHostToDevice, e->stream));
     return 0;
 }
@@ -560,15 +557,14 @@ static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, in
     if (engine_batch_check(b, e->m->vocab, e->block_size, e->n_blocks, &max_pos, err, errlen))
         return -1;
     int T = b->n_tokens, rows = engine_batch_rows(b);
-    size_t table_len;
-    if (reserve(e, T, rows, err, errlen) || stage_inputs(e, b, rows, &table_len, err, errlen))
+    if (reserve(e, T, rows, err, errlen) || stage_inputs(e, b, rows, err, errlen))
         return -1;
-    /* a graph bakes in the tables' length: attention reads them through offsets, so only T matters */
+    /* decode steps replay one graph per T: every launch shape depends on T alone */
     bool decode = T == rows && T == b->n_seqs && T <= GRAPH_MAX_T && e->use_graphs;
     if (decode && !e->graph[T]) {
         cudaGraph_t g;
         CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
-        int rc = enqueue_step(e, T, rows, table_len, err, errlen);
+        int rc = enqueue_step(e, T, rows, err, errlen);
         cudaError_t end = cudaStreamEndCapture(e->stream, &g);
         if (rc)
             return -1;
@@ -581,7 +577,7 @@ static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, in
     }
     if (decode)
         CUDA_CHECK(cudaGraphLaunch(e->graph[T], e->stream));
-    else if (enqueue_step(e, T, rows, table_len, err, errlen))
+    else if (enqueue_step(e, T, rows, err, errlen))
         return -1;
     if (logits)
         CUDA_CHECK(

@@ -87,20 +87,12 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *src, const float *
     }
 }
 
-/* y[t][r] = silu(gu[t][r]) * gu[t][ffn + r], as float32 and/or hi/lo bf16.
- * Grid T, block 256. */
-__global__ void silu_mul_kernel(const float *gu, uint32_t ffn, float *out, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+/* out[t][r] = silu(gu[t][r]) * gu[t][ffn + r]. Grid T, block 256. */
+__global__ void silu_mul_kernel(const float *gu, uint32_t ffn, float *out) {
     int t = blockIdx.x;
     for (uint32_t i = threadIdx.x; i < ffn; i += blockDim.x) {
         float g = gu[(size_t)t * 2 * ffn + i], u = gu[(size_t)t * 2 * ffn + ffn + i];
-        float v = g / (1.0f + expf(-g)) * u;
-        if (out)
-            out[(size_t)t * ffn + i] = v;
-        if (hi) {
-            __nv_bfloat16 h = __float2bfloat16_rn(v);
-            hi[(size_t)t * ffn + i] = h;
-            lo[(size_t)t * ffn + i] = __float2bfloat16_rn(v - __bfloat162float(h));
-        }
+        out[(size_t)t * ffn + i] = g / (1.0f + expf(-g)) * u;
     }
 }
 
