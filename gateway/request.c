@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_depth.h"
 #include "gateway_internal.h"
 
 void gw_error_set(gw_error *e, int status, const char *type, const char *param, const char *fmt, ...) {
@@ -133,7 +134,8 @@ static int parse_messages(gen_request *r, gw_error *e) {
         json_array_foreach(calls, k, call) {
             json_t *fn = json_object_get(call, "function");
             json_t *args = json_object_get(fn, "arguments");
-            if (json_is_string(args)) {
+            if (json_is_string(args) &&
+                !json_nests_deeper(json_string_value(args), json_string_length(args), JSON_MAX_DEPTH)) {
                 json_t *parsed = json_loads(json_string_value(args), 0, NULL);
                 if (parsed)
                     json_object_set_new(fn, "arguments", parsed);
@@ -234,6 +236,10 @@ static int parse_bias(gateway *g, gen_request *r, gw_error *e) {
 int gw_parse_request(gateway *g, const char *body, size_t len, bool chat, gen_request *r, gw_error *e) {
     *r = (gen_request){
         .chat = chat, .max_tokens = -1, .temperature = 1.0f, .top_p = 1.0f, .repetition_penalty = 1.0f, .n = 1};
+    if (json_nests_deeper(body, len, JSON_MAX_DEPTH)) {
+        gw_error_set(e, 400, "invalid_request_error", "", "the JSON body nests deeper than %d levels", JSON_MAX_DEPTH);
+        return -1;
+    }
     json_error_t je;
     r->body = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!r->body) {
@@ -265,8 +271,14 @@ int gw_parse_request(gateway *g, const char *body, size_t len, bool chat, gen_re
         get_number(r->body, "frequency_penalty", -2, 2, &r->frequency_penalty, e) ||
         get_number(r->body, "repetition_penalty", 0.01, 10, &r->repetition_penalty, e) ||
         get_int(r->body, "top_k", -1, 1 << 20, &r->top_k, e) || get_int(r->body, "n", 1, GW_MAX_N, &r->n, e) ||
-        get_bool(r->body, "stream", &r->stream, e))
+        get_bool(r->body, "stream", &r->stream, e) || get_bool(r->body, "ignore_eos", &r->ignore_eos, e))
         return -1;
+    if (r->ignore_eos) { /* benchmarks ask for exact output lengths: the end ids get -inf */
+        if (g->eos_id >= 0)
+            r->bias_ids[r->n_bias] = g->eos_id, r->bias_values[r->n_bias++] = -INFINITY;
+        for (int i = 0; i < g->n_eot; i++)
+            r->bias_ids[r->n_bias] = g->eot_ids[i], r->bias_values[r->n_bias++] = -INFINITY;
+    }
     if (max_completion > 0)
         r->max_tokens = max_completion;
     if (r->top_k < 0)

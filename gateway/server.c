@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "json_depth.h"
 #include "gateway_internal.h"
 
 static const char *status_text(int status) {
@@ -26,8 +27,9 @@ static const char *status_text(int status) {
 
 static void send_text(gateway *g, struct mg_connection *conn, int status, const char *type, const char *body,
                       size_t len) {
+    const char *extra = status == 401 ? "WWW-Authenticate: Bearer\r\n" : status == 503 ? "Retry-After: 1\r\n" : "";
     mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status, status_text(status),
-              type, len, status == 401 ? "WWW-Authenticate: Bearer\r\n" : "");
+              type, len, extra);
     mg_write(conn, body, len);
     gw_metrics_request(g, status);
 }
@@ -141,7 +143,7 @@ static void handle_tokenize(gateway *g, struct mg_connection *conn, bool detoken
     gw_error e = {0};
     size_t len;
     char *body = read_body(g, conn, &len, &e);
-    json_t *req = body ? json_loadb(body, len, 0, NULL) : NULL;
+    json_t *req = body && !json_nests_deeper(body, len, JSON_MAX_DEPTH) ? json_loadb(body, len, 0, NULL) : NULL;
     free(body);
     if (!body) {
         gw_send_error(g, conn, &e);
@@ -274,7 +276,7 @@ int gateway_start(const gateway_config *cfg, gateway **out, char *err, size_t er
     char ports[160], threads[16], timeout[32];
     snprintf(ports, sizeof ports, "%s:%d", cfg->host, cfg->port);
     snprintf(threads, sizeof threads, "%d", cfg->threads);
-    snprintf(timeout, sizeof timeout, "%d", 30000);
+    snprintf(timeout, sizeof timeout, "%lld", (long long)(cfg->io_timeout_s > 0 ? cfg->io_timeout_s : 30) * 1000);
     const char *options[] = {"listening_ports",
                              ports,
                              "num_threads",

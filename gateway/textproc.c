@@ -1,4 +1,5 @@
 /* Stop strings, reasoning and tool-call parsing (see textproc.h). */
+#include "json_depth.h"
 #include "textproc.h"
 
 #include <stdint.h>
@@ -202,7 +203,7 @@ json_t *parse_tool_calls(const char *text, size_t len, strbuf *content) {
         const char *close = find_bytes(body, (size_t)(text + len - body), TOOL_CLOSE, sizeof TOOL_CLOSE - 1);
         size_t body_len = close ? (size_t)(close - body) : (size_t)(text + len - body);
         json_error_t je;
-        json_t *call = json_loadb(body, body_len, 0, &je);
+        json_t *call = json_nests_deeper(body, body_len, JSON_MAX_DEPTH) ? NULL : json_loadb(body, body_len, 0, &je);
         json_t *name = json_object_get(call, "name"), *args = json_object_get(call, "arguments");
         if (json_is_string(name)) {
             char *args_text = args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : strdup("{}");

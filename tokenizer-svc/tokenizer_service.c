@@ -1,5 +1,6 @@
 /* Tokenizer service: request handling and the nng REP socket. Threading
  * model in service.h. */
+#include "json_depth.h"
 #include "tokenizer_service.h"
 
 #include <jansson.h>
@@ -94,7 +95,9 @@ int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *r
             goto reply;
         }
         json_error_t je;
-        json_t *vars = json_loadb((const char *)a->vars_json.data, a->vars_json.len, 0, &je);
+        json_t *vars = json_nests_deeper((const char *)a->vars_json.data, a->vars_json.len, JSON_MAX_DEPTH)
+                           ? NULL
+                           : json_loadb((const char *)a->vars_json.data, a->vars_json.len, 0, &je);
         if (!json_is_object(vars)) {
             snprintf(msg, sizeof msg, "vars_json is not a JSON object: %s", vars ? "wrong type" : je.text);
             json_decref(vars);

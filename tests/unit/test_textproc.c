@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_depth.h"
 #include "textproc.h"
 
 /* Feeds text in pieces of `step` bytes; returns what was emitted. */
@@ -99,8 +100,24 @@ static void test_reasoning_and_tool_calls(void **state) {
     }
 }
 
+/* Deep nesting is refused before jansson's recursive parser sees it;
+ * brackets inside strings do not count. */
+static void test_json_depth_guard(void **state) {
+    (void)state;
+    char deep[200];
+    memset(deep, '[', sizeof deep);
+    assert_true(json_nests_deeper(deep, sizeof deep, 64));
+    assert_false(json_nests_deeper(deep, 64, 64));
+    assert_true(json_nests_deeper(deep, 65, 64));
+    const char *quoted = "{\"a\": \"[[[[[[[[[[\\\"[[[[[\", \"b\": [{}]}";
+    assert_false(json_nests_deeper(quoted, strlen(quoted), 3)); /* { [ { */
+    assert_true(json_nests_deeper(quoted, strlen(quoted), 2));
+    assert_false(json_nests_deeper("]]]]{}", 6, 1)); /* not valid JSON; jansson rejects it */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_stop_strings),
-                                       cmocka_unit_test(test_reasoning_and_tool_calls)};
+                                       cmocka_unit_test(test_reasoning_and_tool_calls),
+                                       cmocka_unit_test(test_json_depth_guard)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
