@@ -144,7 +144,9 @@ int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *
     if (vocab <= 0)
         return -1;
     apply_penalties(p, logits, vocab, history, n_history, n_prompt);
-    float lognorm = p->logprobs > 0 || out ? log_norm(logits, vocab) : 0.0f;
+    /* the normaliser costs a pass of exp() over the vocabulary, more than
+     * greedy sampling itself: only when logprobs were asked for */
+    float lognorm = p->logprobs > 0 ? log_norm(logits, vocab) : 0.0f;
     int32_t token;
     if (p->temperature <= 0.0f) {
         token = sampler_argmax(logits, vocab);
@@ -224,7 +226,7 @@ int32_t sampler_sample(sampler *s, float *logits, int32_t vocab, const int32_t *
     if (out) {
         memset(out, 0, sizeof *out);
         out->token = token;
-        out->logprob = logits[token] - lognorm;
+        out->logprob = p->logprobs > 0 ? logits[token] - lognorm : 0.0f;
         int32_t k = p->logprobs < SAMPLER_MAX_LOGPROBS ? p->logprobs : SAMPLER_MAX_LOGPROBS;
         if (k > 0) {
             cand *c = malloc((size_t)vocab * sizeof *c);

@@ -32,7 +32,7 @@ typedef struct {
 
 typedef struct {
     int32_t token;
-    float logprob; /* of the chosen token */
+    float logprob; /* of the chosen token; 0 unless logprobs > 0 */
     int32_t n_top;
     int32_t top_ids[SAMPLER_MAX_LOGPROBS];
     float top_logprobs[SAMPLER_MAX_LOGPROBS];

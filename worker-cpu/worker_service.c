@@ -116,6 +116,20 @@ static sampling_params params_from(const Inferno__SamplingParams *sp, int32_t n_
 
 typedef Inferno__SampledToken SampledToken_t;
 
+/* Whether every row that samples takes the largest logit as it is: no
+ * temperature, penalties, bias or logprobs. */
+static bool all_plain_greedy(const Inferno__StepRequest *q) {
+    for (size_t i = 0; i < q->n_seqs; i++) {
+        const Inferno__SamplingParams *sp = q->seqs[i]->sampling;
+        if (!q->seqs[i]->sample)
+            continue;
+        if (sp && (sp->temperature > 0 || sp->logprobs > 0 || sp->n_bias_ids > 0 || sp->presence_penalty != 0 ||
+                   sp->frequency_penalty != 0 || (sp->repetition_penalty > 0 && sp->repetition_penalty != 1.0f)))
+            return false;
+    }
+    return true;
+}
+
 /* Runs a step; on a bad request writes a message into err and returns -1. */
 static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__StepResult *res, char *err, size_t errlen);
 
@@ -183,6 +197,7 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     }
     int32_t *tokens = malloc((size_t)n_tokens * sizeof *tokens);
     engine_seq *seqs = calloc(q->n_seqs, sizeof *seqs);
+    int32_t *argmax = NULL;
     int rc = -1;
     if (!tokens || !seqs) {
         snprintf(err, errlen, "out of memory");
@@ -206,8 +221,14 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         }
     }
     engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
+    /* when every row is plain greedy, only the argmax ids leave the engine
+     * (for a GPU: ids instead of n_seqs x vocab floats over PCIe) */
+    if (all_plain_greedy(q) && !(argmax = malloc(q->n_seqs * sizeof *argmax))) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     double t0 = clock_now();
-    if (engine_step(w->e, &b, w->logits, NULL, err, errlen))
+    if (engine_step(w->e, &b, argmax ? NULL : w->logits, argmax, err, errlen))
         goto out;
     res->tokens = calloc(q->n_seqs, sizeof *res->tokens);
     if (!res->tokens) {
@@ -226,9 +247,10 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         sampling_params p = params_from(s->sampling, s->n_generated);
         sampler smp;
         sampler_init(&smp, &p);
-        sample_result sr;
+        sample_result sr = {.token = argmax ? argmax[i] : -1};
         int32_t n_prompt = s->n_prompt > 0 && s->n_prompt <= h->n ? s->n_prompt : h->n;
-        sampler_sample(&smp, w->logits + i * w->m->vocab, (int32_t)w->m->vocab, h->tokens, h->n, n_prompt, &sr);
+        if (!argmax)
+            sampler_sample(&smp, w->logits + i * w->m->vocab, (int32_t)w->m->vocab, h->tokens, h->n, n_prompt, &sr);
         SampledToken_t *t = malloc(sizeof *t + (size_t)sr.n_top * (sizeof(int32_t) + sizeof(float)));
         if (!t) {
             snprintf(err, errlen, "out of memory");
@@ -246,6 +268,7 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     res->step_seconds = (float)(clock_now() - t0);
     rc = 0;
 out:
+    free(argmax);
     free(tokens);
     free(seqs);
     return rc;
