@@ -23,6 +23,7 @@ typedef struct {
     const char *api_key;    /* NULL: no auth */
     size_t max_body_bytes;  /* default 4 MiB */
     int request_timeout_s;  /* default 600 */
+    int io_timeout_s;       /* one socket read or write; default 30 */
     int threads;            /* concurrent HTTP connections (default 128) */
 } gateway_config;
 

@@ -17,7 +17,7 @@
 #include "tokenizer.h"
 
 #define GW_MAX_N    16
-#define GW_MAX_BIAS 300
+#define GW_MAX_BIAS 300 /* from the request; ignore_eos adds the model's end ids */
 
 struct gateway {
     gateway_config cfg;
@@ -64,9 +64,10 @@ typedef struct {
     int n;
     bool logprobs;
     int top_logprobs;
-    int32_t bias_ids[GW_MAX_BIAS];
-    float bias_values[GW_MAX_BIAS];
+    int32_t bias_ids[GW_MAX_BIAS + 5];
+    float bias_values[GW_MAX_BIAS + 5];
     int n_bias;
+    bool ignore_eos; /* llama.cpp's and vLLM's extension: end ids are never sampled */
     bool stream, include_usage;
     bool reasoning; /* split <think> into reasoning_content */
 } gen_request;

@@ -2,7 +2,8 @@
  *
  *   inferno-gateway --model FILE.gguf [--host H] [--port P] [--scheduler URL]
  *                   [--tokenizer URL] [--model-name NAME] [--api-key KEY]
- *                   [--max-body-bytes N] [--request-timeout S] [--threads N]
+ *                   [--max-body-bytes N] [--request-timeout S] [--io-timeout S]
+ *                   [--threads N]
  *
  * INFERNO_API_KEY in the environment sets the key too. Threading: see
  * gateway.h; the main thread waits for SIGINT/SIGTERM. */
@@ -30,6 +31,8 @@ static void usage(FILE *out) {
                  "  --api-key KEY         require Authorization: Bearer KEY (or set INFERNO_API_KEY)\n"
                  "  --max-body-bytes N    largest request body (default 4194304)\n"
                  "  --request-timeout S   longest a request may run (default 600)\n"
+                 "  --io-timeout S        longest one read or write on a client socket may wait; a client\n"
+                 "                        that stalls longer is dropped (default 30)\n"
                  "  --threads N           concurrent HTTP connections (default 128)\n");
 }
 
@@ -40,6 +43,7 @@ int main(int argc, char **argv) {
                           .tokenizer_url = "ipc:///tmp/inferno-tokenizer.ipc",
                           .max_body_bytes = 4u << 20,
                           .request_timeout_s = 600,
+                          .io_timeout_s = 30,
                           .threads = 128,
                           .api_key = getenv("INFERNO_API_KEY")};
     const cli_flag flags[] = {{"--model", CLI_STRING, &cfg.model_path},
@@ -51,13 +55,14 @@ int main(int argc, char **argv) {
                               {"--api-key", CLI_STRING, &cfg.api_key},
                               {"--max-body-bytes", CLI_SIZE, &cfg.max_body_bytes},
                               {"--request-timeout", CLI_INT, &cfg.request_timeout_s},
+                              {"--io-timeout", CLI_INT, &cfg.io_timeout_s},
                               {"--threads", CLI_INT, &cfg.threads},
                               {NULL}};
     int rc = cli_parse(argc, argv, PROG, usage, flags);
     if (rc != CLI_RUN)
         return rc;
     if (!cfg.model_path || cfg.port < 1 || cfg.port > 65535 || cfg.threads < 1 || cfg.request_timeout_s < 1 ||
-        cfg.max_body_bytes < 1024) {
+        cfg.io_timeout_s < 1 || cfg.max_body_bytes < 1024) {
         usage(stderr);
         return 2;
     }

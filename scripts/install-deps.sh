@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(build-essential clang pkg-config python3 python3-venv
           libnng-dev libprotobuf-c-dev protobuf-c-compiler libcivetweb-dev
           libpcre2-dev libutf8proc-dev libjansson-dev libcmocka-dev curl)
-PY_PACKAGES=(pytest openai gguf numpy jinja2)
+PY_PACKAGES=(pytest openai gguf numpy jinja2 matplotlib)
 VENV=.venv
 
 missing=()
@@ -17,7 +17,7 @@ for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 venv_ok=1
-"$VENV/bin/python" -c 'import pytest, openai, gguf, numpy, jinja2' >/dev/null 2>&1 || venv_ok=0
+"$VENV/bin/python" -c 'import pytest, openai, gguf, numpy, jinja2, matplotlib' >/dev/null 2>&1 || venv_ok=0
 
 if [[ "${1:-}" == "--check" ]]; then
     [[ ${#missing[@]} -eq 0 && $venv_ok -eq 1 ]] && exit 0

@@ -4,10 +4,16 @@
  *   inferno-probe --scheduler URL   one "scheduler ..." line, then one
  *                                   "worker url=... ..." line per live worker
  *   inferno-probe --tokenizer URL   "tokenizer chat_template=0|1"
+ *   inferno-probe --send-raw URL    sends stdin, as it is, as one request to
+ *                                   any service's socket and prints
+ *                                   "reply bytes=N" (for the reliability
+ *                                   tests: malformed protobuf on the wire)
  *
  * Exit status 0 when the service answered, 1 when it did not (with a
  * one-line reason on stderr). Each line is space-separated key=value pairs
  * after its first word; URLs never hold spaces. */
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,20 +71,51 @@ static int probe_tokenizer(const char *url) {
     return rc ? 1 : 0;
 }
 
+static int send_raw(const char *url) {
+    enum { max_bytes = 1 << 20 };
+    char *buf = malloc(max_bytes);
+    size_t n = buf ? fread(buf, 1, max_bytes, stdin) : 0;
+    nng_socket s;
+    int rv = buf ? nng_req0_open(&s) : NNG_ENOMEM;
+    if (rv) {
+        fprintf(stderr, PROG ": %s\n", nng_strerror(rv));
+        free(buf);
+        return 1;
+    }
+    nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 3000);
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 3000);
+    void *reply = NULL;
+    size_t reply_len = 0;
+    if ((rv = nng_dial(s, url, NULL, 0)) || (rv = nng_send(s, buf, n, 0)) ||
+        (rv = nng_recv(s, &reply, &reply_len, NNG_FLAG_ALLOC)))
+        fprintf(stderr, PROG ": %s: %s\n", url, nng_strerror(rv));
+    else
+        printf("reply bytes=%zu\n", reply_len);
+    nng_free(reply, reply_len);
+    nng_close(s);
+    free(buf);
+    return rv ? 1 : 0;
+}
+
 static void usage(FILE *out) {
-    fprintf(out, "usage: " PROG " (--scheduler URL | --tokenizer URL)\n"
+    fprintf(out, "usage: " PROG " (--scheduler URL | --tokenizer URL | --send-raw URL)\n"
                  "  prints what the service reports; exit status 1 when it does not answer\n");
 }
 
 int main(int argc, char **argv) {
-    const char *scheduler = NULL, *tokenizer = NULL;
-    const cli_flag flags[] = {{"--scheduler", CLI_STRING, &scheduler}, {"--tokenizer", CLI_STRING, &tokenizer}, {NULL}};
+    const char *scheduler = NULL, *tokenizer = NULL, *raw = NULL;
+    const cli_flag flags[] = {{"--scheduler", CLI_STRING, &scheduler},
+                              {"--tokenizer", CLI_STRING, &tokenizer},
+                              {"--send-raw", CLI_STRING, &raw},
+                              {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
-    if (!scheduler == !tokenizer) {
+    if (!!scheduler + !!tokenizer + !!raw != 1) {
         usage(stderr);
         return 2;
     }
+    if (raw)
+        return send_raw(raw);
     return scheduler ? probe_scheduler(scheduler) : probe_tokenizer(tokenizer);
 }
