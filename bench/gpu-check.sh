@@ -10,8 +10,11 @@
 #   4. inferno-bench --backend cuda, BF16 and Q8_0;
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
-#   6. with PROFILE=1, ncu kernel times of a batch-1 decode step.
-# STEPS="3 5" runs some of them. Logs go to $OUT (default /tmp/gpu-check).
+#   6. with PROFILE=1, ncu kernel times of a batch-1 decode step;
+#   7. the serving benchmark (bench/loadgen.py) against one
+#      inferno-worker-cuda: closed loop at 1 to 256 clients, and the
+#      shared-prefix multi-turn chat workload; JSON in $OUT.
+# STEPS="3 5" runs some of them (the default: 1 to 5). Logs go to $OUT (default /tmp/gpu-check).
 # Exit status: 0 when every check passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -143,5 +146,23 @@ for line in open(sys.argv[1]):
     if m:
         print(f"  {m.group(3):>8s} {m.group(2)}", end="" if m.group(1).startswith("dram") else "\n")
 PY
+fi
+
+if want 7; then
+echo "== 7. serving benchmark: bench/loadgen.py against one inferno-worker-cuda (bf16)"
+export INFERNO_RUN_DIR=$work/run-serve
+INFERNO_KV_TOKENS=131072 INFERNO_MAX_RUNNING=256 INFERNO_MAX_WAITING=1024 deploy/inferno start --backend cuda \
+    --model "$work/0.6b-bf16.gguf" --workers 1 --port 18081 >"$OUT/serve-deploy.log" 2>&1
+check "deploy start (serving)" $?
+lg=(python3 bench/loadgen.py run --target inferno-cuda=http://127.0.0.1:18081 --prompt-len 128 --output-len 128)
+for c in 1 16 64 256; do
+    n=$((c < 16 ? 32 : 2 * c))
+    "${lg[@]}" --concurrency $c --requests $n --json "$OUT/serve-c$c.json" | tail -1
+    check "loadgen c=$c" "${PIPESTATUS[0]}"
+done
+python3 bench/loadgen.py run --target inferno-cuda=http://127.0.0.1:18081 --workload shared-prefix --sessions 64 \
+    --turns 4 --prefix-len 1024 --prompt-len 64 --output-len 64 --concurrency 64 --json "$OUT/serve-chat.json" | tail -1
+check "loadgen shared-prefix" "${PIPESTATUS[0]}"
+deploy/inferno stop >>"$OUT/serve-deploy.log" 2>&1
 fi
 exit $status

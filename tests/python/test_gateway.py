@@ -221,3 +221,17 @@ def test_api_key_and_overload(bin_dir, ref_dir, tmp_path):
         assert "inferno_kv_blocks_total{worker=" in text and "inferno_step_seconds_count" in text
     finally:
         assert all(code == 0 for code in c.stop()), c.logs()
+
+
+def test_ignore_eos(cluster, ref_dir):
+    import gguf
+    field = gguf.GGUFReader(ref_dir / "tinyA-bf16.gguf").fields["tokenizer.ggml.eos_token_id"]
+    eos = int(field.parts[field.data[0]][0])
+    # the bias makes the end token the only choice: the reply ends at once, unless ignore_eos
+    body = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "logit_bias": {str(eos): 100}}
+    code, r = post(cluster, "/v1/completions", body)
+    assert code == 200 and r["choices"][0]["finish_reason"] == "stop" and r["usage"]["completion_tokens"] <= 1, r
+    code, r = post(cluster, "/v1/completions", {**body, "ignore_eos": True})
+    assert code == 200 and r["choices"][0]["finish_reason"] == "length" and r["usage"]["completion_tokens"] == 12, r
+    code, r = post(cluster, "/v1/completions", {**body, "ignore_eos": "yes"})
+    assert code == 400 and r["error"]["param"] == "ignore_eos"
