@@ -157,7 +157,7 @@ check "deploy start (serving)" $?
 lg=(python3 bench/loadgen.py run --target inferno-cuda=http://127.0.0.1:18081 --prompt-len 128 --output-len 128)
 for c in 1 16 64 256; do
     n=$((c < 16 ? 32 : 2 * c))
-    "${lg[@]}" --concurrency $c --requests $n --json "$OUT/serve-c$c.json" | tail -1
+    "${lg[@]}" --seed $c --concurrency $c --requests $n --json "$OUT/serve-c$c.json" | tail -1
     check "loadgen c=$c" "${PIPESTATUS[0]}"
 done
 python3 bench/loadgen.py run --target inferno-cuda=http://127.0.0.1:18081 --workload shared-prefix --sessions 64 \

@@ -174,7 +174,7 @@ def stream_chat(target, messages, max_tokens, timeout, t_arrival):
             "ignore_eos": True, "stream_options": {"include_usage": True}}
     if target.model:
         body["model"] = target.model
-    rec = {"t_arrival": t_arrival, "status": 0, "error": None, "ttft": None, "e2e": None, "itl": [],
+    rec = {"t_arrival": t_arrival, "status": 0, "error": None, "ttft": None, "e2e": None, "itl": [], "asked": max_tokens,
            "prompt_tokens": None, "completion_tokens": None, "cached_tokens": None}
     text = []
     chunk_times = []
@@ -294,7 +294,9 @@ def summarize(records, duration):
     cached = [r["cached_tokens"] for r in ok if r["cached_tokens"] is not None]
     tpot = [(r["e2e"] - r["ttft"]) / (r["completion_tokens"] - 1) for r in ok
             if r["ttft"] is not None and (r["completion_tokens"] or 0) > 1]
+    short = sum(1 for r in ok if (r["completion_tokens"] or 0) < r["asked"])
     return {"requests": len(records), "ok": len(ok), "errors": errors, "duration_s": duration,
+            "short_replies": short,  # fewer tokens than asked: the server ended or cut them early
             "request_throughput": len(ok) / duration, "output_token_throughput": completion / duration,
             "total_token_throughput": (prompt + completion) / duration,
             "prompt_tokens_mean": prompt / len(ok) if ok else 0, "completion_tokens_mean": completion / len(ok) if ok else 0,
@@ -322,6 +324,8 @@ def table(runs):
         t, i, e = s["ttft_s"], s["itl_s"], s["e2e_s"]
         hit = f"{s['prefix_hit_rate']:.2f}" if s["prefix_hit_rate"] is not None else "-"
         errs = ", ".join(f"{k}: {v}" for k, v in s["errors"].items()) or "0"
+        if s.get("short_replies"):
+            errs += f" ({s['short_replies']} short)"
         lines.append(f"| {run['target']} | {load_label(run)} | {s['request_throughput']:.2f} | "
                      f"{s['output_token_throughput']:.1f} | {ms(t, 'p50')}/{ms(t, 'p90')}/{ms(t, 'p99')} | "
                      f"{ms(i, 'p50')}/{ms(i, 'p90')}/{ms(i, 'p99')} | {ms(s['tpot_s'], 'p50')} | "

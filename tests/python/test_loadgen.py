@@ -50,7 +50,7 @@ def test_closed_loop_counts_match_the_server(cluster, tmp_path):
     assert [r.get("concurrency") for r in report["runs"]] == [1, 3]
     for run in report["runs"]:
         s = run["summary"]
-        assert s["requests"] == s["ok"] == 6 and not s["errors"], s
+        assert s["requests"] == s["ok"] == 6 and not s["errors"] and s["short_replies"] == 0, s
         for r in run["requests"]:
             # ignore_eos: exactly the asked length; every token streamed
             assert r["completion_tokens"] == 12 and len(r["itl"]) <= 11, r
