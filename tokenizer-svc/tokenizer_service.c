@@ -94,7 +94,7 @@ int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *r
             set_error(&r, &e, INFERNO__ERROR_CODE__ERROR_TEMPLATE, "the model has no chat template");
             goto reply;
         }
-        json_error_t je;
+        json_error_t je = {.text = "nested too deeply"};
         json_t *vars = json_nests_deeper((const char *)a->vars_json.data, a->vars_json.len, JSON_MAX_DEPTH)
                            ? NULL
                            : json_loadb((const char *)a->vars_json.data, a->vars_json.len, 0, &je);
