@@ -26,7 +26,8 @@ struct worker_state {
     const char *model_name;
     seq_history *hist;
     int32_t n_hist, cap_hist;
-    float *logits;
+    float *logits;   /* [cap_logits][vocab] */
+    int32_t *argmax; /* [cap_logits], for steps that are all plain greedy */
     int32_t cap_logits;
 };
 
@@ -42,7 +43,7 @@ void worker_state_free(worker_state *w) {
         return;
     for (int32_t i = 0; i < w->n_hist; i++)
         free(w->hist[i].tokens);
-    free(w->hist), free(w->logits);
+    free(w->hist), free(w->logits), free(w->argmax);
     free(w);
 }
 
@@ -211,10 +212,11 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         at += s->n_tokens;
     }
     if ((int32_t)q->n_seqs > w->cap_logits) {
-        free(w->logits);
+        free(w->logits), free(w->argmax);
         w->cap_logits = (int32_t)q->n_seqs;
         w->logits = malloc((size_t)w->cap_logits * w->m->vocab * sizeof *w->logits);
-        if (!w->logits) {
+        w->argmax = malloc((size_t)w->cap_logits * sizeof *w->argmax);
+        if (!w->logits || !w->argmax) {
             w->cap_logits = 0;
             snprintf(err, errlen, "out of memory");
             goto out;
@@ -223,10 +225,8 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
     /* when every row is plain greedy, only the argmax ids leave the engine
      * (for a GPU: ids instead of n_seqs x vocab floats over PCIe) */
-    if (all_plain_greedy(q) && !(argmax = malloc(q->n_seqs * sizeof *argmax))) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
+    if (all_plain_greedy(q))
+        argmax = w->argmax;
     double t0 = clock_now();
     if (engine_step(w->e, &b, argmax ? NULL : w->logits, argmax, err, errlen))
         goto out;
@@ -268,7 +268,6 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     res->step_seconds = (float)(clock_now() - t0);
     rc = 0;
 out:
-    free(argmax);
     free(tokens);
     free(seqs);
     return rc;
