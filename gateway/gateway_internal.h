@@ -18,6 +18,7 @@
 
 #define GW_MAX_N    16
 #define GW_MAX_BIAS 300 /* from the request; ignore_eos adds the model's end ids */
+#define GW_MAX_EOT  4   /* end-of-turn ids besides EOS */
 
 struct gateway {
     gateway_config cfg;
@@ -25,7 +26,7 @@ struct gateway {
     sched_client *sched;
     tk_client *tk;
     tokenizer *vocab;
-    int32_t eos_id, eot_ids[4];
+    int32_t eos_id, eot_ids[GW_MAX_EOT];
     int n_eot;
     pthread_mutex_t metrics_mu;
     struct gw_metrics *metrics;
@@ -64,8 +65,8 @@ typedef struct {
     int n;
     bool logprobs;
     int top_logprobs;
-    int32_t bias_ids[GW_MAX_BIAS + 5];
-    float bias_values[GW_MAX_BIAS + 5];
+    int32_t bias_ids[GW_MAX_BIAS + 1 + GW_MAX_EOT];
+    float bias_values[GW_MAX_BIAS + 1 + GW_MAX_EOT];
     int n_bias;
     bool ignore_eos; /* llama.cpp's and vLLM's extension: end ids are never sampled */
     bool stream, include_usage;

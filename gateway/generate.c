@@ -345,7 +345,7 @@ static int submit_all(job *j, const int32_t *ids, size_t n, gw_error *e) {
         e->code = "context_length_exceeded";
         return -1;
     }
-    int32_t stops[5];
+    int32_t stops[1 + GW_MAX_EOT];
     int n_stops = 0;
     stops[n_stops++] = g->eos_id;
     for (int i = 0; i < g->n_eot; i++)

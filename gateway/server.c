@@ -264,8 +264,8 @@ int gateway_start(const gateway_config *cfg, gateway **out, char *err, size_t er
         goto fail;
     g->eos_id = tokenizer_eos(g->vocab);
     /* chat models end a turn with these too */
-    static const char *eot[] = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"};
-    for (int i = 0; i < 4; i++) {
+    static const char *eot[GW_MAX_EOT] = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"};
+    for (int i = 0; i < GW_MAX_EOT; i++) {
         int32_t id = tokenizer_find(g->vocab, eot[i], strlen(eot[i]));
         if (id >= 0 && id != g->eos_id)
             g->eot_ids[g->n_eot++] = id;
