@@ -206,7 +206,11 @@ class Deploy:
         self.cmd("stop", check=False)
 
     def sanitizer_reports(self):
-        """ASan/UBSan/LSan reports in any process's log (the test build is sanitized)."""
-        marks = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
-        return [f"{p.name}: {line}" for p in self.run_dir.glob("*.log")
-                for line in p.read_text(errors="replace").splitlines() if any(m in line for m in marks)]
+        return sanitizer_reports(self.run_dir)
+
+
+def sanitizer_reports(log_dir):
+    """ASan/UBSan/LSan reports in any process's log there (the test build is sanitized)."""
+    marks = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+    return [f"{p.name}: {line}" for p in pathlib.Path(log_dir).glob("*.log")
+            for line in p.read_text(errors="replace").splitlines() if any(m in line for m in marks)]

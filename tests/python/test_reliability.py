@@ -17,7 +17,7 @@ import urllib.request
 
 import pytest
 
-from cluster import FullCluster
+from cluster import FullCluster, sanitizer_reports
 
 CHAT = "/v1/chat/completions"
 
@@ -77,12 +77,6 @@ def rss_kib(pid):
     return 0
 
 
-def sanitizer_reports(c):
-    marks = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
-    return [f"{p.name}: {line}" for p in c.dir.glob("*.log") for line in p.read_text(errors="replace").splitlines()
-            if any(m in line for m in marks)]
-
-
 @pytest.fixture
 def make_cluster(bin_dir, ref_dir, tmp_path, monkeypatch):
     made = []
@@ -96,7 +90,7 @@ def make_cluster(bin_dir, ref_dir, tmp_path, monkeypatch):
     for c in made:
         codes = c.stop()
         assert all(code == 0 for code in codes), f"exit codes {codes}\n{c.logs()}"
-        assert not sanitizer_reports(c), sanitizer_reports(c)
+        assert not sanitizer_reports(c.dir), sanitizer_reports(c.dir)
 
 
 def test_soak_returns_to_idle(make_cluster):
