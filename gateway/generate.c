@@ -404,9 +404,9 @@ void gw_generate(gateway *g, struct mg_connection *conn, gen_request *r) {
     }
     j->n_prompt = (int)n_ids;
     if (r->stream) {
+        gw_metrics_request(g, 200);
         mg_printf(conn, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                         "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n");
-        gw_metrics_request(g, 200);
         if (r->chat)
             for (int i = 0; i < r->n; i++) {
                 json_t *c = chunk_base(j);

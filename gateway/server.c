@@ -28,10 +28,12 @@ static const char *status_text(int status) {
 static void send_text(gateway *g, struct mg_connection *conn, int status, const char *type, const char *body,
                       size_t len) {
     const char *extra = status == 401 ? "WWW-Authenticate: Bearer\r\n" : status == 503 ? "Retry-After: 1\r\n" : "";
+    /* Counted before the bytes go out, so that a client that has its answer
+     * and then reads /metrics always finds it counted. */
+    gw_metrics_request(g, status);
     mg_printf(conn, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status, status_text(status),
               type, len, extra);
     mg_write(conn, body, len);
-    gw_metrics_request(g, status);
 }
 
 void gw_send_json(gateway *g, struct mg_connection *conn, int status, json_t *body) {

@@ -3,6 +3,7 @@ openai SDK and with curl: chat and completions, streaming, usage, stop
 strings across tokens, n>1, logprobs, seeds, tools in the template, every
 error status, and a disconnect that cancels its request."""
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -219,6 +220,18 @@ def test_api_key_and_overload(bin_dir, ref_dir, tmp_path):
             text = r.read().decode()
         assert 'inferno_requests_total{code="503"}' in text and "inferno_time_to_first_token_seconds_bucket" in text
         assert "inferno_kv_blocks_total{worker=" in text and "inferno_step_seconds_count" in text
+        # a request is counted before its answer goes out: a client that has
+        # its answer always finds it in the next /metrics
+        def count_401():
+            with urllib.request.urlopen(c.base + "/metrics") as r:
+                m = re.search(r'^inferno_requests_total\{code="401"\} (\d+)$', r.read().decode(), re.M)
+            return int(m.group(1)) if m else 0
+
+        for i in range(10):
+            before = count_401()
+            with pytest.raises(openai.AuthenticationError):
+                bad.models.list()
+            assert count_401() == before + 1
     finally:
         assert all(code == 0 for code in c.stop()), c.logs()
 
