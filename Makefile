@@ -140,12 +140,12 @@ NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cud
 CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_GENCODE ?= -gencode=arch=compute_90,code=[sm_90,compute_90]
 CUDA_LIB  := $(LIB)/libinferno-cuda.so
-CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/tensor_types.o $(OBJ)/cuda/batch.o
+CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/tensor_types.o $(OBJ)/cuda/batch.o $(OBJ)/cuda/sampler.o
 ifneq ($(NVCC),)
 tools tests: $(CUDA_LIB) $(BIN)/inferno-worker-cuda
 endif
 
-$(OBJ)/cuda/engine.o: worker-cuda/engine.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h common/*.h
+$(OBJ)/cuda/engine.o: worker-cuda/engine.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h model/sampler.h common/*.h
 	@mkdir -p $(dir $@)
 	$(NVCC) -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-missing-field-initializers \
 	  -Icommon -Imodel -Iworker-cpu -Iworker-cuda -c $< -o $@
@@ -157,10 +157,13 @@ $(OBJ)/cuda/%.o: common/%.c common/*.h
 $(OBJ)/cuda/batch.o: worker-cpu/batch.c worker-cpu/batch.h
 	@mkdir -p $(dir $@)
 	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -Wall -Wextra -Werror -Iworker-cpu -c $< -o $@
+$(OBJ)/cuda/sampler.o: model/sampler.c model/sampler.h
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 -D_GNU_SOURCE -O2 -fPIC -Wall -Wextra -Werror -Imodel -c $< -o $@
 
 $(CUDA_LIB): $(CUDA_OBJ)
 	@mkdir -p $(dir $@)
-	$(NVCC) -shared $(CUDA_GENCODE) $^ -lcublas -Xlinker -rpath,$(CUDA_HOME)/lib64 -o $@
+	$(NVCC) -shared $(CUDA_GENCODE) $^ -lcublas -lm -Xlinker -rpath,$(CUDA_HOME)/lib64 -o $@
 
 $(BIN)/inferno-worker-cuda: $(BIN)/inferno-worker-cpu
 	cp $< $@

@@ -57,13 +57,20 @@ fi
 if want 2; then
 echo "== 2. compute-sanitizer memcheck"
 ids=$(seq -s, 100 137)
+# greedy, then sampling on the GPU (top-p and a penalty: the radix select
+# and the edits; min-p 0 with temperature alone: the id-order walk)
+sampled=(--temperature 0.8 --top-p 0.9 --repetition-penalty 1.1 --seed 3)
 for f in tinyA-bf16 tinyA-q8_0; do
-    compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
-        --model "$INFERNO_REFERENCE_DIR/$f.gguf" --prompt-ids "$ids" --max-tokens 12 --print-ids \
-        >"$OUT/sanitizer-$f.log" 2>&1
-    rc=$?
-    grep -E "ERROR SUMMARY" "$OUT/sanitizer-$f.log"
-    check "memcheck $f" $rc
+    for how in greedy sampled; do
+        extra=()
+        [[ $how == sampled ]] && extra=("${sampled[@]}")
+        compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
+            --model "$INFERNO_REFERENCE_DIR/$f.gguf" --prompt-ids "$ids" --max-tokens 12 --print-ids "${extra[@]}" \
+            >"$OUT/sanitizer-$f-$how.log" 2>&1
+        rc=$?
+        grep -E "ERROR SUMMARY" "$OUT/sanitizer-$f-$how.log"
+        check "memcheck $f $how" $rc
+    done
 done
 fi
 
@@ -99,6 +106,12 @@ for type in bf16 q8_0; do
     build/bin/inferno-bench --backend cuda --model "$work/0.6b-$type.gguf" --prompt 512 --gen 32 \
         --batch "$BATCHES" | tee "$OUT/bench-$type.txt"
 done
+echo "-- bf16 with a half-precision KV cache (--kv-type f16)"
+build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
+    --batch "$BATCHES" | tee "$OUT/bench-bf16-kvf16.txt"
+echo "-- bf16 without programmatic dependent launch (INFERNO_CUDA_PDL=0), for comparison"
+INFERNO_CUDA_PDL=0 build/bin/inferno-bench --backend cuda --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
+    --batch 1,8 | tee "$OUT/bench-bf16-nopdl.txt"
 
 fi
 
@@ -139,7 +152,7 @@ if want 6; then
     python3 - "$OUT/ncu.txt" <<'PY'
 import re, sys
 for line in open(sys.argv[1]):
-    m = re.match(r"  (?:void )?(\w+)\S*?(?:\(.*\))? \((\d+, \d+, \d+)\)x\((\d+)", line)
+    m = re.match(r"  (?:void )?(\w+(?:<[^>]*>)?)(?:\(.*\))? \((\d+, \d+, \d+)\)x\((\d+)", line)
     if m:
         print(f"  {m.group(1)[:34]:34s} grid ({m.group(2)}) x {m.group(3):4s}", end="")
     m = re.search(r"(gpu__time_duration.sum|dram__throughput\S*)\s+(\S+)\s+([\d.,]+)", line)

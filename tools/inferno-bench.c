@@ -1,7 +1,7 @@
 /* inferno-bench: engine speed on one model.
  *
  *   inferno-bench --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32]
- *                 [--threads N] [--kernels NAME] [--backend cpu|cuda] [--json]
+ *                 [--threads N] [--kernels NAME] [--backend cpu|cuda] [--kv-type f32|f16] [--json]
  *
  * Prefill: one sequence of N prompt tokens in one step. Decode: B sequences
  * (each with an N-token prompt already in the cache) step together, one
@@ -23,18 +23,26 @@
 #define PROG "inferno-bench"
 
 static void usage(FILE *out) {
-    fprintf(out, "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--threads N]\n"
-                 "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--json]\n");
+    fprintf(
+        out,
+        "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--threads N]\n"
+        "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16] [--json]\n");
 }
 
 int main(int argc, char **argv) {
-    const char *path = NULL, *batches = "1,8,32", *kernels = NULL, *backend = "cpu";
+    const char *path = NULL, *batches = "1,8,32", *kernels = NULL, *backend = "cpu", *kv_type = NULL;
     int prompt = 128, gen = 32, threads = 2;
     bool json = false;
-    const cli_flag flags[] = {
-        {"--model", CLI_STRING, &path},    {"--prompt", CLI_INT, &prompt},      {"--gen", CLI_INT, &gen},
-        {"--batch", CLI_STRING, &batches}, {"--threads", CLI_INT, &threads},    {"--kernels", CLI_STRING, &kernels},
-        {"--json", CLI_SWITCH, &json},     {"--backend", CLI_STRING, &backend}, {NULL}};
+    const cli_flag flags[] = {{"--model", CLI_STRING, &path},
+                              {"--prompt", CLI_INT, &prompt},
+                              {"--gen", CLI_INT, &gen},
+                              {"--batch", CLI_STRING, &batches},
+                              {"--threads", CLI_INT, &threads},
+                              {"--kernels", CLI_STRING, &kernels},
+                              {"--json", CLI_SWITCH, &json},
+                              {"--backend", CLI_STRING, &backend},
+                              {"--kv-type", CLI_STRING, &kv_type},
+                              {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
@@ -60,8 +68,12 @@ int main(int argc, char **argv) {
         return 1;
     }
     int bsz = 16, per_seq = (prompt + gen + bsz) / bsz;
-    engine_config cfg = {
-        .backend = backend, .n_threads = threads, .block_size = bsz, .n_blocks = per_seq * max_b, .kernels = kernels};
+    engine_config cfg = {.backend = backend,
+                         .n_threads = threads,
+                         .block_size = bsz,
+                         .n_blocks = per_seq * max_b,
+                         .kernels = kernels,
+                         .kv_type = kv_type};
     engine *e;
     if (engine_open(m, &cfg, &e, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);

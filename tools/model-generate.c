@@ -33,6 +33,7 @@ static void usage(FILE *out) {
                  "  --threads N            CPU threads (default 2)\n"
                  "  --kernels NAME         reference, avx2 or avx512 (default: best available)\n"
                  "  --backend NAME         cpu (default) or cuda\n"
+                 "  --kv-type TYPE         KV cache precision: f32 (default) or f16 (cuda)\n"
                  "  --print-ids            print the generated ids, comma separated, on one line\n"
                  "  --dump-logits FILE     write the float32 logits of the last prompt position\n"
                  "  --ignore-eos           keep generating past end-of-sequence tokens\n");
@@ -52,7 +53,8 @@ static int parse_ids(const char *s, token_list *out) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = NULL, *prompt = NULL, *prompt_ids = NULL, *dump = NULL, *kernels = NULL, *backend = "cpu";
+    const char *model_path = NULL, *prompt = NULL, *prompt_ids = NULL, *dump = NULL, *kernels = NULL, *backend = "cpu",
+               *kv_type = NULL;
     bool chat = false, print_ids = false, ignore_eos = false;
     int max_tokens = 64, threads = 2;
     sampling_params sp = sampling_defaults();
@@ -64,6 +66,7 @@ int main(int argc, char **argv) {
                               {"--threads", CLI_INT, &threads},
                               {"--kernels", CLI_STRING, &kernels},
                               {"--backend", CLI_STRING, &backend},
+                              {"--kv-type", CLI_STRING, &kv_type},
                               {"--print-ids", CLI_SWITCH, &print_ids},
                               {"--ignore-eos", CLI_SWITCH, &ignore_eos},
                               {"--dump-logits", CLI_STRING, &dump},
@@ -115,8 +118,12 @@ int main(int argc, char **argv) {
         tokenizer_encode(tk, prompt, strlen(prompt), true, &ids);
     }
     int32_t n_prompt = (int32_t)ids.n, total = n_prompt + max_tokens;
-    engine_config cfg = {
-        .backend = backend, .n_threads = threads, .block_size = 16, .kv_tokens = total + 16, .kernels = kernels};
+    engine_config cfg = {.backend = backend,
+                         .n_threads = threads,
+                         .block_size = 16,
+                         .kv_tokens = total + 16,
+                         .kernels = kernels,
+                         .kv_type = kv_type};
     engine *e;
     if (engine_open(m, &cfg, &e, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);
@@ -152,9 +159,29 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    int32_t n_gen = 0;
+    /* the first token from the prefill's logits; each later one from a step
+     * that samples in the engine (on a GPU, only the id comes back) */
+    uint32_t *seen = calloc(m->vocab, sizeof *seen);
+    int32_t *seen_buf = malloc(2 * (size_t)total * sizeof *seen_buf);
+    if (!seen || !seen_buf) {
+        fprintf(stderr, PROG ": out of memory\n");
+        return 1;
+    }
+    int32_t n_gen = 0, tok = -1;
     for (; n_gen < max_tokens; n_gen++) {
-        int32_t tok = sampler_sample(&smp, logits, (int32_t)m->vocab, ids.ids, (int32_t)ids.n, n_prompt, NULL);
+        if (n_gen == 0) {
+            tok = sampler_sample(&smp, logits, (int32_t)m->vocab, ids.ids, (int32_t)ids.n, n_prompt, NULL);
+        } else {
+            sample_plan plan;
+            sampler_plan(&smp, ids.ids, (int32_t)ids.n, n_prompt, (int32_t)m->vocab, seen, seen_buf, seen_buf + total,
+                         &plan);
+            engine_seq s = {0, 1, (int32_t)ids.n - 1, table, n_table, false};
+            engine_batch b = {&ids.ids[ids.n - 1], 1, &s, 1};
+            if (engine_step_sample(e, &b, &plan, &tok, err, sizeof err)) {
+                fprintf(stderr, PROG ": %s\n", err);
+                return 1;
+            }
+        }
         token_list_push(&ids, tok);
         token_list_push(&generated, tok);
         if (!print_ids) {
@@ -169,15 +196,8 @@ int main(int argc, char **argv) {
             n_gen++;
             break;
         }
-        if (n_gen + 1 == max_tokens)
-            continue; /* the last token needs no forward pass */
-        engine_seq s = {0, 1, (int32_t)ids.n - 1, table, n_table, false};
-        engine_batch b = {&ids.ids[ids.n - 1], 1, &s, 1};
-        if (engine_step(e, &b, logits, NULL, err, sizeof err)) {
-            fprintf(stderr, PROG ": %s\n", err);
-            return 1;
-        }
     }
+    free(seen), free(seen_buf);
     double t2 = clock_now();
     if (print_ids) {
         for (size_t i = 0; i < generated.n; i++)

@@ -24,6 +24,9 @@ struct engine {
     int32_t cap_rows;
 };
 
+/* The KV cache type when none is asked for. */
+#define ENGINE_DEFAULT_KV(backend) "f32"
+
 /* libinferno-cuda.so: INFERNO_CUDA_LIB, else ../lib/ beside the running program. */
 static void *open_cuda_library(char *err, size_t errlen) {
     char path[PATH_MAX];
@@ -59,6 +62,13 @@ int engine_open(const model_desc *m, const engine_config *cfg, engine **out, cha
         return -1;
     }
     e->m = m;
+    const char *kv_type = c.kv_type ? c.kv_type : ENGINE_DEFAULT_KV(backend);
+    if (strcmp(kv_type, "f32") && (strcmp(kv_type, "f16") || strcmp(backend, "cuda"))) {
+        snprintf(err, errlen, "engine: KV type '%s' (the %s backend has f32%s)", kv_type, backend,
+                 strcmp(backend, "cuda") ? "" : " and f16");
+        free(e);
+        return -1;
+    }
     if (!strcmp(backend, "cpu")) {
         cpu_engine_config cc = {c.n_threads, c.block_size, c.n_blocks, c.kv_tokens, c.kernels};
         if (cpu_engine_create(m, &cc, &e->cpu, err, errlen)) {
@@ -79,7 +89,7 @@ int engine_open(const model_desc *m, const engine_config *cfg, engine **out, cha
             engine_close(e);
             return -1;
         }
-        cuda_engine_config cc = {c.device, c.block_size, c.n_blocks, c.kv_tokens, c.graphs};
+        cuda_engine_config cc = {c.device, c.block_size, c.n_blocks, c.kv_tokens, c.graphs, !strcmp(kv_type, "f16")};
         if (e->api->create(m, &cc, &e->cuda, err, errlen)) {
             engine_close(e);
             return -1;
@@ -106,26 +116,61 @@ void engine_close(engine *e) {
     free(e);
 }
 
+/* The CPU engine's logits for a caller that wants only ids. */
+static float *scratch_logits(engine *e, int32_t rows, char *err, size_t errlen) {
+    if (rows > e->cap_rows) {
+        free(e->scratch);
+        e->cap_rows = 0;
+        if (!(e->scratch = malloc((size_t)rows * e->m->vocab * sizeof *e->scratch))) {
+            snprintf(err, errlen, "engine: out of memory for %d rows of logits", rows);
+            return NULL;
+        }
+        e->cap_rows = rows;
+    }
+    return e->scratch;
+}
+
 int engine_step(engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen) {
     if (e->cuda)
         return e->api->forward(e->cuda, b, logits, argmax, err, errlen);
     int32_t rows = engine_batch_rows(b);
-    if (!logits) {
-        if (rows > e->cap_rows) {
-            free(e->scratch);
-            e->cap_rows = 0;
-            if (!(e->scratch = malloc((size_t)rows * e->m->vocab * sizeof *e->scratch))) {
-                snprintf(err, errlen, "engine: out of memory for %d rows of logits", rows);
-                return -1;
-            }
-            e->cap_rows = rows;
-        }
-        logits = e->scratch;
-    }
+    if (!logits && !(logits = scratch_logits(e, rows, err, errlen)))
+        return -1;
     if (cpu_engine_forward(e->cpu, b, logits, err, errlen))
         return -1;
     for (int32_t r = 0; argmax && r < rows; r++)
         argmax[r] = sampler_argmax(logits + (size_t)r * e->m->vocab, (int32_t)e->m->vocab);
+    return 0;
+}
+
+int engine_step_sample(engine *e, const engine_batch *b, const sample_plan *plans, int32_t *ids, char *err,
+                       size_t errlen) {
+    if (e->cuda)
+        return e->api->forward_sample(e->cuda, b, plans, ids, err, errlen);
+    int32_t rows = engine_batch_rows(b);
+    float *logits = scratch_logits(e, rows, err, errlen);
+    if (!logits || cpu_engine_forward(e->cpu, b, logits, err, errlen))
+        return -1;
+    for (int32_t r = 0; r < rows; r++) {
+        float *row = logits + (size_t)r * e->m->vocab;
+        sampler_apply_edits(&plans[r], row, (int32_t)e->m->vocab);
+        ids[r] = sampler_draw(&plans[r], row, (int32_t)e->m->vocab);
+    }
+    return 0;
+}
+
+int engine_sample_logits(engine *e, const float *logits, int rows, const sample_plan *plans, int32_t *ids, char *err,
+                         size_t errlen) {
+    if (e->cuda)
+        return e->api->sample_logits(e->cuda, logits, rows, plans, ids, err, errlen);
+    float *row = scratch_logits(e, 1, err, errlen);
+    if (!row)
+        return -1;
+    for (int r = 0; r < rows; r++) {
+        memcpy(row, logits + (size_t)r * e->m->vocab, e->m->vocab * sizeof *row);
+        sampler_apply_edits(&plans[r], row, (int32_t)e->m->vocab);
+        ids[r] = sampler_draw(&plans[r], row, (int32_t)e->m->vocab);
+    }
     return 0;
 }
 

@@ -13,6 +13,7 @@
 
 #include "batch.h"
 #include "model.h"
+#include "sampler.h"
 
 typedef struct engine engine;
 
@@ -25,6 +26,7 @@ typedef struct {
     const char *kernels; /* cpu: kernel set, NULL for the best available */
     int device;          /* cuda: device ordinal */
     int graphs;          /* cuda: -1 to run decode steps without CUDA graphs */
+    const char *kv_type; /* the KV cache: "f32", or "f16" (cuda only); NULL for the backend's default */
 } engine_config;
 
 int engine_open(const model_desc *m, const engine_config *cfg, engine **out, char *err, size_t errlen);
@@ -33,6 +35,17 @@ void engine_close(engine *e);
 /* One step (see engine.h). logits (engine_batch_rows(b) x vocab floats)
  * and argmax (one id per row: the first largest logit) may each be NULL. */
 int engine_step(engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen);
+
+/* One step that samples too: ids[r] gets the token of row r by plans[r]
+ * (engine_batch_rows(b) of each). The CUDA engine samples on the GPU, so
+ * only ids cross PCIe; the CPU engine samples here, as sampler_sample does. */
+int engine_step_sample(engine *e, const engine_batch *b, const sample_plan *plans, int32_t *ids, char *err,
+                       size_t errlen);
+
+/* Samples given logits (rows x vocab, left as they are) by plans, as
+ * engine_step_sample does after its forward pass: for tests. */
+int engine_sample_logits(engine *e, const float *logits, int rows, const sample_plan *plans, int32_t *ids, char *err,
+                         size_t errlen);
 
 int engine_block_size(const engine *e);
 int engine_n_blocks(const engine *e);

@@ -58,7 +58,8 @@ static void usage(FILE *out) {
             "  --device      CUDA device ordinal (default 0)\n"
             "  --threads     CPU threads for the engine (default 2)\n"
             "  --block-size  positions per KV block (default 16)\n"
-            "  --kv-tokens   KV cache capacity in positions (default 16384)\n",
+            "  --kv-tokens   KV cache capacity in positions (default 16384)\n"
+            "  --kv-type     KV cache precision: f32, or f16 (cuda; half the memory)\n",
             PROG);
 }
 
@@ -66,19 +67,14 @@ int main(int argc, char **argv) {
     const char *model_path = NULL, *url = "ipc:///tmp/inferno-worker-0.ipc", *scheduler_url = NULL, *advertise = NULL;
     int threads = 2, block_size = 16, kv_tokens = 16384, drain_timeout_s = 60, device = 0;
     const char *slash = strrchr(argv[0], '/'), *base = slash ? slash + 1 : argv[0];
-    const char *backend = strstr(base, "cuda") ? "cuda" : "cpu";
+    const char *backend = strstr(base, "cuda") ? "cuda" : "cpu", *kv_type = NULL;
     PROG = !strcmp(backend, "cuda") ? "inferno-worker-cuda" : PROG;
-    const cli_flag flags[] = {{"--model", CLI_STRING, &model_path},
-                              {"--listen", CLI_STRING, &url},
-                              {"--threads", CLI_INT, &threads},
-                              {"--block-size", CLI_INT, &block_size},
-                              {"--kv-tokens", CLI_INT, &kv_tokens},
-                              {"--scheduler", CLI_STRING, &scheduler_url},
-                              {"--advertise", CLI_STRING, &advertise},
-                              {"--drain-timeout", CLI_INT, &drain_timeout_s},
-                              {"--backend", CLI_STRING, &backend},
-                              {"--device", CLI_INT, &device},
-                              {NULL}};
+    const cli_flag flags[] = {{"--model", CLI_STRING, &model_path},    {"--listen", CLI_STRING, &url},
+                              {"--threads", CLI_INT, &threads},        {"--block-size", CLI_INT, &block_size},
+                              {"--kv-tokens", CLI_INT, &kv_tokens},    {"--scheduler", CLI_STRING, &scheduler_url},
+                              {"--advertise", CLI_STRING, &advertise}, {"--drain-timeout", CLI_INT, &drain_timeout_s},
+                              {"--backend", CLI_STRING, &backend},     {"--device", CLI_INT, &device},
+                              {"--kv-type", CLI_STRING, &kv_type},     {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
@@ -95,8 +91,12 @@ int main(int argc, char **argv) {
     }
     uint32_t eos;
     int32_t eos_id = gguf_get_u32(m->file, "tokenizer.ggml.eos_token_id", &eos, NULL, 0) ? -1 : (int32_t)eos;
-    engine_config cfg = {
-        .backend = backend, .n_threads = threads, .block_size = block_size, .kv_tokens = kv_tokens, .device = device};
+    engine_config cfg = {.backend = backend,
+                         .n_threads = threads,
+                         .block_size = block_size,
+                         .kv_tokens = kv_tokens,
+                         .device = device,
+                         .kv_type = kv_type};
     engine *e;
     if (engine_open(m, &cfg, &e, err, sizeof err)) {
         fprintf(stderr, "%s: %s\n", PROG, err);

@@ -27,8 +27,13 @@ struct worker_state {
     seq_history *hist;
     int32_t n_hist, cap_hist;
     float *logits;   /* [cap_logits][vocab] */
-    int32_t *argmax; /* [cap_logits], for steps that are all plain greedy */
+    int32_t *argmax; /* [cap_logits]: the ids of steps that sample in the engine */
     int32_t cap_logits;
+    /* sample plans (steps without logprobs): one a row, and their penalty lists */
+    sample_plan *plans; /* [cap_logits] */
+    uint32_t *seen;     /* [vocab] zeroed counters for sampler_plan */
+    int32_t *seen_buf;
+    size_t cap_seen;
 };
 
 worker_state *worker_state_create(const model_desc *m, engine *e, int32_t eos_id, const char *model_name) {
@@ -43,7 +48,7 @@ void worker_state_free(worker_state *w) {
         return;
     for (int32_t i = 0; i < w->n_hist; i++)
         free(w->hist[i].tokens);
-    free(w->hist), free(w->logits), free(w->argmax);
+    free(w->hist), free(w->logits), free(w->argmax), free(w->plans), free(w->seen), free(w->seen_buf);
     free(w);
 }
 
@@ -117,18 +122,55 @@ static sampling_params params_from(const Inferno__SamplingParams *sp, int32_t n_
 
 typedef Inferno__SampledToken SampledToken_t;
 
-/* Whether every row that samples takes the largest logit as it is: no
- * temperature, penalties, bias or logprobs. */
-static bool all_plain_greedy(const Inferno__StepRequest *q) {
+/* How a step's rows are sampled: ARGMAX when every row that samples takes
+ * the largest logit as it is (no temperature, penalties, bias or
+ * logprobs); PLANS when no row wants logprobs (the engine samples; on a
+ * GPU only ids come back); else LOGITS (all logits to the host). */
+enum { SAMPLE_ARGMAX, SAMPLE_PLANS, SAMPLE_LOGITS };
+
+static int sampling_mode(const Inferno__StepRequest *q) {
+    int mode = SAMPLE_ARGMAX;
     for (size_t i = 0; i < q->n_seqs; i++) {
         const Inferno__SamplingParams *sp = q->seqs[i]->sampling;
-        if (!q->seqs[i]->sample)
+        if (!q->seqs[i]->sample || !sp)
             continue;
-        if (sp && (sp->temperature > 0 || sp->logprobs > 0 || sp->n_bias_ids > 0 || sp->presence_penalty != 0 ||
-                   sp->frequency_penalty != 0 || (sp->repetition_penalty > 0 && sp->repetition_penalty != 1.0f)))
-            return false;
+        if (sp->logprobs > 0)
+            return SAMPLE_LOGITS;
+        if (sp->temperature > 0 || sp->n_bias_ids > 0 || sp->presence_penalty != 0 || sp->frequency_penalty != 0 ||
+            (sp->repetition_penalty > 0 && sp->repetition_penalty != 1.0f))
+            mode = SAMPLE_PLANS;
     }
-    return true;
+    return mode;
+}
+
+/* Fills w->plans for the rows of q (histories already extended by the step). */
+static int make_plans(worker_state *w, const Inferno__StepRequest *q) {
+    size_t need = 0;
+    for (size_t i = 0; i < q->n_seqs; i++) {
+        const seq_history *h = history(w, q->seqs[i]->seq_id, false);
+        need += h ? 2 * (size_t)h->n : 0;
+    }
+    if (!w->seen && !(w->seen = calloc(w->m->vocab, sizeof *w->seen)))
+        return -1;
+    if (need > w->cap_seen) {
+        free(w->seen_buf);
+        w->cap_seen = 0;
+        if (!(w->seen_buf = malloc(need * sizeof *w->seen_buf)))
+            return -1;
+        w->cap_seen = need;
+    }
+    int32_t *at = w->seen_buf;
+    for (size_t i = 0; i < q->n_seqs; i++) {
+        const Inferno__StepSequence *s = q->seqs[i];
+        seq_history *h = history(w, s->seq_id, false);
+        sampling_params p = s->sample ? params_from(s->sampling, s->n_generated) : sampling_defaults();
+        sampler smp;
+        sampler_init(&smp, &p);
+        int32_t n = h ? h->n : 0, n_prompt = s->n_prompt > 0 && s->n_prompt <= n ? s->n_prompt : n;
+        sampler_plan(&smp, h ? h->tokens : NULL, n, n_prompt, (int32_t)w->m->vocab, w->seen, at, at + n, &w->plans[i]);
+        at += 2 * (size_t)n;
+    }
+    return 0;
 }
 
 /* Runs a step; on a bad request writes a message into err and returns -1. */
@@ -212,28 +254,16 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         at += s->n_tokens;
     }
     if ((int32_t)q->n_seqs > w->cap_logits) {
-        free(w->logits), free(w->argmax);
+        free(w->logits), free(w->argmax), free(w->plans);
         w->cap_logits = (int32_t)q->n_seqs;
         w->logits = malloc((size_t)w->cap_logits * w->m->vocab * sizeof *w->logits);
         w->argmax = malloc((size_t)w->cap_logits * sizeof *w->argmax);
-        if (!w->logits || !w->argmax) {
+        w->plans = malloc((size_t)w->cap_logits * sizeof *w->plans);
+        if (!w->logits || !w->argmax || !w->plans) {
             w->cap_logits = 0;
             snprintf(err, errlen, "out of memory");
             goto out;
         }
-    }
-    engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
-    /* when every row is plain greedy, only the argmax ids leave the engine
-     * (for a GPU: ids instead of n_seqs x vocab floats over PCIe) */
-    if (all_plain_greedy(q))
-        argmax = w->argmax;
-    double t0 = clock_now();
-    if (engine_step(w->e, &b, argmax ? NULL : w->logits, argmax, err, errlen))
-        goto out;
-    res->tokens = calloc(q->n_seqs, sizeof *res->tokens);
-    if (!res->tokens) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
     }
     for (size_t i = 0; i < q->n_seqs; i++) {
         const Inferno__StepSequence *s = q->seqs[i];
@@ -242,15 +272,39 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
             snprintf(err, errlen, "out of memory");
             goto out;
         }
+    }
+    engine_batch b = {tokens, n_tokens, seqs, (int32_t)q->n_seqs};
+    /* unless logprobs are asked for, only ids leave the engine (for a GPU:
+     * ids instead of n_seqs x vocab floats over PCIe) */
+    int mode = sampling_mode(q);
+    if (mode != SAMPLE_LOGITS)
+        argmax = w->argmax;
+    if (mode == SAMPLE_PLANS && make_plans(w, q)) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    double t0 = clock_now();
+    if (mode == SAMPLE_PLANS ? engine_step_sample(w->e, &b, w->plans, argmax, err, errlen)
+                             : engine_step(w->e, &b, argmax ? NULL : w->logits, argmax, err, errlen))
+        goto out;
+    res->tokens = calloc(q->n_seqs, sizeof *res->tokens);
+    if (!res->tokens) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < q->n_seqs; i++) {
+        const Inferno__StepSequence *s = q->seqs[i];
+        seq_history *h = history(w, s->seq_id, false);
         if (!s->sample)
             continue;
-        sampling_params p = params_from(s->sampling, s->n_generated);
-        sampler smp;
-        sampler_init(&smp, &p);
         sample_result sr = {.token = argmax ? argmax[i] : -1};
-        int32_t n_prompt = s->n_prompt > 0 && s->n_prompt <= h->n ? s->n_prompt : h->n;
-        if (!argmax)
+        if (!argmax) {
+            sampling_params p = params_from(s->sampling, s->n_generated);
+            sampler smp;
+            sampler_init(&smp, &p);
+            int32_t n_prompt = s->n_prompt > 0 && s->n_prompt <= h->n ? s->n_prompt : h->n;
             sampler_sample(&smp, w->logits + i * w->m->vocab, (int32_t)w->m->vocab, h->tokens, h->n, n_prompt, &sr);
+        }
         SampledToken_t *t = malloc(sizeof *t + (size_t)sr.n_top * (sizeof(int32_t) + sizeof(float)));
         if (!t) {
             snprintf(err, errlen, "out of memory");

@@ -43,6 +43,7 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "tensor_types.h"
 }
 #include "kernels.cuh"
+#include "sample.cuh"
 
 #define GEMV_MAX_T      8
 #define GRAPH_MAX_T     GEMV_MAX_T
@@ -52,7 +53,7 @@ typedef struct {
     dmat qkv, wo, gate_up, down;
     float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* [hidden], [hidden], [hd], [hd]; q/k NULL without */
     float *qkv_bias;                               /* [q_dim + 2 kv_dim] or NULL */
-    float *k_cache, *v_cache;                      /* [n_blocks * block_size][kv_dim] */
+    void *k_cache, *v_cache;                       /* [n_blocks * block_size][kv_dim], float or half */
 } dlayer;
 
 /* Per-step inputs, as one int32 array in host and device memory:
@@ -62,10 +63,20 @@ typedef struct {
     size_t cap;
 } step_inputs;
 
+/* Per-step sampling inputs, in host and device memory: sample_row[rows],
+ * then the edits' int32 ids and float values. */
+typedef struct {
+    void *host, *dev;
+    size_t cap; /* bytes */
+    float *row; /* host: one logits row, for the rows the host finishes */
+} sample_inputs;
+
 struct cuda_engine {
     const model_desc *m;
     int device, block_size, n_blocks;
     bool use_graphs;
+    bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
+    bool kv_f16; /* the KV cache in half precision, else float */
     uint32_t q_dim, kv_dim, qkv_dim;
     uint32_t gsub; /* query heads per attention block: the largest divisor of the group up to 8 */
     char describe[256];
@@ -82,6 +93,7 @@ struct cuda_engine {
     size_t wscratch_elems;
     int32_t *ids;
     step_inputs in;
+    sample_inputs smp;
     /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any
      * length fit) */
     cudaGraphExec_t graph[GRAPH_MAX_T + 1];
@@ -111,8 +123,19 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) {
             return fail(err, errlen, "cublas: %s: %s (%s:%d)", #call, cublasGetStatusString(rc_), __FILE__, __LINE__); \
     } while (0)
 
-/* After each launch: a bad configuration shows up here, not later. */
-#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+/* Launches kernel on the engine's stream, as a programmatic dependent
+ * launch where the device has it: the kernel's blocks may be scheduled
+ * while the previous kernel finishes, and wait in pdl_wait (kernels.cuh). */
+template <typename... Params, typename... Args>
+static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.stream = e->stream;
+    cfg.attrs = &attr, cfg.numAttrs = e->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
 
 /* ---- loading weights ---- */
 
@@ -221,6 +244,7 @@ static void cuda_destroy(cuda_engine *e) {
     free_matrix(&e->embd);
     cudaFree(e->output_norm), cudaFree(e->inv_freq), cudaFree(e->wscratch), cudaFree(e->in.dev);
     cudaFreeHost(e->in.host);
+    cudaFree(e->smp.dev), cudaFreeHost(e->smp.host), free(e->smp.row);
     free_activations(e);
     if (e->blas)
         cublasDestroy(e->blas);
@@ -232,7 +256,7 @@ static void cuda_destroy(cuda_engine *e) {
 /* Stacked parts of every layer and the vectors, onto the GPU. */
 static int load_layers(cuda_engine *e, char *err, size_t errlen) {
     const model_desc *m = e->m;
-    size_t kv_bytes = (size_t)e->n_blocks * e->block_size * e->kv_dim * sizeof(float);
+    size_t kv_bytes = (size_t)e->n_blocks * e->block_size * e->kv_dim * (e->kv_f16 ? 2 : 4);
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const layer_weights *W = &m->layers[l];
         dlayer *L = &e->layers[l];
@@ -269,8 +293,8 @@ static int load_layers(cuda_engine *e, char *err, size_t errlen) {
             if (rc)
                 return -1;
         }
-        CUDA_CHECK(cudaMalloc((void **)&L->k_cache, kv_bytes));
-        CUDA_CHECK(cudaMalloc((void **)&L->v_cache, kv_bytes));
+        CUDA_CHECK(cudaMalloc(&L->k_cache, kv_bytes));
+        CUDA_CHECK(cudaMalloc(&L->v_cache, kv_bytes));
         CUDA_CHECK(cudaMemset(L->k_cache, 0, kv_bytes));
         CUDA_CHECK(cudaMemset(L->v_cache, 0, kv_bytes));
     }
@@ -295,6 +319,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     e->m = m;
     e->device = cfg ? cfg->device : 0;
     e->use_graphs = !cfg || cfg->graphs >= 0;
+    e->kv_f16 = cfg && cfg->kv_f16 > 0;
     e->block_size = cfg && cfg->block_size > 0 ? cfg->block_size : 16;
     int kv_tokens = cfg && cfg->kv_tokens > 0 ? cfg->kv_tokens : 4096;
     e->n_blocks = cfg && cfg->n_blocks > 0 ? cfg->n_blocks : (kv_tokens + e->block_size - 1) / e->block_size;
@@ -334,8 +359,10 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
-    snprintf(e->describe, sizeof e->describe, "%.200s, %s weights", prop.name,
-             e->layers[0].qkv.type == DMAT_Q8 ? "q8_0" : "bf16");
+    const char *pdl = getenv("INFERNO_CUDA_PDL");
+    e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
+    snprintf(e->describe, sizeof e->describe, "%.200s, %s weights, %s KV%s", prop.name,
+             e->layers[0].qkv.type == DMAT_Q8 ? "q8_0" : "bf16", e->kv_f16 ? "f16" : "f32", e->pdl ? ", PDL" : "");
     *out = e;
     return 0;
 }
@@ -377,33 +404,18 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
     float eps = e->m->rms_eps;
     uint32_t rows = mode == OUT_SILU_PAIR ? w->rows / 2 : w->rows;
     if (T <= GEMV_MAX_T) {
-        dim3 grid((rows + 7) / 8), block(256);
-#define GEMV_CASE(NT)                                                                                                  \
-    case NT:                                                                                                           \
-        if (mode == OUT_STORE)                                                                                         \
-            gemv_kernel<NT, OUT_STORE><<<grid, block, 0, e->stream>>>(*w, rows, x, gain, eps, y, ldy);                 \
-        else if (mode == OUT_ADD)                                                                                      \
-            gemv_kernel<NT, OUT_ADD><<<grid, block, 0, e->stream>>>(*w, rows, x, gain, eps, y, ldy);                   \
-        else                                                                                                           \
-            gemv_kernel<NT, OUT_SILU_PAIR><<<grid, block, 0, e->stream>>>(*w, rows, x, gain, eps, y, ldy);             \
-        break;
-        switch (T) {
-            GEMV_CASE(1)
-            GEMV_CASE(2)
-            GEMV_CASE(3)
-            GEMV_CASE(4)
-            GEMV_CASE(5)
-            GEMV_CASE(6)
-            GEMV_CASE(7)
-            GEMV_CASE(8)
-        }
-#undef GEMV_CASE
-        LAUNCH_CHECK();
+        typedef void (*gemv_fn)(dmat, uint32_t, const float *, const float *, float, float *, uint32_t);
+#define GEMV_ROW(NT)                                                                                                   \
+    { gemv_kernel<NT, OUT_STORE>, gemv_kernel<NT, OUT_ADD>, gemv_kernel<NT, OUT_SILU_PAIR> }
+        static const gemv_fn by_tokens[GEMV_MAX_T][3] = {GEMV_ROW(1), GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4),
+                                                         GEMV_ROW(5), GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
+#undef GEMV_ROW
+        CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + 7) / 8), dim3(256), *w, rows, x, gain, eps, y, ldy));
         return 0;
     }
     /* tensor cores: x (normalized) as hi + lo bf16, two products summed in float32 */
-    rmsnorm_kernel<<<T, 256, 0, e->stream>>>(x, NULL, gain, eps, w->cols, NULL, e->hi, e->lo);
-    LAUNCH_CHECK();
+    CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), x, (const int32_t *)NULL, gain, eps, w->cols,
+                      (float *)NULL, e->hi, e->lo));
     const __nv_bfloat16 *wb = w->w;
     if (w->type == DMAT_Q8) {
         size_t n = (size_t)w->rows * w->cols;
@@ -414,8 +426,7 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
             CUDA_CHECK(cudaMalloc((void **)&e->wscratch, n * 2));
             e->wscratch_elems = n;
         }
-        dequant_q8_kernel<<<1024, 256, 0, e->stream>>>(*w, e->wscratch);
-        LAUNCH_CHECK();
+        CUDA_CHECK(launch(e, dequant_q8_kernel, dim3(1024), dim3(256), *w, e->wscratch));
         wb = e->wscratch;
     }
     float *out = mode == OUT_SILU_PAIR ? e->gu : y;
@@ -428,27 +439,25 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
     CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
                               (int)w->cols, e->lo, CUDA_R_16BF, (int)w->cols, &one, out, CUDA_R_32F, (int)ldo,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (mode == OUT_SILU_PAIR) {
-        silu_mul_kernel<<<T, 256, 0, e->stream>>>(e->gu, rows, y);
-        LAUNCH_CHECK();
-    }
+    if (mode == OUT_SILU_PAIR)
+        CUDA_CHECK(launch(e, silu_mul_kernel, dim3(T), dim3(256), (const float *)e->gu, rows, y));
     return 0;
 }
 
-/* The attention kernel for this head size and heads per block. */
-static int launch_attention(cuda_engine *e, const attention_args *aa, dim3 grid) {
+/* The attention kernel for this head size and heads per block; NULL when none is built. */
+typedef void (*attention_fn)(attention_args);
+static attention_fn attention_kernel_for(const cuda_engine *e) {
     int epl = (int)(e->m->head_dim + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
     switch (key) {
 #define ATTN_CASE(EPL, G)                                                                                              \
     case EPL * 16 + G:                                                                                                 \
-        attention_kernel<EPL, G><<<grid, ATTN_WARPS * WARP, 0, e->stream>>>(*aa);                                      \
-        return 0;
+        return e->kv_f16 ? attention_kernel<EPL, G, __half> : attention_kernel<EPL, G, float>;
 #define ATTN_CASES(EPL) ATTN_CASE(EPL, 1) ATTN_CASE(EPL, 2) ATTN_CASE(EPL, 4) ATTN_CASE(EPL, 7) ATTN_CASE(EPL, 8)
         ATTN_CASES(1) ATTN_CASES(2) ATTN_CASES(3) ATTN_CASES(4) ATTN_CASES(8)
 #undef ATTN_CASES
 #undef ATTN_CASE
     }
-    return -1;
+    return NULL;
 }
 
 /* Every kernel of one step, on e->stream, reading the inputs already in
@@ -458,16 +467,15 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
     const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
                   *out_src = table_off + T, *tables = out_src + rows;
     uint32_t H = m->hidden, hd = m->head_dim;
-    embed_kernel<<<T, 256, 0, e->stream>>>(e->embd, tokens, e->x);
-    LAUNCH_CHECK();
+    CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, e->x));
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const dlayer *L = &e->layers[l];
         if (matmul(e, &L->qkv, e->x, L->attn_norm, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
             return -1;
-        rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm,  L->k_norm, e->inv_freq, pos,       slot,      e->q,
-                        L->k_cache, L->v_cache,  m->n_heads, hd,        e->q_dim,    e->kv_dim, m->rms_eps};
-        qk_rope_kernel<<<dim3(m->n_heads + m->n_kv_heads, T), (hd + WARP - 1) / WARP * WARP, 0, e->stream>>>(ra);
-        LAUNCH_CHECK();
+        rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm,  L->k_norm, e->inv_freq, pos,       slot,       e->q,
+                        L->k_cache, L->v_cache,  m->n_heads, hd,        e->q_dim,    e->kv_dim, m->rms_eps, e->kv_f16};
+        CUDA_CHECK(
+            launch(e, qk_rope_kernel, dim3(m->n_heads + m->n_kv_heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
         /* enough slices of the positions to give the GPU ~256 blocks; from T
          * alone, so that a captured decode graph fits every later step */
         uint32_t groups = m->n_heads / e->gsub, slices = 256 / ((uint32_t)T * groups);
@@ -487,25 +495,22 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
                              e->kv_dim,
                              (uint32_t)e->block_size,
                              1.0f / sqrtf((float)hd)};
-        dim3 agrid(groups, T, slices);
-        if (launch_attention(e, &aa, agrid))
+        attention_fn attention = attention_kernel_for(e);
+        if (!attention)
             return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
-        LAUNCH_CHECK();
-        if (slices > 1) {
-            attention_merge_kernel<<<dim3(m->n_heads, T), 128, 0, e->stream>>>(aa, slices);
-            LAUNCH_CHECK();
-        }
+        CUDA_CHECK(launch(e, attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
+        if (slices > 1)
+            CUDA_CHECK(launch(e, attention_merge_kernel, dim3(m->n_heads, T), dim3(128), aa, slices));
         if (matmul(e, &L->wo, e->att, NULL, T, e->x, H, OUT_ADD, err, errlen) ||
             matmul(e, &L->gate_up, e->x, L->ffn_norm, T, e->act, m->ffn, OUT_SILU_PAIR, err, errlen) ||
             matmul(e, &L->down, e->act, NULL, T, e->x, H, OUT_ADD, err, errlen))
             return -1;
     }
-    rmsnorm_kernel<<<rows, 256, 0, e->stream>>>(e->x, out_src, e->output_norm, m->rms_eps, H, e->xn, NULL, NULL);
-    LAUNCH_CHECK();
+    CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(rows), dim3(256), (const float *)e->x, out_src,
+                      (const float *)e->output_norm, m->rms_eps, H, e->xn, (__nv_bfloat16 *)NULL,
+                      (__nv_bfloat16 *)NULL));
     if (matmul(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, err, errlen))
         return -1;
-    argmax_kernel<<<rows, 1024, 0, e->stream>>>(e->logits, m->vocab, e->ids);
-    LAUNCH_CHECK();
     return 0;
 }
 
@@ -551,8 +556,8 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *e
     return 0;
 }
 
-static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err,
-                        size_t errlen) {
+/* The step up to the logits on the device (e->logits, one row per output row). */
+static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen) {
     int max_pos;
     if (engine_batch_check(b, e->m->vocab, e->block_size, e->n_blocks, &max_pos, err, errlen))
         return -1;
@@ -579,20 +584,116 @@ static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, in
         CUDA_CHECK(cudaGraphLaunch(e->graph[T], e->stream));
     else if (enqueue_step(e, T, rows, err, errlen))
         return -1;
+    return 0;
+}
+
+static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err,
+                        size_t errlen) {
+    if (run_step(e, b, err, errlen))
+        return -1;
+    int rows = engine_batch_rows(b);
     if (logits)
         CUDA_CHECK(
             cudaMemcpyAsync(logits, e->logits, (size_t)rows * e->m->vocab * 4, cudaMemcpyDeviceToHost, e->stream));
-    if (argmax)
+    if (argmax) {
+        CUDA_CHECK(launch(e, argmax_kernel, dim3(rows), dim3(1024), (const float *)e->logits, e->m->vocab, e->ids));
         CUDA_CHECK(cudaMemcpyAsync(argmax, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
+    }
     CUDA_CHECK(cudaStreamSynchronize(e->stream));
     return 0;
+}
+
+/* Copies the rows' plans to the device as sample_rows and their edits
+ * (*n_edits of them: their ids, then their values). */
+static int stage_plans(cuda_engine *e, const sample_plan *plans, int rows, size_t *n_edits_out, char *err,
+                       size_t errlen) {
+    size_t n_edits = 0;
+    for (int r = 0; r < rows; r++)
+        n_edits += (size_t)plans[r].n_bias + (size_t)plans[r].n_seen;
+    size_t head = (size_t)rows * sizeof(sample_row), need = head + n_edits * 8;
+    if (need > e->smp.cap) {
+        CUDA_CHECK(cudaStreamSynchronize(e->stream));
+        cudaFreeHost(e->smp.host), cudaFree(e->smp.dev);
+        e->smp.host = e->smp.dev = NULL, e->smp.cap = 0;
+        size_t cap = need < 65536 ? 65536 : need * 2;
+        CUDA_CHECK(cudaMallocHost(&e->smp.host, cap));
+        CUDA_CHECK(cudaMalloc(&e->smp.dev, cap));
+        e->smp.cap = cap;
+    }
+    sample_row *sr = (sample_row *)e->smp.host;
+    int32_t *ids = (int32_t *)((char *)e->smp.host + head);
+    float *values = (float *)(ids + n_edits);
+    int32_t at = 0;
+    for (int r = 0; r < rows; r++) {
+        const sample_plan *p = &plans[r];
+        sr[r] = (sample_row){p->temperature,
+                             p->top_p,
+                             p->min_p,
+                             p->top_k,
+                             p->repetition_penalty,
+                             p->presence_penalty,
+                             p->frequency_penalty,
+                             p->uniform,
+                             at,
+                             p->n_bias,
+                             0,
+                             p->n_seen};
+        for (int32_t i = 0; i < p->n_bias; i++, at++)
+            ids[at] = p->bias_ids[i], values[at] = p->bias_values[i];
+        sr[r].seen_at = at;
+        for (int32_t i = 0; i < p->n_seen; i++, at++)
+            ids[at] = p->seen_ids[i], values[at] = (float)p->seen_counts[i];
+    }
+    CUDA_CHECK(cudaMemcpyAsync(e->smp.dev, e->smp.host, need, cudaMemcpyHostToDevice, e->stream));
+    *n_edits_out = n_edits;
+    return 0;
+}
+
+/* Samples the rows of e->logits by plans into ids (host). */
+static int sample_rows(cuda_engine *e, int rows, const sample_plan *plans, int32_t *ids, char *err, size_t errlen) {
+    uint32_t vocab = e->m->vocab;
+    size_t n_edits = 0;
+    if (stage_plans(e, plans, rows, &n_edits, err, errlen))
+        return -1;
+    const sample_row *dev_rows = (const sample_row *)e->smp.dev;
+    const int32_t *edit_ids = (const int32_t *)(dev_rows + rows);
+    CUDA_CHECK(launch(e, sample_kernel, dim3(rows), dim3(SAMPLE_THREADS), e->logits, vocab, dev_rows, edit_ids,
+                      (const float *)(edit_ids + n_edits), e->ids));
+    CUDA_CHECK(cudaMemcpyAsync(ids, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
+    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    for (int r = 0; r < rows; r++) {
+        if (ids[r] >= 0)
+            continue;
+        /* the kept set outgrew the GPU's candidates: the host draws from the edited row */
+        if (!e->smp.row && !(e->smp.row = (float *)malloc((size_t)vocab * 4)))
+            return fail(err, errlen, "cuda engine: out of host memory");
+        CUDA_CHECK(cudaMemcpy(e->smp.row, e->logits + (size_t)r * vocab, (size_t)vocab * 4, cudaMemcpyDeviceToHost));
+        ids[r] = sampler_draw(&plans[r], e->smp.row, (int32_t)vocab);
+    }
+    return 0;
+}
+
+static int cuda_forward_sample(cuda_engine *e, const engine_batch *b, const sample_plan *plans, int32_t *ids, char *err,
+                               size_t errlen) {
+    if (run_step(e, b, err, errlen))
+        return -1;
+    return sample_rows(e, engine_batch_rows(b), plans, ids, err, errlen);
+}
+
+static int cuda_sample_logits(cuda_engine *e, const float *logits, int rows, const sample_plan *plans, int32_t *ids,
+                              char *err, size_t errlen) {
+    if (reserve(e, 1, rows, err, errlen))
+        return -1;
+    CUDA_CHECK(cudaMemcpyAsync(e->logits, logits, (size_t)rows * e->m->vocab * 4, cudaMemcpyHostToDevice, e->stream));
+    return sample_rows(e, rows, plans, ids, err, errlen);
 }
 
 static int cuda_block_size(const cuda_engine *e) { return e->block_size; }
 static int cuda_n_blocks(const cuda_engine *e) { return e->n_blocks; }
 static const char *cuda_describe(const cuda_engine *e) { return e->describe; }
 
-static const cuda_engine_api api = {INFERNO_CUDA_ABI, cuda_create,   cuda_destroy, cuda_forward,
-                                    cuda_block_size,  cuda_n_blocks, cuda_describe};
+static const cuda_engine_api api = {INFERNO_CUDA_ABI, cuda_create,         cuda_destroy,
+                                    cuda_forward,     cuda_forward_sample, cuda_sample_logits,
+                                    cuda_block_size,  cuda_n_blocks,       cuda_describe};
 
 extern "C" const cuda_engine_api *inferno_cuda_api(void) { return &api; }

@@ -9,7 +9,8 @@
  *
  * Weights live on the GPU in BF16 or Q8_0 (per matrix: Q8_0 when the
  * file's matrix is Q8_0, BF16 otherwise, converting other types once at
- * load); activations, the KV cache and all accumulation are float32.
+ * load); activations and all accumulation are float32, the KV cache
+ * float32 or (kv_f16) float16.
  *
  * Threading: one stream; an engine is not re-entrant (one step at a time),
  * like the CPU engine. */
@@ -21,8 +22,9 @@
 
 #include "engine.h"
 #include "model.h"
+#include "sampler.h"
 
-#define INFERNO_CUDA_ABI 1
+#define INFERNO_CUDA_ABI 2
 
 typedef struct cuda_engine cuda_engine;
 
@@ -32,6 +34,7 @@ typedef struct {
     int n_blocks;   /* KV pool size; 0: enough for kv_tokens */
     int kv_tokens;  /* with n_blocks 0: positions to hold (default 4096) */
     int graphs;     /* capture decode steps as CUDA graphs: 1 yes (default), -1 no */
+    int kv_f16;     /* 1: the KV cache in half precision (half the memory and bandwidth); 0: float */
 } cuda_engine_config;
 
 typedef struct {
@@ -42,6 +45,16 @@ typedef struct {
      * argmax (host, one id per logit row, computed on the GPU) may be NULL:
      * greedy decoding moves only ids across PCIe. */
     int (*forward)(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen);
+    /* A step that samples on the GPU: ids (host, one per row) by plans
+     * (host, one per row); the logits never leave the device, except a
+     * row whose top-p/min-p set outgrows the GPU's candidate list, which
+     * sampler_draw finishes on the host. */
+    int (*forward_sample)(cuda_engine *e, const engine_batch *b, const sample_plan *plans, int32_t *ids, char *err,
+                          size_t errlen);
+    /* The same sampling over given logits (host, rows x vocab, left as
+     * they are): for tests against the host's sampler. */
+    int (*sample_logits)(cuda_engine *e, const float *logits, int rows, const sample_plan *plans, int32_t *ids,
+                         char *err, size_t errlen);
     int (*block_size)(const cuda_engine *e);
     int (*n_blocks)(const cuda_engine *e);
     const char *(*describe)(const cuda_engine *e); /* "NVIDIA H100 80GB HBM3, bf16 weights" */

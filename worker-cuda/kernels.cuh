@@ -5,6 +5,7 @@
 #define INFERNO_CUDA_KERNELS_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <stdint.h>
 
 /* A weight matrix on the GPU: [rows][cols], BF16 or Q8_0 split into its
@@ -22,6 +23,32 @@ typedef struct {
 enum { OUT_STORE, OUT_ADD, OUT_SILU_PAIR };
 
 #define WARP 32
+
+/* Programmatic dependent launch (sm_90): a kernel launched with the PDL
+ * attribute may start while the one before it finishes. pdl_wait() blocks
+ * until the previous kernel has completed and its writes are visible, so
+ * nothing a kernel reads from earlier kernels may be read before it; only
+ * weights (never written) are. pdl_allow_next() lets the next kernel's
+ * blocks be scheduled; it is called right after the wait, as each kernel's
+ * writes are only read after the next kernel's own wait. Without the
+ * attribute both are no-ops. */
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_allow_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Both, at the top of a kernel that prefetches nothing. */
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_allow_next();
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = WARP / 2; o > 0; o /= 2)
@@ -53,6 +80,7 @@ __device__ __forceinline__ float block_sum(float v) {
 
 /* x[t] = embedding row tokens[t]. Grid T, block 256. */
 __global__ void embed_kernel(dmat e, const int32_t *tokens, float *x) {
+    pdl_enter();
     int t = blockIdx.x;
     size_t row = (size_t)tokens[t] * e.cols;
     for (uint32_t i = threadIdx.x; i < e.cols; i += blockDim.x)
@@ -66,6 +94,7 @@ __global__ void embed_kernel(dmat e, const int32_t *tokens, float *x) {
  * halves carry ~16 mantissa bits into the tensor cores. Grid rows, block 256. */
 __global__ void rmsnorm_kernel(const float *x, const int32_t *src, const float *gain, float eps, uint32_t n, float *out,
                                __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+    pdl_enter();
     int r = blockIdx.x;
     const float *row = x + (size_t)(src ? src[r] : r) * n;
     float scale = 1.0f;
@@ -89,6 +118,7 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *src, const float *
 
 /* out[t][r] = silu(gu[t][r]) * gu[t][ffn + r]. Grid T, block 256. */
 __global__ void silu_mul_kernel(const float *gu, uint32_t ffn, float *out) {
+    pdl_enter();
     int t = blockIdx.x;
     for (uint32_t i = threadIdx.x; i < ffn; i += blockDim.x) {
         float g = gu[(size_t)t * 2 * ffn + i], u = gu[(size_t)t * 2 * ffn + ffn + i];
@@ -98,6 +128,7 @@ __global__ void silu_mul_kernel(const float *gu, uint32_t ffn, float *out) {
 
 /* A Q8_0 matrix as bf16 (for the tensor-core path). Grid-stride. */
 __global__ void dequant_q8_kernel(dmat m, __nv_bfloat16 *out) {
+    pdl_enter();
     size_t n = (size_t)m.rows * m.cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         out[i] = __float2bfloat16_rn((float)m.qs[i] * m.scale[i / 32]);
@@ -143,10 +174,30 @@ __device__ __forceinline__ float dot8(const float w[8], const float *x) {
  * Grid ceil(rows / 8), block 256. */
 #define GEMV_UNROLL 4
 
+template <int N_ROWS>
+__device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t rows, uint32_t k0,
+                                          uint4 raw[N_ROWS][GEMV_UNROLL], float scale[N_ROWS][GEMV_UNROLL]) {
+    for (int j = 0; j < N_ROWS; j++)
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            uint32_t k = k0 + u * WARP * 8;
+            size_t row = r + (size_t)j * rows;
+            raw[j][u] = k < m.cols ? load8_raw(m, row, k) : make_uint4(0, 0, 0, 0);
+            scale[j][u] = m.type == DMAT_Q8 && k < m.cols ? __ldg(m.scale + row * (m.cols / 32) + k / 32) : 1.0f;
+        }
+}
+
 template <int NT, int MODE>
 __global__ void __launch_bounds__(256)
     gemv_kernel(dmat m, uint32_t rows, const float *x, const float *gain, float eps, float *y, uint32_t ldy) {
     uint32_t r = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
+    const int N_ROWS = MODE == OUT_SILU_PAIR ? 2 : 1;
+    uint4 raw[N_ROWS][GEMV_UNROLL];
+    float scale[N_ROWS][GEMV_UNROLL];
+    /* the first weights are loaded while the previous kernel finishes (a
+     * whole row, for rows of up to 1024 BF16 columns) */
+    if (r < rows)
+        gemv_load<N_ROWS>(m, r, rows, lane * 8, raw, scale);
+    pdl_enter();
     if (r >= rows)
         return;
     float norm[NT];
@@ -158,21 +209,13 @@ __global__ void __launch_bounds__(256)
         }
         norm[t] = gain ? rsqrtf(warp_sum(ss) / (float)m.cols + eps) : 1.0f;
     }
-    const int N_ROWS = MODE == OUT_SILU_PAIR ? 2 : 1;
     float acc[N_ROWS][NT];
     for (int j = 0; j < N_ROWS; j++)
         for (int t = 0; t < NT; t++)
             acc[j][t] = 0.0f;
     for (uint32_t k0 = lane * 8; k0 < m.cols; k0 += WARP * 8 * GEMV_UNROLL) {
-        uint4 raw[N_ROWS][GEMV_UNROLL];
-        float scale[N_ROWS][GEMV_UNROLL];
-        for (int j = 0; j < N_ROWS; j++)
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                uint32_t k = k0 + u * WARP * 8;
-                size_t row = r + (size_t)j * rows;
-                raw[j][u] = k < m.cols ? load8_raw(m, row, k) : make_uint4(0, 0, 0, 0);
-                scale[j][u] = m.type == DMAT_Q8 && k < m.cols ? __ldg(m.scale + row * (m.cols / 32) + k / 32) : 1.0f;
-            }
+        if (k0 != lane * 8)
+            gemv_load<N_ROWS>(m, r, rows, k0, raw, scale);
         for (int u = 0; u < GEMV_UNROLL; u++) {
             uint32_t k = k0 + u * WARP * 8;
             if (k >= m.cols)
@@ -214,13 +257,25 @@ struct rope_args {
     const float *inv_freq;        /* [head_dim / 2] */
     const int32_t *pos, *slot;    /* [T] */
     float *q;                     /* [T][q_dim] */
-    float *k_cache, *v_cache;     /* [slots][kv_dim] */
+    void *k_cache, *v_cache;      /* [slots][kv_dim], float or (kv_f16) half */
     uint32_t n_heads, head_dim, q_dim, kv_dim;
     float eps;
+    int kv_f16;
 };
+
+/* A KV cache element as float, and back. */
+__device__ __forceinline__ float kv_load(float v) { return v; }
+__device__ __forceinline__ float kv_load(__half v) { return __half2float(v); }
+__device__ __forceinline__ void kv_store(void *cache, size_t at, float v, int f16) {
+    if (f16)
+        ((__half *)cache)[at] = __float2half_rn(v);
+    else
+        ((float *)cache)[at] = v;
+}
 
 __global__ void qk_rope_kernel(rope_args a) {
     __shared__ float v[512];
+    pdl_enter();
     uint32_t j = blockIdx.x, t = blockIdx.y, i = threadIdx.x, hd = a.head_dim, half = hd / 2;
     uint32_t width = a.q_dim + 2 * a.kv_dim;
     bool is_q = j < a.n_heads, active = i < hd;
@@ -239,9 +294,9 @@ __global__ void qk_rope_kernel(rope_args a) {
         a.q[(size_t)t * a.q_dim + j * hd + i] = rotated;
     } else {
         size_t at = (size_t)a.slot[t] * a.kv_dim + (j - a.n_heads) * hd + i;
-        a.k_cache[at] = rotated;
+        kv_store(a.k_cache, at, rotated, a.kv_f16);
         uint32_t vcol = col + a.kv_dim;
-        a.v_cache[at] = a.qkv[(size_t)t * width + vcol] + (a.bias ? a.bias[vcol] : 0.0f);
+        kv_store(a.v_cache, at, a.qkv[(size_t)t * width + vcol] + (a.bias ? a.bias[vcol] : 0.0f), a.kv_f16);
     }
 }
 
@@ -252,15 +307,53 @@ __global__ void qk_rope_kernel(rope_args a) {
  * positions. Its 4 warps split the slice, ATTN_BATCH positions at a time,
  * each keeping an online softmax per head; the block merges them. With one slice the result is final;
  * otherwise each slice leaves (max, sum, unnormalized output) in part and
- * attention_merge_kernel combines the slices. Lane l holds elements l,
- * l + 32, ... of a head (EPL = head_dim / 32 rounded up). Grid
+ * attention_merge_kernel combines the slices. Lane l holds elements
+ * l * EPL .. l * EPL + EPL - 1 of a head (EPL = head_dim / 32 rounded up),
+ * so that a key or value row is one vector load a lane. Grid
  * (n_heads / GSUB, T, slices), block 128. */
 #define ATTN_WARPS 4
 #define ATTN_BATCH 8
 
+/* EPL consecutive KV elements as floats: vector loads (16 bytes of float,
+ * 8 of half for EPL 4) when EPL is 2, 4 or 8 and the row holds them all. */
+template <int EPL> __device__ __forceinline__ void kv_load_row(const float *p, bool whole, float out[EPL]) {
+    if (whole && EPL % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < EPL; i += 4) {
+            float4 v = *(const float4 *)(p + i);
+            out[i] = v.x, out[i + 1] = v.y, out[i + 2] = v.z, out[i + 3] = v.w;
+        }
+    } else if (whole && EPL == 2) {
+        float2 v = *(const float2 *)p;
+        out[0] = v.x, out[1] = v.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPL; i++)
+            out[i] = p[i];
+    }
+}
+
+template <int EPL> __device__ __forceinline__ void kv_load_row(const __half *p, bool whole, float out[EPL]) {
+    if (whole && EPL % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < EPL; i += 4) {
+            uint2 raw = *(const uint2 *)(p + i);
+            float2 a = __half22float2(*(const __half2 *)&raw.x), b = __half22float2(*(const __half2 *)&raw.y);
+            out[i] = a.x, out[i + 1] = a.y, out[i + 2] = b.x, out[i + 3] = b.y;
+        }
+    } else if (whole && EPL == 2) {
+        float2 v = __half22float2(*(const __half2 *)p);
+        out[0] = v.x, out[1] = v.y;
+    } else {
+#pragma unroll
+        for (int i = 0; i < EPL; i++)
+            out[i] = __half2float(p[i]);
+    }
+}
+
 struct attention_args {
     const float *q;                          /* [T][q_dim] */
-    const float *k_cache, *v_cache;          /* [slots][kv_dim] */
+    const void *k_cache, *v_cache;           /* [slots][kv_dim] of KV (float or half) */
     const int32_t *pos, *table_off, *tables; /* per token: position, its table in tables */
     float *out;                              /* [T][q_dim] */
     float *part;                             /* [T][n_heads][slices][head_dim + 2] */
@@ -268,20 +361,24 @@ struct attention_args {
     float scale;
 };
 
-template <int EPL, int GSUB> __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
+template <int EPL, int GSUB, typename KV>
+__global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][EPL * WARP];
+    pdl_enter();
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
     uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
     const int32_t *table = a.tables + a.table_off[t];
     int n_pos = a.pos[t] + 1, len = (n_pos + (int)slices - 1) / (int)slices;
     int begin = (int)blockIdx.z * len, end = min(begin + len, n_pos);
+    /* vector loads need every row start aligned to the vector: kv_dim and head_dim multiples of EPL */
+    bool vec_ok = a.kv_dim % EPL == 0 && hd % EPL == 0;
     float q[GSUB][EPL], acc[GSUB][EPL], m[GSUB], l[GSUB];
 #pragma unroll
     for (int g = 0; g < GSUB; g++) {
         m[g] = -INFINITY, l[g] = 0.0f;
 #pragma unroll
         for (int i = 0; i < EPL; i++) {
-            uint32_t d = i * WARP + lane;
+            uint32_t d = lane * EPL + i;
             q[g][i] = d < hd ? a.q[(size_t)t * a.q_dim + (h0 + g) * hd + d] * a.scale : 0.0f;
             acc[g][i] = 0.0f;
         }
@@ -294,11 +391,17 @@ template <int EPL, int GSUB> __global__ void __launch_bounds__(ATTN_WARPS *WARP)
         for (int j = 0; j < ATTN_BATCH; j++) {
             int p = p0 + j;
             size_t slot = p < end ? (size_t)table[p / a.block_size] * a.block_size + p % a.block_size : 0;
-            const float *k = a.k_cache + slot * a.kv_dim + kvh * hd, *v = a.v_cache + slot * a.kv_dim + kvh * hd;
+            const KV *k = (const KV *)a.k_cache + slot * a.kv_dim + kvh * hd + lane * EPL;
+            const KV *v = (const KV *)a.v_cache + slot * a.kv_dim + kvh * hd + lane * EPL;
+            if (p < end && lane * EPL + EPL <= hd) { /* the usual case: the lane's EPL elements, vector loads */
+                kv_load_row<EPL>(k, vec_ok, kr[j]);
+                kv_load_row<EPL>(v, vec_ok, vr[j]);
+            } else {
 #pragma unroll
-            for (int i = 0; i < EPL; i++) {
-                bool in = p < end && i * WARP + lane < hd;
-                kr[j][i] = in ? k[i * WARP + lane] : 0.0f, vr[j][i] = in ? v[i * WARP + lane] : 0.0f;
+                for (int i = 0; i < EPL; i++) {
+                    bool in = p < end && lane * EPL + i < hd;
+                    kr[j][i] = in ? kv_load(k[i]) : 0.0f, vr[j][i] = in ? kv_load(v[i]) : 0.0f;
+                }
             }
         }
 #pragma unroll
@@ -339,7 +442,7 @@ template <int EPL, int GSUB> __global__ void __launch_bounds__(ATTN_WARPS *WARP)
             m_w[warp][g] = m[g], l_w[warp][g] = l[g];
 #pragma unroll
         for (int i = 0; i < EPL; i++)
-            acc_w[warp][g][i * WARP + lane] = acc[g][i];
+            acc_w[warp][g][lane * EPL + i] = acc[g][i];
     }
     __syncthreads();
 #pragma unroll
@@ -374,6 +477,7 @@ template <int EPL, int GSUB> __global__ void __launch_bounds__(ATTN_WARPS *WARP)
  * (n_heads, T), block 128. */
 __global__ void attention_merge_kernel(attention_args a, uint32_t slices) {
     __shared__ float weight[WARP];
+    pdl_enter();
     uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.head_dim, lane = threadIdx.x % WARP;
     const float *part = a.part + ((size_t)t * a.n_heads + h) * slices * (hd + 2);
     if (threadIdx.x < WARP) {
@@ -391,14 +495,12 @@ __global__ void attention_merge_kernel(attention_args a, uint32_t slices) {
     }
 }
 
-/* ids[r] = the first index of the largest logit of row r. Grid rows, block 1024. */
-__global__ void argmax_kernel(const float *logits, uint32_t vocab, int32_t *ids) {
-    __shared__ float best_v[32];
-    __shared__ int32_t best_i[32];
-    const float *row = logits + (size_t)blockIdx.x * vocab;
+/* The first index of the largest of row[0..n), in every thread of the
+ * block (blockDim.x a multiple of 32); sv and si: 32 each in shared memory. */
+__device__ int32_t block_argmax(const float *row, uint32_t n, float *sv, int32_t *si) {
     float bv = -INFINITY;
     int32_t bi = 0x7fffffff;
-    for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x)
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
         if (row[i] > bv)
             bv = row[i], bi = (int32_t)i;
     for (int o = WARP / 2; o > 0; o /= 2) {
@@ -407,15 +509,24 @@ __global__ void argmax_kernel(const float *logits, uint32_t vocab, int32_t *ids)
         if (ov > bv || (ov == bv && oi < bi))
             bv = ov, bi = oi;
     }
-    if (threadIdx.x % WARP == 0)
-        best_v[threadIdx.x / WARP] = bv, best_i[threadIdx.x / WARP] = bi;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        for (uint32_t w = 1; w < blockDim.x / WARP; w++)
-            if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi))
-                bv = best_v[w], bi = best_i[w];
-        ids[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
-    }
+    if (threadIdx.x % WARP == 0)
+        sv[threadIdx.x / WARP] = bv, si[threadIdx.x / WARP] = bi;
+    __syncthreads();
+    for (uint32_t w = 0; w < blockDim.x / WARP; w++)
+        if (sv[w] > bv || (sv[w] == bv && si[w] < bi))
+            bv = sv[w], bi = si[w];
+    return bi == 0x7fffffff ? 0 : bi;
+}
+
+/* ids[r] = the first index of the largest logit of row r. Grid rows, block 1024. */
+__global__ void argmax_kernel(const float *logits, uint32_t vocab, int32_t *ids) {
+    __shared__ float best_v[WARP];
+    __shared__ int32_t best_i[WARP];
+    pdl_enter();
+    int32_t id = block_argmax(logits + (size_t)blockIdx.x * vocab, vocab, best_v, best_i);
+    if (threadIdx.x == 0)
+        ids[blockIdx.x] = id;
 }
 
 #endif
