@@ -148,6 +148,22 @@ def test_soak_returns_to_idle(make_cluster):
         st = wait_idle(c)
         return {name: rss_kib(p.pid) for name, p in procs.items()}, st
 
+    def full_batch():
+        """32 requests released at once and long enough to overlap: the
+        worker's per-row buffers (logits, sampling) reach the largest batch
+        this test makes, so that a later round's bigger batch is not counted
+        as growth."""
+        start = threading.Barrier(32)
+
+        def one(i):
+            start.wait()
+            code, _, raw = http(c, CHAT, chat_body(f"warm {i}", max_tokens=64, stream=False))
+            assert code == 200, raw
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+
+    full_batch()
     round_(0)  # warm: caches, thread pools and allocator arenas reach their working size
     base, st0 = round_(1)
     for seed in (2, 3, 4):

@@ -117,7 +117,8 @@ def test_cancel_returns_kv_pool(bin_dir, model, cluster_factory):
 
 def test_killed_worker_loses_no_request(bin_dir, model, cluster_factory):
     prompts = random_prompts(16, seed=5, lo=10, hi=80)
-    reqs = [{"prompt_ids": p, "max_tokens": 48} for p in prompts]
+    # long enough that the kill below lands while both workers are busy
+    reqs = [{"prompt_ids": p, "max_tokens": 160} for p in prompts]
     want = expected(bin_dir, model, reqs)
     c = cluster_factory(workers=2)
     run = c.start_run(reqs)
