@@ -236,6 +236,12 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
             snprintf(err, errlen, "step too large");
             return -1;
         }
+        /* checked here, not only by the engine: the histories take the step before the engine sees it */
+        if (q->seqs[i]->pos0 < 0 || q->seqs[i]->pos0 > INT32_MAX - (int32_t)q->seqs[i]->n_tokens) {
+            snprintf(err, errlen, "sequence %llu: position %d out of range", (unsigned long long)q->seqs[i]->seq_id,
+                     q->seqs[i]->pos0);
+            return -1;
+        }
         n_tokens += (int32_t)q->seqs[i]->n_tokens;
     }
     int32_t *tokens = malloc((size_t)n_tokens * sizeof *tokens);

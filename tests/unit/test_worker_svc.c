@@ -196,7 +196,10 @@ static void test_errors(void **state) {
     table[0] = 0, toks[1] = 200000;
     len = inferno__worker_request__pack(&q, buf);
     expect_error(buf, len, "outside the vocabulary");
-    ss.n_tokens = 0;
+    toks[1] = 2, ss.pos0 = -135274560; /* found by fuzz_worker_svc: the history was written before any check */
+    len = inferno__worker_request__pack(&q, buf);
+    expect_error(buf, len, "position -135274560 out of range");
+    ss.pos0 = 0, ss.n_tokens = 0;
     len = inferno__worker_request__pack(&q, buf);
     expect_error(buf, len, "no tokens");
 }
