@@ -26,11 +26,12 @@ struct worker_state {
     const char *model_name;
     seq_history *hist;
     int32_t n_hist, cap_hist;
-    float *logits;   /* [cap_logits][vocab] */
-    int32_t *argmax; /* [cap_logits]: the ids of steps that sample in the engine */
+    float *logits; /* [cap_logits][vocab]: only steps with logprobs take all logits to the host */
     int32_t cap_logits;
+    int32_t *argmax; /* [cap_rows]: the ids of steps that sample in the engine */
+    int32_t cap_rows;
     /* sample plans (steps without logprobs): one a row, and their penalty lists */
-    sample_plan *plans; /* [cap_logits] */
+    sample_plan *plans; /* [cap_rows] */
     uint32_t *seen;     /* [vocab] zeroed counters for sampler_plan */
     int32_t *seen_buf;
     size_t cap_seen;
@@ -259,14 +260,13 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
             (engine_seq){(int32_t)at, (int32_t)s->n_tokens, s->pos0, s->block_table, (int32_t)s->n_block_table, false};
         at += s->n_tokens;
     }
-    if ((int32_t)q->n_seqs > w->cap_logits) {
-        free(w->logits), free(w->argmax), free(w->plans);
-        w->cap_logits = (int32_t)q->n_seqs;
-        w->logits = malloc((size_t)w->cap_logits * w->m->vocab * sizeof *w->logits);
-        w->argmax = malloc((size_t)w->cap_logits * sizeof *w->argmax);
-        w->plans = malloc((size_t)w->cap_logits * sizeof *w->plans);
-        if (!w->logits || !w->argmax || !w->plans) {
-            w->cap_logits = 0;
+    if ((int32_t)q->n_seqs > w->cap_rows) {
+        free(w->argmax), free(w->plans);
+        w->cap_rows = (int32_t)q->n_seqs;
+        w->argmax = malloc((size_t)w->cap_rows * sizeof *w->argmax);
+        w->plans = malloc((size_t)w->cap_rows * sizeof *w->plans);
+        if (!w->argmax || !w->plans) {
+            w->cap_rows = 0;
             snprintf(err, errlen, "out of memory");
             goto out;
         }
@@ -285,6 +285,15 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
     int mode = sampling_mode(q);
     if (mode != SAMPLE_LOGITS)
         argmax = w->argmax;
+    if (mode == SAMPLE_LOGITS && (int32_t)q->n_seqs > w->cap_logits) {
+        free(w->logits);
+        w->cap_logits = 0;
+        if (!(w->logits = malloc(q->n_seqs * w->m->vocab * sizeof *w->logits))) {
+            snprintf(err, errlen, "out of memory for %zu rows of logits", q->n_seqs);
+            goto out;
+        }
+        w->cap_logits = (int32_t)q->n_seqs;
+    }
     if (mode == SAMPLE_PLANS && make_plans(w, q)) {
         snprintf(err, errlen, "out of memory");
         goto out;
