@@ -78,6 +78,21 @@ __device__ __forceinline__ float block_sum(float v) {
     return total;
 }
 
+/* Maximum over the block, as block_sum. */
+__device__ __forceinline__ float block_max(float v) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        partial[warp] = v;
+    __syncthreads();
+    float m = partial[0];
+    for (int w = 1; w < n_warps; w++)
+        m = fmaxf(m, partial[w]);
+    return m;
+}
+
 /* x[t] = embedding row tokens[t]. Grid T, block 256. */
 __global__ void embed_kernel(dmat e, const int32_t *tokens, float *x) {
     pdl_enter();

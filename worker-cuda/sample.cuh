@@ -38,19 +38,6 @@ __device__ __forceinline__ uint32_t order_key(float v) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* Block-wide reductions for SAMPLE_THREADS threads; every thread gets the result. */
-__device__ __forceinline__ float block_max(float v, float *scratch) {
-    v = warp_max(v);
-    __syncthreads();
-    if (threadIdx.x % WARP == 0)
-        scratch[threadIdx.x / WARP] = v;
-    __syncthreads();
-    float m = scratch[0];
-    for (int w = 1; w < SAMPLE_THREADS / WARP; w++)
-        m = fmaxf(m, scratch[w]);
-    return m;
-}
-
 /* The exclusive prefix sum of v over the threads, in thread order; *total
  * gets the sum of all. */
 __device__ __forceinline__ double block_exclusive_scan(double v, double *scratch, double *total) {
@@ -125,7 +112,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     float m = -INFINITY;
     for (uint32_t i = tid; i < vocab; i += SAMPLE_THREADS)
         m = fmaxf(m, row[i] / T);
-    m = block_max(m, s_f);
+    m = block_max(m);
     bool top_k = p.top_k > 0 && (uint32_t)p.top_k < vocab;
     bool nucleus = (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
 
