@@ -24,9 +24,6 @@ struct engine {
     int32_t cap_rows;
 };
 
-/* The KV cache type when none is asked for. */
-#define ENGINE_DEFAULT_KV(backend) "f32"
-
 /* libinferno-cuda.so: INFERNO_CUDA_LIB, else ../lib/ beside the running program. */
 static void *open_cuda_library(char *err, size_t errlen) {
     char path[PATH_MAX];
@@ -62,7 +59,7 @@ int engine_open(const model_desc *m, const engine_config *cfg, engine **out, cha
         return -1;
     }
     e->m = m;
-    const char *kv_type = c.kv_type ? c.kv_type : ENGINE_DEFAULT_KV(backend);
+    const char *kv_type = c.kv_type ? c.kv_type : "f32";
     if (strcmp(kv_type, "f32") && (strcmp(kv_type, "f16") || strcmp(backend, "cuda"))) {
         snprintf(err, errlen, "engine: KV type '%s' (the %s backend has f32%s)", kv_type, backend,
                  strcmp(backend, "cuda") ? "" : " and f16");
@@ -143,6 +140,15 @@ int engine_step(engine *e, const engine_batch *b, float *logits, int32_t *argmax
     return 0;
 }
 
+/* Each row's plan on the host: its edits (in place), then its draw. */
+static void sample_here(const engine *e, float *logits, int32_t rows, const sample_plan *plans, int32_t *ids) {
+    for (int32_t r = 0; r < rows; r++) {
+        float *row = logits + (size_t)r * e->m->vocab;
+        sampler_apply_edits(&plans[r], row, (int32_t)e->m->vocab);
+        ids[r] = sampler_draw(&plans[r], row, (int32_t)e->m->vocab);
+    }
+}
+
 int engine_step_sample(engine *e, const engine_batch *b, const sample_plan *plans, int32_t *ids, char *err,
                        size_t errlen) {
     if (e->cuda)
@@ -151,11 +157,7 @@ int engine_step_sample(engine *e, const engine_batch *b, const sample_plan *plan
     float *logits = scratch_logits(e, rows, err, errlen);
     if (!logits || cpu_engine_forward(e->cpu, b, logits, err, errlen))
         return -1;
-    for (int32_t r = 0; r < rows; r++) {
-        float *row = logits + (size_t)r * e->m->vocab;
-        sampler_apply_edits(&plans[r], row, (int32_t)e->m->vocab);
-        ids[r] = sampler_draw(&plans[r], row, (int32_t)e->m->vocab);
-    }
+    sample_here(e, logits, rows, plans, ids);
     return 0;
 }
 
@@ -163,14 +165,11 @@ int engine_sample_logits(engine *e, const float *logits, int rows, const sample_
                          size_t errlen) {
     if (e->cuda)
         return e->api->sample_logits(e->cuda, logits, rows, plans, ids, err, errlen);
-    float *row = scratch_logits(e, 1, err, errlen);
-    if (!row)
+    float *copy = scratch_logits(e, rows, err, errlen);
+    if (!copy)
         return -1;
-    for (int r = 0; r < rows; r++) {
-        memcpy(row, logits + (size_t)r * e->m->vocab, e->m->vocab * sizeof *row);
-        sampler_apply_edits(&plans[r], row, (int32_t)e->m->vocab);
-        ids[r] = sampler_draw(&plans[r], row, (int32_t)e->m->vocab);
-    }
+    memcpy(copy, logits, (size_t)rows * e->m->vocab * sizeof *copy);
+    sample_here(e, copy, rows, plans, ids);
     return 0;
 }
 
