@@ -149,19 +149,29 @@ def test_soak_returns_to_idle(make_cluster):
         return {name: rss_kib(p.pid) for name, p in procs.items()}, st
 
     def full_batch():
-        """32 requests released at once and long enough to overlap: the
-        worker's per-row buffers (logits, sampling) reach the largest batch
-        this test makes, so that a later round's bigger batch is not counted
-        as growth."""
-        start = threading.Barrier(32)
+        """32 requests released at once, long enough to all run together:
+        the worker's per-row buffers (logits, sampling) reach the largest
+        batch the rounds can make (32 clients), so that a round's batch is
+        never counted as growth. The scheduler's peak shows it happened."""
+        start, peak, done = threading.Barrier(33), [0], threading.Event()
 
         def one(i):
             start.wait()
-            code, _, raw = http(c, CHAT, chat_body(f"warm {i}", max_tokens=64, stream=False))
+            code, _, raw = http(c, CHAT, chat_body(f"warm {i}", max_tokens=256, stream=False))
             assert code == 200, raw
+
+        def watch():
+            start.wait()
+            while not done.is_set():
+                peak[0] = max(peak[0], c.stats()["running"])
         threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
-        [t.start() for t in threads]
+        watcher = threading.Thread(target=watch)
+        [t.start() for t in threads + [watcher]]
         [t.join() for t in threads]
+        done.set()
+        watcher.join()
+        assert peak[0] == 32, f"the warm-up batch peaked at {peak[0]} sequences, not 32"
+        wait_idle(c)
 
     full_batch()
     round_(0)  # warm: caches, thread pools and allocator arenas reach their working size
