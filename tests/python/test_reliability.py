@@ -100,7 +100,10 @@ def test_soak_returns_to_idle(make_cluster):
     is kept in a quarantine and every allocation's stack in a depot that only
     grows, so both are turned off here to let RSS follow the heap (LSan at
     exit still checks for leaks)."""
-    c = make_cluster(workers=1, kv_tokens=4096,
+    # at most 32 sequences a step: a client that hung up can still hold a
+    # place for a step while its thread starts the next request, so without
+    # the bound a round could batch more than the warm-up did
+    c = make_cluster(workers=1, kv_tokens=8192, sched_args=["--max-running", "32"], gateway_args=["--threads", "64"],
                      asan_options=":quarantine_size_mb=0:thread_local_quarantine_size_kb=0:malloc_context_size=0")
     procs = {"gateway": c.gateway, "tokenizer": c.tokenizer, "scheduler": c.scheduler, "worker": c.workers[0]}
 
@@ -149,22 +152,23 @@ def test_soak_returns_to_idle(make_cluster):
         return {name: rss_kib(p.pid) for name, p in procs.items()}, st
 
     def full_batch():
-        """32 requests released at once, long enough to all run together:
-        the worker's per-row buffers (logits, sampling) reach the largest
-        batch the rounds can make (32 clients), so that a round's batch is
-        never counted as growth. The scheduler's peak shows it happened."""
-        start, peak, done = threading.Barrier(33), [0], threading.Event()
+        """64 requests released at once, long enough to overlap: every one of
+        the gateway's 64 threads serves one, and the worker's per-row buffers
+        (logits, sampling) reach the largest batch the rounds can make
+        (--max-running 32), so that neither counts as growth later. The
+        scheduler's peak shows the full batch happened."""
+        start, peak, done = threading.Barrier(65), [0], threading.Event()
 
         def one(i):
             start.wait()
-            code, _, raw = http(c, CHAT, chat_body(f"warm {i}", max_tokens=256, stream=False))
+            code, _, raw = http(c, CHAT, chat_body(f"warm {i}", max_tokens=160, stream=False))
             assert code == 200, raw
 
         def watch():
             start.wait()
             while not done.is_set():
                 peak[0] = max(peak[0], c.stats()["running"])
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
         watcher = threading.Thread(target=watch)
         [t.start() for t in threads + [watcher]]
         [t.join() for t in threads]
