@@ -6,8 +6,9 @@
 #   1. test_engine: the tinyA reference checks on the CPU and CUDA engines;
 #   2. compute-sanitizer memcheck over prefill (tensor-core path) and
 #      decode (GEMV path, CUDA graphs) on tinyA;
-#   3. a 0.6b-shaped model: GPU logits against the CPU engine's;
-#   4. inferno-bench --backend cuda, BF16 and Q8_0;
+#   3. 0.6b-shaped models (BF16, Q8_0, Q4_K_M) and a Qwen2.5-0.5B-shaped
+#      Q4_K_M one: GPU logits against the CPU engine's;
+#   4. inferno-bench --backend cuda on them;
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
 #   6. with PROFILE=1, ncu kernel times of a batch-1 decode step;
@@ -41,10 +42,15 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
 
-for type in bf16 q8_0; do
+for type in bf16 q8_0 q4_k_m; do
     [[ -f $work/0.6b-$type.gguf ]] || build/bin/make-test-model --config 0.6b --type $type --tokenizer "$tokenizer" \
         --out "$work/0.6b-$type.gguf" >/dev/null || status=1
 done
+# The real Qwen2.5-Coder-0.5B Q4_K_M file's shapes and tensor types (Q5_0, Q8_0, Q6_K, Q4_K; random
+# weights): that file is too large to carry to a device machine.
+[[ -f $work/qwen2.5-0.5b-q4_k_m.gguf ]] || build/bin/make-test-model --config 0.6b --arch qwen2 --type q4_k_m \
+    --layers 24 --hidden 896 --heads 14 --kv-heads 2 --head-dim 64 --ffn 4864 --context 32768 \
+    --tokenizer "$tokenizer" --out "$work/qwen2.5-0.5b-q4_k_m.gguf" >/dev/null || status=1
 
 if want 1; then
 echo "== 1. test_engine (CPU and CUDA)"
@@ -75,9 +81,10 @@ done
 fi
 
 if want 3; then
-echo "== 3. 0.6b-shaped model: GPU logits against the CPU engine's"
-for type in bf16 q8_0; do
+echo "== 3. 0.6b- and Qwen2.5-0.5B-shaped models: GPU logits against the CPU engine's"
+for type in bf16 q8_0 q4_k_m qwen2.5-q4_k_m; do
     model=$work/0.6b-$type.gguf
+    [[ $type == qwen2.5-* ]] && model=$work/qwen2.5-0.5b-${type#qwen2.5-}.gguf
     for n in 5 100; do
         prompt=$(seq -s, 1000 $((999 + n)))
         # the CPU reference: float32 activations, as the GPU keeps them
@@ -102,10 +109,12 @@ fi
 
 if want 4; then
 echo "== 4. inferno-bench --backend cuda"
-for type in bf16 q8_0; do
+for type in bf16 q8_0 q4_k_m; do
     build/bin/inferno-bench --backend cuda --model "$work/0.6b-$type.gguf" --prompt 512 --gen 32 \
         --batch "$BATCHES" | tee "$OUT/bench-$type.txt"
 done
+build/bin/inferno-bench --backend cuda --model "$work/qwen2.5-0.5b-q4_k_m.gguf" --prompt 512 --gen 32 \
+    --batch "$BATCHES" | tee "$OUT/bench-qwen2.5-q4_k_m.txt"
 echo "-- bf16 with a half-precision KV cache (--kv-type f16)"
 build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch "$BATCHES" | tee "$OUT/bench-bf16-kvf16.txt"

@@ -97,9 +97,20 @@ bool tensor_type_can_dequantize(uint32_t type);
  * Returns 0, or -1 for a type we cannot dequantize. */
 int tensor_dequantize_row(uint32_t type, const void *src, float *dst, uint64_t n);
 
-/* Reference quantization (round to nearest, as llama.cpp's reference
- * quantizer does) for the types make-test-model writes: F32, F16, BF16, Q8_0.
- * Returns 0, or -1 for other types. */
+/* A row of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K or Q6_K as 8-bit
+ * integers with a float scale and offset per group of `group` (16 or 32)
+ * values: value i is q[i] * scale[i / group] - offset[i / group], exactly
+ * (bit for bit) the float tensor_dequantize_row gives. q holds n values,
+ * scale and offset n / group. Returns 0, or -1 for another type, a group
+ * finer than the type's scales (Q6_K needs 16) or a length not a multiple
+ * of its block. For engines that read every type through one 8-bit kernel. */
+int tensor_split_row(uint32_t type, const void *src, uint64_t n, uint32_t group, int8_t *q, float *scale,
+                     float *offset);
+
+/* Reference quantization (round to nearest) for the types make-test-model
+ * writes: F32, F16, BF16, Q8_0 and Q5_0 as llama.cpp's reference quantizer
+ * does; Q4_K and Q6_K plainly (min/max scales, no search). Returns 0, or -1
+ * for other types or a length that is not a multiple of the block. */
 int tensor_quantize_row(uint32_t type, const float *src, void *dst, uint64_t n);
 
 #endif

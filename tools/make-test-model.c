@@ -3,7 +3,7 @@
  * llama.cpp's convert_hf_to_gguf.py writes them (compare with
  * ../shared/reference/tinyA-*.gguf).
  *
- *   make-test-model --config tiny|0.6b [--type f32|f16|bf16|q8_0] [--seed N]
+ *   make-test-model --config tiny|0.6b [--type f32|f16|bf16|q8_0|q4_k_m] [--seed N]
  *                   [--layers N --hidden N --heads N --kv-heads N --head-dim N
  *                    --ffn N --context N] [--tokenizer DIR] [--name S] --out FILE
  *
@@ -281,11 +281,27 @@ struct model_writer {
     int n_bufs;
 };
 
+/* --type q4_k_m: the mix llama.cpp's Q4_K_M gives a small model, as in the
+ * real Qwen2.5 file of scripts/get-real-model.sh: Q4_K, but Q6_K for attn_v,
+ * for ffn_down on every other layer and for an untied output head; a row
+ * that is not a multiple of 256 falls back as llama.cpp's does (Q4_K to
+ * Q5_0, Q6_K to Q8_0). */
+#define TYPE_Q4_K_M UINT32_MAX
+static uint32_t q4_k_m_type(const char *name, uint64_t cols) {
+    int layer = -1;
+    sscanf(name, "blk.%d.", &layer);
+    bool six =
+        strstr(name, "attn_v.") || (strstr(name, "ffn_down.") && layer % 2 == 0) || !strcmp(name, "output.weight");
+    if (cols % 256)
+        return six ? TENSOR_Q8_0 : TENSOR_Q5_0;
+    return six ? TENSOR_Q6_K : TENSOR_Q4_K;
+}
+
 /* Generates one tensor (ne0 x ne1, ne1 == 1 for vectors), stores it in the
  * model's type (vectors stay F32, as llama.cpp keeps them) and adds it. */
 static int add_weight(struct model_writer *m, const char *name, uint64_t ne0, uint64_t ne1, float mean, float std) {
     uint64_t n = ne0 * ne1, n_bytes;
-    uint32_t type = ne1 == 1 ? TENSOR_F32 : m->type;
+    uint32_t type = ne1 == 1 ? TENSOR_F32 : m->type == TYPE_Q4_K_M ? q4_k_m_type(name, ne0) : m->type;
     if (!tensor_row_bytes(type, ne0, &n_bytes)) {
         fprintf(stderr, PROG ": tensor %s: row of %llu does not fit type %s\n", name, (unsigned long long)ne0,
                 tensor_type_name(type));
@@ -415,7 +431,8 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: " PROG " --config tiny|0.6b --out FILE [options]\n"
             "  --arch qwen3|qwen2         the architecture (default qwen3; qwen2: q/k/v biases, no q/k norm)\n"
-            "  --type f32|f16|bf16|q8_0   weight type (default f32; norms stay f32)\n"
+            "  --type f32|f16|bf16|q8_0|q4_k_m  weight type (default f32; norms stay f32; q4_k_m:\n"
+            "                             Q4_K/Q6_K as llama.cpp's mix, Q5_0/Q8_0 where rows are not 256-aligned)\n"
             "  --seed N                   random seed (default 1)\n"
             "  --layers N --hidden N --heads N --kv-heads N --head-dim N --ffn N --context N\n"
             "                             override the config's dimensions\n"
@@ -487,13 +504,14 @@ int main(int argc, char **argv) {
     static const struct {
         const char *name;
         uint32_t type, file_type;
-    } types[] = {{"f32", TENSOR_F32, 0}, {"f16", TENSOR_F16, 1}, {"q8_0", TENSOR_Q8_0, 7}, {"bf16", TENSOR_BF16, 32}};
+    } types[] = {{"f32", TENSOR_F32, 0},    {"f16", TENSOR_F16, 1},   {"q8_0", TENSOR_Q8_0, 7},
+                 {"bf16", TENSOR_BF16, 32}, {"q5_0", TENSOR_Q5_0, 8}, {"q4_k_m", TYPE_Q4_K_M, 15}};
     int ti = -1;
-    for (int t = 0; t < 4; t++)
+    for (int t = 0; t < 6; t++)
         if (!strcmp(type_name, types[t].name))
             ti = t;
     if (ti < 0) {
-        fprintf(stderr, PROG ": --type: expected f32, f16, bf16 or q8_0, got '%s'\n", type_name);
+        fprintf(stderr, PROG ": --type: expected f32, f16, bf16, q8_0 or q4_k_m, got '%s'\n", type_name);
         return 2;
     }
 

@@ -51,6 +51,7 @@ struct cpu_engine {
     block_q8_0 *xq;
     uint8_t *xu; /* for repacked Q8_0: activation quants + 128 */
     float *xd;   /* and their scales, [T][blocks rounded up to 16], zero-padded */
+    float *xs;   /* for the low-bit types: sums of 16 activation quants times their scale, [T][cols / 16] */
     int32_t *tok_seq, *tok_pos;
     int cap_scores;
     float *scores; /* [n_threads][cap_scores] */
@@ -196,7 +197,7 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
 
 static void free_scratch(cpu_engine *e) {
     free(e->x), free(e->xn), free(e->q), free(e->kk), free(e->vv), free(e->att), free(e->gate), free(e->up);
-    free(e->xq), free(e->xu), free(e->xd), free(e->tok_seq), free(e->tok_pos);
+    free(e->xq), free(e->xu), free(e->xd), free(e->xs), free(e->tok_seq), free(e->tok_pos);
 }
 
 void cpu_engine_free(cpu_engine *e) {
@@ -232,10 +233,11 @@ static int reserve(cpu_engine *e, int T, int max_pos) {
         e->xq = xalloc((size_t)cap * (widest / 32 + 1) * sizeof(block_q8_0));
         e->xu = xalloc((size_t)cap * widest);
         e->xd = xalloc((size_t)cap * ((widest / 32 + 15) / 16 * 16) * sizeof(float));
+        e->xs = xalloc((size_t)cap * (widest / 16 + 1) * sizeof(float));
         e->tok_seq = malloc((size_t)cap * 4), e->tok_pos = malloc((size_t)cap * 4);
         e->cap_tokens = cap;
         if (!e->x || !e->xn || !e->q || !e->att || !e->kk || !e->vv || !e->gate || !e->up || !e->xq || !e->xu ||
-            !e->xd || !e->tok_seq || !e->tok_pos) {
+            !e->xd || !e->xs || !e->tok_seq || !e->tok_pos) {
             e->cap_tokens = 0;
             return -1;
         }
@@ -298,7 +300,7 @@ static void matmul_worker(void *p, int ith, int nth) {
         uint64_t r0 = (uint64_t)ith * chunk, r1 = r0 + chunk < w->rows ? r0 + chunk : w->rows;
         if (r0 >= r1)
             continue;
-        matmul_args a = {j->x, j->e->xq, j->e->xu, j->e->xd, j->T, j->y[i], j->y_stride[i]};
+        matmul_args a = {j->x, j->e->xq, j->e->xu, j->e->xd, j->e->xs, j->T, j->y[i], j->y_stride[i]};
         k->matmul[w->type](w, &a, r0, r1);
     }
 }
@@ -306,17 +308,30 @@ static void matmul_worker(void *p, int ith, int nth) {
 /* y_i = x W_i^T for up to three weights with the same input (q/k/v, gate/up). */
 static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weight *const *w, float *const *y) {
     struct matmul_job j = {.e = e, .n = n, .x = x, .T = T};
-    bool need_q8 = false, need_packed = false;
+    bool need_q8 = false, need_sums = false, need_packed = false;
     for (int i = 0; i < n; i++) {
+        uint32_t type = w[i]->type;
+        bool low_bit = type == TENSOR_Q5_0 || type == TENSOR_Q4_K || type == TENSOR_Q6_K;
+        bool q8 = (type == TENSOR_Q8_0 || low_bit) && kernels_for(e, type)->q8_activations;
         j.w[i] = w[i], j.y[i] = y[i], j.y_stride[i] = w[i]->rows;
-        need_q8 = need_q8 || (w[i]->type == TENSOR_Q8_0 && kernels_for(e, TENSOR_Q8_0)->q8_activations);
-        need_packed = need_packed || w[i]->type == TENSOR_Q8_0_PACKED;
+        need_q8 = need_q8 || q8;
+        need_sums = need_sums || (q8 && low_bit);
+        need_packed = need_packed || type == TENSOR_Q8_0_PACKED;
     }
     if (need_q8 || need_packed) {
         uint64_t cols = w[0]->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
         for (int t = 0; t < T; t++) {
             block_q8_0 *q = e->xq + (size_t)t * nb;
             e->k->quantize_q8_0(x + (size_t)t * cols, q, cols);
+            for (uint64_t b = 0; need_sums && b < nb; b++) {
+                float d = fp16_to_f32(q[b].d);
+                for (int h = 0; h < 2; h++) {
+                    int sum = 0;
+                    for (int k = 0; k < 16; k++)
+                        sum += q[b].qs[16 * h + k];
+                    e->xs[(size_t)t * (cols / 16) + 2 * b + h] = d * (float)sum;
+                }
+            }
             if (!need_packed)
                 continue;
             uint8_t *u = e->xu + (size_t)t * cols;

@@ -3,8 +3,8 @@
  *
  * Kernel sets: "reference" (plain C: each weight row dequantized to float,
  * float activations; the ground truth for tests), "avx2" and "avx512"
- * (SIMD, F16C, and for Q8_0 weights 8-bit activations in Q8_0 blocks with
- * integer dot products, as llama.cpp does). kernels_select picks the best
+ * (SIMD, F16C, and for Q8_0, Q5_0, Q4_K and Q6_K weights 8-bit activations
+ * in Q8_0 blocks with integer dot products, as llama.cpp does). kernels_select picks the best
  * the CPU supports at run time. */
 #ifndef INFERNO_KERNELS_H
 #define INFERNO_KERNELS_H
@@ -27,6 +27,7 @@ typedef struct {
     const block_q8_0 *xq; /* [T][cols/32]: x quantized, for Q8_0 weights when q8_activations */
     const uint8_t *xu;    /* [T][cols]: the quants of xq plus 128 (for Q8_0_PACKED) */
     const float *xd;      /* [T][cols/32 rounded up to 16]: the scales of xq */
+    const float *xs;      /* [T][cols/16]: each 16 quants of xq summed, times their scale (low-bit types) */
     int T;
     float *y; /* y[t * y_stride + r] */
     size_t y_stride;
@@ -37,7 +38,7 @@ typedef void (*matmul_fn)(const weight *w, const matmul_args *a, uint64_t r0, ui
 typedef struct {
     const char *name;
     matmul_fn matmul[256]; /* by tensor type; NULL: unsupported */
-    bool q8_activations;   /* Q8_0 weights want a->xq */
+    bool q8_activations;   /* Q8_0, Q5_0, Q4_K and Q6_K weights want a->xq (and the last three a->xs) */
     void (*quantize_q8_0)(const float *x, block_q8_0 *q, uint64_t n);
     /* Optional: rewrite a weight into a layout (or onto pages) this set streams faster
      * (dst->data is malloc'ed), returning 0; -1 keeps the original. */

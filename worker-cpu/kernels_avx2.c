@@ -95,6 +95,25 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8_0(const 
 }
 DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0, gemv_q8_0)
 
+/* u8 x s8 through maddubs (no saturation: u is at most 63 here and 2 x 63 x 128 < 32768) */
+KERNEL_TARGET static inline __m256i dot_u8s8(__m256i u, __m256i s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+/* byte k takes bit k % 8 of byte k / 8 */
+KERNEL_TARGET static inline __m256i q5_high(uint32_t bits) {
+    const __m256i bytes = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3,
+                                           3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits), bytes);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
+}
+#define DOT_U8S8(u, s) dot_u8s8(u, s)
+#define Q5_HIGH(bits)  q5_high(bits)
+#define VSUM256(v)     VSUM(v)
+#define QUANT_TB       2
+#include "kernels_quant.h"
+
 KERNEL_TARGET static float dot_avx2(const float *a, const float *b, int n) {
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
@@ -127,5 +146,6 @@ const kernel_set *kernels_avx2(void) {
     k.matmul[TENSOR_F16] = matmul_f16;
     k.matmul[TENSOR_BF16] = matmul_bf16;
     k.matmul[TENSOR_Q8_0] = matmul_q8_0;
+    kernels_add_quant(&k);
     return &k;
 }

@@ -139,6 +139,18 @@ KERNEL_TARGET static inline __attribute__((always_inline)) void gemv_q8_0(const 
 }
 DEFINE_TILED_MATMUL(matmul_q8_0, tile_q8_0, gemv_q8_0)
 
+/* The low-bit types, in 256 bits: a block of 32 quants is one vector. */
+KERNEL_TARGET static inline float vsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+#define DOT_U8S8(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#define Q5_HIGH(bits)  _mm256_maskz_mov_epi8((__mmask32)(bits), _mm256_set1_epi8(0x10))
+#define VSUM256(v)     vsum256(v)
+#define QUANT_TB       4
+#include "kernels_quant.h"
+
 KERNEL_TARGET static float dot_avx512(const float *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
     int i = 0;
@@ -340,6 +352,7 @@ const kernel_set *kernels_avx512(void) {
     k.matmul[TENSOR_BF16] = matmul_bf16;
     k.matmul[TENSOR_Q8_0] = matmul_q8_0;
     k.matmul[TENSOR_Q8_0_PACKED] = matmul_q8p;
+    kernels_add_quant(&k);
     k.repack = repack_weight;
     return &k;
 }

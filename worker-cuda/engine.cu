@@ -15,13 +15,14 @@
  *
  * Matrix products take one of two paths by the number of tokens T:
  *   - T <= GEMV_MAX_T (decode): our weight-streaming kernel, float32
- *     activations against BF16/Q8_0 weights, the result fused with its use
+ *     activations against BF16 or 8-bit weights (Q8_0, and the low-bit
+ *     types widened to 8 bits at load), the result fused with its use
  *     (store, residual add, SwiGLU);
  *   - larger T (prefill, big decode batches): cuBLAS on the tensor cores.
  *     The float32 activations go in as two bf16 matrices, hi = bf16(x) and
  *     lo = bf16(x - hi), and two products are summed: ~16 mantissa bits of
  *     activation, so the result stays within the reference tolerances that
- *     plain bf16 activations break. Q8_0 weights are expanded to a bf16
+ *     plain bf16 activations break. 8-bit weights are expanded to a bf16
  *     scratch matrix first.
  *
  * Decode steps (every sequence one token, T <= GEMV_MAX_T) replay a CUDA
@@ -145,15 +146,25 @@ static int upload(void **dev, const void *host, size_t bytes, char *err, size_t 
     return 0;
 }
 
-/* Stacks the rows of parts (same cols) into one GPU matrix: Q8_0 when every
- * part is Q8_0, else BF16 (other types dequantized once, on the host). */
+/* True for the types tensor_split_row widens to 8-bit quants. */
+static bool splits_to_q8(uint32_t type) {
+    return type == TENSOR_Q8_0 || type == TENSOR_Q4_0 || type == TENSOR_Q4_1 || type == TENSOR_Q5_0 ||
+           type == TENSOR_Q5_1 || type == TENSOR_Q4_K || type == TENSOR_Q5_K || type == TENSOR_Q6_K;
+}
+
+/* Stacks the rows of parts (same cols) into one GPU matrix: DMAT_Q8 when
+ * every part is a quantized type (exactly: its quants, scales and offsets,
+ * groups of 16 when a part has Q6_K's scales per 16), else BF16 (other
+ * types dequantized once, on the host). */
 static int upload_matrix(const weight *const *parts, int n_parts, const char *what, dmat *out, char *err,
                          size_t errlen) {
     uint64_t rows = 0, cols = parts[0]->cols;
     bool q8 = true;
+    uint32_t group = 32;
     for (int i = 0; i < n_parts; i++) {
         rows += parts[i]->rows;
-        q8 = q8 && parts[i]->type == TENSOR_Q8_0;
+        q8 = q8 && splits_to_q8(parts[i]->type);
+        group = parts[i]->type == TENSOR_Q6_K ? 16 : group;
         if (parts[i]->cols != cols)
             return fail(err, errlen, "cuda engine: %s: parts of %llu and %llu columns", what, (unsigned long long)cols,
                         (unsigned long long)parts[i]->cols);
@@ -162,24 +173,25 @@ static int upload_matrix(const weight *const *parts, int n_parts, const char *wh
         return fail(err, errlen, "cuda engine: %s: %llu columns, not a multiple of 32", what, (unsigned long long)cols);
     memset(out, 0, sizeof *out);
     out->type = q8 ? DMAT_Q8 : DMAT_BF16;
-    out->rows = (uint32_t)rows, out->cols = (uint32_t)cols;
-    size_t n = (size_t)rows * cols;
+    out->rows = (uint32_t)rows, out->cols = (uint32_t)cols, out->group = group;
+    size_t n = (size_t)rows * cols, n_groups = n / group;
     void *host = malloc(q8 ? n : n * 2);
-    float *scale = q8 ? (float *)malloc(n / 32 * sizeof(float)) : NULL, *row_f32 = (float *)malloc(cols * 4);
-    if (!host || (q8 && !scale) || !row_f32) {
-        free(host), free(scale), free(row_f32);
+    float *scale = q8 ? (float *)malloc(n_groups * sizeof(float)) : NULL;
+    float *offset = q8 ? (float *)malloc(n_groups * sizeof(float)) : NULL, *row_f32 = (float *)malloc(cols * 4);
+    if (!host || (q8 && (!scale || !offset)) || !row_f32) {
+        free(host), free(scale), free(offset), free(row_f32);
         return fail(err, errlen, "cuda engine: %s: out of host memory", what);
     }
+    bool any_offset = false;
     size_t r = 0;
     for (int i = 0; i < n_parts; i++)
         for (uint64_t pr = 0; pr < parts[i]->rows; pr++, r++) {
             const uint8_t *src = (const uint8_t *)parts[i]->data + pr * parts[i]->row_bytes;
             if (q8) {
-                const block_q8_0 *b = (const block_q8_0 *)src;
-                for (uint64_t k = 0; k < cols / 32; k++) {
-                    memcpy((int8_t *)host + r * cols + k * 32, b[k].qs, 32);
-                    scale[r * (cols / 32) + k] = fp16_to_f32(b[k].d);
-                }
+                size_t g0 = r * (cols / group);
+                tensor_split_row(parts[i]->type, src, cols, group, (int8_t *)host + r * cols, scale + g0, offset + g0);
+                for (size_t g = g0; g < g0 + cols / group; g++)
+                    any_offset = any_offset || offset[g] != 0.0f;
             } else if (parts[i]->type == TENSOR_BF16) {
                 memcpy((uint16_t *)host + r * cols, src, cols * 2);
             } else {
@@ -189,9 +201,10 @@ static int upload_matrix(const weight *const *parts, int n_parts, const char *wh
             }
         }
     int rc = q8 ? upload((void **)&out->qs, host, n, err, errlen) ||
-                      upload((void **)&out->scale, scale, n / 32 * sizeof(float), err, errlen)
+                      upload((void **)&out->scale, scale, n_groups * sizeof(float), err, errlen) ||
+                      (any_offset && upload((void **)&out->offset, offset, n_groups * sizeof(float), err, errlen))
                 : upload((void **)&out->w, host, n * 2, err, errlen);
-    free(host), free(scale), free(row_f32);
+    free(host), free(scale), free(offset), free(row_f32);
     return rc ? -1 : 0;
 }
 
@@ -209,7 +222,7 @@ static int upload_vector(const weight *w, float **out, char *err, size_t errlen)
     return rc;
 }
 
-static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->scale); }
+static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->scale), cudaFree(d->offset); }
 
 static void free_activations(cuda_engine *e) {
     cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
@@ -361,8 +374,15 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     }
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
-    snprintf(e->describe, sizeof e->describe, "%.200s, %s weights, %s KV%s", prop.name,
-             e->layers[0].qkv.type == DMAT_Q8 ? "q8_0" : "bf16", e->kv_f16 ? "f16" : "f32", e->pdl ? ", PDL" : "");
+    /* how the GPU holds the weights (the first layer's q), and from which type */
+    char held[64];
+    uint32_t wtype = m->layers[0].wq.type;
+    if (e->layers[0].qkv.type == DMAT_BF16 || wtype == TENSOR_Q8_0)
+        snprintf(held, sizeof held, "%s", e->layers[0].qkv.type == DMAT_BF16 ? "bf16" : "q8_0");
+    else
+        snprintf(held, sizeof held, "%s as 8-bit", tensor_type_name(wtype));
+    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s", prop.name, held, e->kv_f16 ? "f16" : "f32",
+             e->pdl ? ", PDL" : "");
     *out = e;
     return 0;
 }

@@ -8,16 +8,28 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-/* A weight matrix on the GPU: [rows][cols], BF16 or Q8_0 split into its
- * quants and one float scale per 32 values (so loads stay 8-byte aligned). */
+/* A weight matrix on the GPU: [rows][cols], BF16, or 8-bit quants with a
+ * float scale (and, for types with minimums, an offset) per group of 32 or
+ * 16 values: w = q * scale - offset. Q8_0 is its quants and scales; the
+ * other quantized types (Q5_0, Q4_K, Q6_K, ...) are widened to this form at
+ * load, exactly (tensor_split_row), so one kernel reads them all and loads
+ * stay 8-byte aligned. */
 enum { DMAT_BF16, DMAT_Q8 };
 typedef struct {
     int type;
     uint32_t rows, cols;
     __nv_bfloat16 *w; /* DMAT_BF16: [rows][cols] */
     int8_t *qs;       /* DMAT_Q8: [rows][cols] */
-    float *scale;     /* DMAT_Q8: [rows][cols / 32] */
+    float *scale;     /* DMAT_Q8: [rows][cols / group] */
+    float *offset;    /* DMAT_Q8: [rows][cols / group], or NULL for none */
+    uint32_t group;   /* DMAT_Q8: values per scale, 32 or 16 */
 } dmat;
+
+/* Element i of a DMAT_Q8 matrix (i counted over the whole matrix). */
+__device__ __forceinline__ float dmat_q8_at(const dmat &m, size_t i) {
+    size_t g = i / m.group;
+    return m.offset ? fmaf((float)m.qs[i], m.scale[g], -m.offset[g]) : (float)m.qs[i] * m.scale[g];
+}
 
 /* What a matrix-vector kernel does with its result y = x W^T. */
 enum { OUT_STORE, OUT_ADD, OUT_SILU_PAIR };
@@ -99,8 +111,7 @@ __global__ void embed_kernel(dmat e, const int32_t *tokens, float *x) {
     int t = blockIdx.x;
     size_t row = (size_t)tokens[t] * e.cols;
     for (uint32_t i = threadIdx.x; i < e.cols; i += blockDim.x)
-        x[(size_t)t * e.cols + i] =
-            e.type == DMAT_BF16 ? __bfloat162float(e.w[row + i]) : (float)e.qs[row + i] * e.scale[(row + i) / 32];
+        x[(size_t)t * e.cols + i] = e.type == DMAT_BF16 ? __bfloat162float(e.w[row + i]) : dmat_q8_at(e, row + i);
 }
 
 /* out[r] = x[src ? src[r] : r] * rsqrt(mean(x^2) + eps) * gain, or an
@@ -141,12 +152,12 @@ __global__ void silu_mul_kernel(const float *gu, uint32_t ffn, float *out) {
     }
 }
 
-/* A Q8_0 matrix as bf16 (for the tensor-core path). Grid-stride. */
+/* A DMAT_Q8 matrix as bf16 (for the tensor-core path). Grid-stride. */
 __global__ void dequant_q8_kernel(dmat m, __nv_bfloat16 *out) {
     pdl_enter();
     size_t n = (size_t)m.rows * m.cols;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = __float2bfloat16_rn((float)m.qs[i] * m.scale[i / 32]);
+        out[i] = __float2bfloat16_rn(dmat_q8_at(m, i));
 }
 
 /* Eight consecutive weights of a row as raw bits (BF16: 16 bytes; Q8_0:
@@ -185,19 +196,22 @@ __device__ __forceinline__ float dot8(const float w[8], const float *x) {
  * y[t][r] = silu(dot(W[r], x[t])) * dot(W[rows + r], x[t]) (gate and up
  * stacked in one matrix). One warp per output row; each lane takes 8
  * columns at a time with 16-byte loads, GEMV_UNROLL such loads in flight
- * before the arithmetic. cols must be a multiple of 8 (32 for Q8_0).
+ * before the arithmetic. cols must be a multiple of 8 (of the group for DMAT_Q8).
  * Grid ceil(rows / 8), block 256. */
 #define GEMV_UNROLL 4
 
 template <int N_ROWS>
 __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t rows, uint32_t k0,
-                                          uint4 raw[N_ROWS][GEMV_UNROLL], float scale[N_ROWS][GEMV_UNROLL]) {
+                                          uint4 raw[N_ROWS][GEMV_UNROLL], float scale[N_ROWS][GEMV_UNROLL],
+                                          float offset[N_ROWS][GEMV_UNROLL]) {
     for (int j = 0; j < N_ROWS; j++)
         for (int u = 0; u < GEMV_UNROLL; u++) {
             uint32_t k = k0 + u * WARP * 8;
-            size_t row = r + (size_t)j * rows;
+            size_t row = r + (size_t)j * rows, g = row * (m.cols / m.group) + k / m.group;
+            bool q8 = m.type == DMAT_Q8 && k < m.cols;
             raw[j][u] = k < m.cols ? load8_raw(m, row, k) : make_uint4(0, 0, 0, 0);
-            scale[j][u] = m.type == DMAT_Q8 && k < m.cols ? __ldg(m.scale + row * (m.cols / 32) + k / 32) : 1.0f;
+            scale[j][u] = q8 ? __ldg(m.scale + g) : 1.0f;
+            offset[j][u] = q8 && m.offset ? __ldg(m.offset + g) : 0.0f;
         }
 }
 
@@ -207,11 +221,11 @@ __global__ void __launch_bounds__(256)
     uint32_t r = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int N_ROWS = MODE == OUT_SILU_PAIR ? 2 : 1;
     uint4 raw[N_ROWS][GEMV_UNROLL];
-    float scale[N_ROWS][GEMV_UNROLL];
+    float scale[N_ROWS][GEMV_UNROLL], offset[N_ROWS][GEMV_UNROLL];
     /* the first weights are loaded while the previous kernel finishes (a
      * whole row, for rows of up to 1024 BF16 columns) */
     if (r < rows)
-        gemv_load<N_ROWS>(m, r, rows, lane * 8, raw, scale);
+        gemv_load<N_ROWS>(m, r, rows, lane * 8, raw, scale, offset);
     pdl_enter();
     if (r >= rows)
         return;
@@ -230,7 +244,7 @@ __global__ void __launch_bounds__(256)
             acc[j][t] = 0.0f;
     for (uint32_t k0 = lane * 8; k0 < m.cols; k0 += WARP * 8 * GEMV_UNROLL) {
         if (k0 != lane * 8)
-            gemv_load<N_ROWS>(m, r, rows, k0, raw, scale);
+            gemv_load<N_ROWS>(m, r, rows, k0, raw, scale, offset);
         for (int u = 0; u < GEMV_UNROLL; u++) {
             uint32_t k = k0 + u * WARP * 8;
             if (k >= m.cols)
@@ -238,6 +252,11 @@ __global__ void __launch_bounds__(256)
             for (int j = 0; j < N_ROWS; j++) {
                 float w[8];
                 unpack8(m.type, raw[j][u], w);
+                if (m.offset) { /* the whole weight first, as the host's dequantizer: q * scale - offset */
+                    for (int i = 0; i < 8; i++)
+                        w[i] = fmaf(w[i], scale[j][u], -offset[j][u]);
+                    scale[j][u] = 1.0f;
+                }
                 if (gain) {
                     float4 g0 = __ldg((const float4 *)(gain + k)), g1 = __ldg((const float4 *)(gain + k + 4));
                     w[0] *= g0.x, w[1] *= g0.y, w[2] *= g0.z, w[3] *= g0.w;

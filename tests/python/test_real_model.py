@@ -31,18 +31,29 @@ def answer(bin_dir, question, max_tokens=32):
     return p.stdout.decode(errors="replace")
 
 
-def test_logits_match_numpy(bin_dir, tmp_path):
+@pytest.fixture(scope="module")
+def numpy_logits():
     ids = [785, 6722, 315, 9625, 374]  # "The capital of France is"
+    return ids, NumpyQwen(MODEL).forward(ids)[-1]
+
+
+@pytest.mark.parametrize("kernels", ["reference", "best"])
+def test_logits_match_numpy(bin_dir, tmp_path, numpy_logits, kernels):
+    """The reference kernels (float activations) agree with the numpy forward pass to float rounding; the
+    fast kernels (every matrix against 8-bit activations, as llama.cpp) within a few percent of the logits' spread."""
+    ids, want = numpy_logits
     out = tmp_path / "logits.f32"
     run(bin_dir / "model-generate", "--model", MODEL, "--prompt-ids", ",".join(map(str, ids)), "--max-tokens", 1,
-        "--dump-logits", out, timeout=600)
+        "--dump-logits", out, *(["--kernels", kernels] if kernels != "best" else []), timeout=600)
     got = np.fromfile(out, dtype=np.float32)
-    want = NumpyQwen(MODEL).forward(ids)[-1]
     err = np.abs(got - want)
-    print(f"real model logits: max |error| {err.max():.4f}, mean {err.mean():.4f}, top-1 {got.argmax()} {want.argmax()}")
+    print(f"real model logits ({kernels} kernels): max |error| {err.max():.4f}, mean {err.mean():.4f}, "
+          f"logit spread {want.std():.2f}, top-1 {got.argmax()} {want.argmax()}")
     assert got.argmax() == want.argmax()
-    # 8-bit activations for the Q8_0 output head, as llama.cpp: errors of a few hundredths, not more
-    assert err.mean() < 0.05 and err.max() < 0.5
+    if kernels == "reference":
+        assert err.max() < 5e-3
+    else:
+        assert err.mean() < 0.03 * want.std() and err.max() < 0.2 * want.std()
     assert len(set(np.argsort(-got)[:5]) & set(np.argsort(-want)[:5])) >= 4
 
 
