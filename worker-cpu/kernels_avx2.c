@@ -108,11 +108,6 @@ KERNEL_TARGET static inline __m256i q5_high(uint32_t bits) {
     v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
     return _mm256_and_si256(v, _mm256_set1_epi8(0x10));
 }
-#define DOT_U8S8(u, s) dot_u8s8(u, s)
-#define Q5_HIGH(bits)  q5_high(bits)
-#define VSUM256(v)     VSUM(v)
-#define QUANT_TB       2
-#include "kernels_quant.h"
 
 KERNEL_TARGET static float dot_avx2(const float *a, const float *b, int n) {
     __m256 acc = _mm256_setzero_ps();
@@ -124,6 +119,13 @@ KERNEL_TARGET static float dot_avx2(const float *a, const float *b, int n) {
         s += a[i] * b[i];
     return s;
 }
+
+#define DOT_U8S8(u, s)     dot_u8s8(u, s)
+#define Q5_HIGH(bits)      q5_high(bits)
+#define VSUM256(v)         VSUM(v)
+#define QUANT_TB           2
+#define FLOAT_DOT(a, b, n) dot_avx2(a, b, n)
+#include "kernels_quant.h"
 
 KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n) {
     __m256 al = _mm256_set1_ps(alpha);

@@ -145,11 +145,6 @@ KERNEL_TARGET static inline float vsum256(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
-#define DOT_U8S8(u, s) _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
-#define Q5_HIGH(bits)  _mm256_maskz_mov_epi8((__mmask32)(bits), _mm256_set1_epi8(0x10))
-#define VSUM256(v)     vsum256(v)
-#define QUANT_TB       4
-#include "kernels_quant.h"
 
 KERNEL_TARGET static float dot_avx512(const float *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
@@ -161,6 +156,13 @@ KERNEL_TARGET static float dot_avx512(const float *a, const float *b, int n) {
         s += a[i] * b[i];
     return s;
 }
+
+#define DOT_U8S8(u, s)     _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+#define Q5_HIGH(bits)      _mm256_maskz_mov_epi8((__mmask32)(bits), _mm256_set1_epi8(0x10))
+#define VSUM256(v)         vsum256(v)
+#define QUANT_TB           4
+#define FLOAT_DOT(a, b, n) dot_avx512(a, b, n)
+#include "kernels_quant.h"
 
 KERNEL_TARGET static void axpy_avx512(float *y, float alpha, const float *x, int n) {
     __m512 al = _mm512_set1_ps(alpha);

@@ -14,7 +14,8 @@
  *     DOT_U8S8(u, s)   the int32 x 8 sums of 4 u8 x s8 products
  *     Q5_HIGH(bits)    the 32-bit mask as 32 bytes, 0x10 where a bit is set
  *     VSUM256(v)       the sum of a __m256's lanes
- *     QUANT_TB         activation rows per tile (at most TB) */
+ *     QUANT_TB         activation rows per tile (at most TB)
+ *     FLOAT_DOT(a,b,n) the file's float dot product */
 #ifndef DOT_U8S8
 #error "define DOT_U8S8 and Q5_HIGH before including kernels_quant.h"
 #endif
@@ -72,21 +73,9 @@ KERNEL_TARGET static inline void decode_q6_K(const uint8_t *row, uint64_t b, wbl
 }
 
 /* Blocks per pass of a tile: the offsets of a pass are kept per row and
- * applied at its end as one vector dot product with the activation sums,
+ * applied at its end as one dot product with the activation sums (FLOAT_DOT),
  * not a scalar multiply-add per block and token. */
 #define QUANT_PASS 128
-
-/* sum_k m[k] xs[k] over n values (n a multiple of 2) */
-KERNEL_TARGET static inline float offset_dot(const float *m, const float *xs, uint64_t n) {
-    __m256 acc = _mm256_setzero_ps();
-    uint64_t k = 0;
-    for (; k + 8 <= n; k += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m + k), _mm256_loadu_ps(xs + k), acc);
-    float s = VSUM256(acc);
-    for (; k < n; k++)
-        s += m[k] * xs[k];
-    return s;
-}
 
 /* One tile: rb weight rows by tb activation rows; each weight block is
  * decoded once and used tb times. */
@@ -121,7 +110,7 @@ KERNEL_TARGET static inline float offset_dot(const float *m, const float *xs, ui
                 }                                                                                                      \
             }                                                                                                          \
             _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)  \
-                offset[i][j] += offset_dot(m[i], a->xs + (size_t)(t + j) * ns + 2 * b0, 2 * (b1 - b0));                \
+                offset[i][j] += FLOAT_DOT(m[i], a->xs + (size_t)(t + j) * ns + 2 * b0, (int)(2 * (b1 - b0)));          \
         }                                                                                                              \
         _Pragma("GCC unroll 4") for (int i = 0; i < rb; i++) _Pragma("GCC unroll 4") for (int j = 0; j < tb; j++)      \
             a->y[(size_t)(t + j) * a->y_stride + r + i] = VSUM256(acc[i][j]) - offset[i][j];                           \
