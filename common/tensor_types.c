@@ -94,19 +94,6 @@ bool tensor_type_can_dequantize(uint32_t type) {
     }
 }
 
-/* Unpacks the j-th (scale, min) pair of the 12-byte k-quant scale field:
- * pairs 0-3 sit in the low 6 bits of bytes 0-7; pairs 4-7 take their low
- * nibbles from bytes 8-11 and their top two bits from bytes 0-7. */
-static void kquant_scale_min(int j, const uint8_t *s, uint8_t *scale, uint8_t *min) {
-    if (j < 4) {
-        *scale = s[j] & 63;
-        *min = s[j + 4] & 63;
-    } else {
-        *scale = (uint8_t)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
-        *min = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
-    }
-}
-
 static void dequant_q4_0(const block_q4_0 *b, float *y, uint64_t nb) {
     for (uint64_t i = 0; i < nb; i++, y += 32) {
         float d = fp16_to_f32(b[i].d);
@@ -173,8 +160,8 @@ static void dequant_q4_K(const block_q4_K *b, float *y, uint64_t nb) {
         const uint8_t *q = b[i].qs;
         for (int sub = 0; sub < 8; sub += 2, q += 32) {
             uint8_t sc0, m0, sc1, m1;
-            kquant_scale_min(sub, b[i].scales, &sc0, &m0);
-            kquant_scale_min(sub + 1, b[i].scales, &sc1, &m1);
+            tensor_kquant_scale_min(sub, b[i].scales, &sc0, &m0);
+            tensor_kquant_scale_min(sub + 1, b[i].scales, &sc1, &m1);
             for (int l = 0; l < 32; l++)
                 *y++ = d * sc0 * (q[l] & 0x0f) - dmin * m0;
             for (int l = 0; l < 32; l++)
@@ -190,8 +177,8 @@ static void dequant_q5_K(const block_q5_K *b, float *y, uint64_t nb) {
         const uint8_t *q = b[i].qs;
         for (int sub = 0; sub < 8; sub += 2, q += 32) {
             uint8_t sc0, m0, sc1, m1;
-            kquant_scale_min(sub, b[i].scales, &sc0, &m0);
-            kquant_scale_min(sub + 1, b[i].scales, &sc1, &m1);
+            tensor_kquant_scale_min(sub, b[i].scales, &sc0, &m0);
+            tensor_kquant_scale_min(sub + 1, b[i].scales, &sc1, &m1);
             for (int l = 0; l < 32; l++) {
                 int hbit = (b[i].qh[l] >> sub) & 1;
                 *y++ = d * sc0 * ((q[l] & 0x0f) + 16 * hbit) - dmin * m0;
@@ -285,10 +272,25 @@ static void split_32(uint32_t type, uint32_t bytes, const uint8_t *p, uint64_t n
     }
 }
 
+uint32_t tensor_split_group(uint32_t type) {
+    switch (type) {
+    case TENSOR_Q8_0:
+    case TENSOR_Q4_0:
+    case TENSOR_Q4_1:
+    case TENSOR_Q5_0:
+    case TENSOR_Q5_1:
+    case TENSOR_Q4_K:
+    case TENSOR_Q5_K: return 32;
+    case TENSOR_Q6_K: return 16;
+    default: return 0;
+    }
+}
+
 int tensor_split_row(uint32_t type, const void *src, uint64_t n, uint32_t group, int8_t *q, float *scale,
                      float *offset) {
     uint32_t elems, bytes;
-    if ((group != 16 && group != 32) || !tensor_type_geometry(type, &elems, &bytes) || n % elems)
+    if ((group != 16 && group != 32) || group > tensor_split_group(type) ||
+        !tensor_type_geometry(type, &elems, &bytes) || n % elems)
         return -1;
     switch (type) {
     case TENSOR_Q8_0:
@@ -306,7 +308,7 @@ int tensor_split_row(uint32_t type, const void *src, uint64_t n, uint32_t group,
             const uint8_t *qs = type == TENSOR_Q4_K ? b4->qs : b5->qs;
             for (int sub = 0; sub < 8; sub++, q += 32) {
                 uint8_t sc, m;
-                kquant_scale_min(sub, b4->scales, &sc, &m);
+                tensor_kquant_scale_min(sub, b4->scales, &sc, &m);
                 set_groups(i * QK_K + 32 * (uint64_t)sub, 32, group, d * sc, dmin * m, scale, offset);
                 for (int l = 0; l < 32; l++) {
                     int v = sub % 2 ? qs[32 * (sub / 2) + l] >> 4 : qs[32 * (sub / 2) + l] & 0x0f;
@@ -317,8 +319,6 @@ int tensor_split_row(uint32_t type, const void *src, uint64_t n, uint32_t group,
         return 0;
     }
     case TENSOR_Q6_K: {
-        if (group != 16)
-            return -1;
         const block_q6_K *b = src;
         for (uint64_t i = 0; i < n / QK_K; i++, q += QK_K) {
             float d = fp16_to_f32(b[i].d);

@@ -79,6 +79,19 @@ typedef struct {
     uint16_t d;
 } block_q6_K;
 
+/* Q4_K and Q5_K: the j-th (scale, min) pair of the 12-byte scale field:
+ * pairs 0-3 sit in the low 6 bits of bytes 0-7; pairs 4-7 take their low
+ * nibbles from bytes 8-11 and their top two bits from bytes 0-7. */
+static inline void tensor_kquant_scale_min(int j, const uint8_t *s, uint8_t *scale, uint8_t *min) {
+    if (j < 4) {
+        *scale = s[j] & 63;
+        *min = s[j + 4] & 63;
+    } else {
+        *scale = (uint8_t)((s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4));
+        *min = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4));
+    }
+}
+
 /* Name as llama.cpp prints it ("Q8_0"), or NULL for an id we do not know. */
 const char *tensor_type_name(uint32_t type);
 
@@ -106,6 +119,9 @@ int tensor_dequantize_row(uint32_t type, const void *src, float *dst, uint64_t n
  * of its block. For engines that read every type through one 8-bit kernel. */
 int tensor_split_row(uint32_t type, const void *src, uint64_t n, uint32_t group, int8_t *q, float *scale,
                      float *offset);
+/* The largest group tensor_split_row takes for a type: 32, 16 for Q6_K, 0
+ * for a type it does not take. */
+uint32_t tensor_split_group(uint32_t type);
 
 /* Reference quantization (round to nearest) for the types make-test-model
  * writes: F32, F16, BF16, Q8_0 and Q5_0 as llama.cpp's reference quantizer

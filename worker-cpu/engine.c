@@ -311,7 +311,7 @@ static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weigh
     bool need_q8 = false, need_sums = false, need_packed = false;
     for (int i = 0; i < n; i++) {
         uint32_t type = w[i]->type;
-        bool low_bit = type == TENSOR_Q5_0 || type == TENSOR_Q4_K || type == TENSOR_Q6_K;
+        bool low_bit = kernels_low_bit(type);
         bool q8 = (type == TENSOR_Q8_0 || low_bit) && kernels_for(e, type)->q8_activations;
         j.w[i] = w[i], j.y[i] = y[i], j.y_stride[i] = w[i]->rows;
         need_q8 = need_q8 || q8;

@@ -33,6 +33,12 @@ typedef struct {
     size_t y_stride;
 } matmul_args;
 
+/* The low-bit types whose SIMD kernels (kernels_quant.h) take 8-bit
+ * activations with their sums per 16 (a->xq and a->xs). */
+static inline bool kernels_low_bit(uint32_t type) {
+    return type == TENSOR_Q5_0 || type == TENSOR_Q4_K || type == TENSOR_Q6_K;
+}
+
 typedef void (*matmul_fn)(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1);
 
 typedef struct {

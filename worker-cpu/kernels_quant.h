@@ -41,14 +41,12 @@ KERNEL_TARGET static inline void decode_q5_0(const uint8_t *row, uint64_t b, wbl
     o->m_lo = o->m_hi = 16.0f * d;
 }
 
-/* Q4_K: sub-block j of 8 in a super-block: w = d sc_j q - dmin m_j, the
- * 6-bit (sc_j, m_j) packed in 12 bytes as llama.cpp's get_scale_min_k4. */
+/* Q4_K: sub-block j of 8 in a super-block: w = d sc_j q - dmin m_j. */
 KERNEL_TARGET static inline void decode_q4_K(const uint8_t *row, uint64_t b, wblock *o) {
     const block_q4_K *sb = (const block_q4_K *)row + b / 8;
     int j = (int)(b % 8);
-    const uint8_t *s = sb->scales;
-    int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 0x0f) | (s[j - 4] >> 6) << 4;
-    int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+    uint8_t sc, m;
+    tensor_kquant_scale_min(j, sb->scales, &sc, &m);
     __m256i v = _mm256_loadu_si256((const __m256i *)(sb->qs + 32 * (j / 2)));
     o->q = low_nibbles(j & 1 ? _mm256_srli_epi16(v, 4) : v);
     o->s = _mm256_set1_ps(_cvtsh_ss(sb->d) * (float)sc);
@@ -146,7 +144,7 @@ DEFINE_QUANT_MATMUL(matmul_q5_0, tile_q5_0)
 DEFINE_QUANT_MATMUL(matmul_q4_K, tile_q4_K)
 DEFINE_QUANT_MATMUL(matmul_q6_K, tile_q6_K)
 
-/* The low-bit types into a kernel set. */
+/* The low-bit types (kernels_low_bit) into a kernel set. */
 static inline void kernels_add_quant(kernel_set *k) {
     k->matmul[TENSOR_Q5_0] = matmul_q5_0;
     k->matmul[TENSOR_Q4_K] = matmul_q4_K;

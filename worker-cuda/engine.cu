@@ -146,16 +146,10 @@ static int upload(void **dev, const void *host, size_t bytes, char *err, size_t 
     return 0;
 }
 
-/* True for the types tensor_split_row widens to 8-bit quants. */
-static bool splits_to_q8(uint32_t type) {
-    return type == TENSOR_Q8_0 || type == TENSOR_Q4_0 || type == TENSOR_Q4_1 || type == TENSOR_Q5_0 ||
-           type == TENSOR_Q5_1 || type == TENSOR_Q4_K || type == TENSOR_Q5_K || type == TENSOR_Q6_K;
-}
-
 /* Stacks the rows of parts (same cols) into one GPU matrix: DMAT_Q8 when
- * every part is a quantized type (exactly: its quants, scales and offsets,
- * groups of 16 when a part has Q6_K's scales per 16), else BF16 (other
- * types dequantized once, on the host). */
+ * tensor_split_row takes every part (exactly: its quants, scales and
+ * offsets, in the finest group a part needs), else BF16 (other types
+ * dequantized once, on the host). */
 static int upload_matrix(const weight *const *parts, int n_parts, const char *what, dmat *out, char *err,
                          size_t errlen) {
     uint64_t rows = 0, cols = parts[0]->cols;
@@ -163,8 +157,9 @@ static int upload_matrix(const weight *const *parts, int n_parts, const char *wh
     uint32_t group = 32;
     for (int i = 0; i < n_parts; i++) {
         rows += parts[i]->rows;
-        q8 = q8 && splits_to_q8(parts[i]->type);
-        group = parts[i]->type == TENSOR_Q6_K ? 16 : group;
+        uint32_t g = tensor_split_group(parts[i]->type);
+        q8 = q8 && g;
+        group = g && g < group ? g : group;
         if (parts[i]->cols != cols)
             return fail(err, errlen, "cuda engine: %s: parts of %llu and %llu columns", what, (unsigned long long)cols,
                         (unsigned long long)parts[i]->cols);
@@ -183,13 +178,15 @@ static int upload_matrix(const weight *const *parts, int n_parts, const char *wh
         return fail(err, errlen, "cuda engine: %s: out of host memory", what);
     }
     bool any_offset = false;
+    int split_rc = 0;
     size_t r = 0;
     for (int i = 0; i < n_parts; i++)
         for (uint64_t pr = 0; pr < parts[i]->rows; pr++, r++) {
             const uint8_t *src = (const uint8_t *)parts[i]->data + pr * parts[i]->row_bytes;
             if (q8) {
                 size_t g0 = r * (cols / group);
-                tensor_split_row(parts[i]->type, src, cols, group, (int8_t *)host + r * cols, scale + g0, offset + g0);
+                split_rc |= tensor_split_row(parts[i]->type, src, cols, group, (int8_t *)host + r * cols, scale + g0,
+                                             offset + g0);
                 for (size_t g = g0; g < g0 + cols / group; g++)
                     any_offset = any_offset || offset[g] != 0.0f;
             } else if (parts[i]->type == TENSOR_BF16) {
@@ -200,6 +197,10 @@ static int upload_matrix(const weight *const *parts, int n_parts, const char *wh
                     ((uint16_t *)host)[r * cols + k] = bf16_from_f32(row_f32[k]);
             }
         }
+    if (split_rc) { /* tensor_split_group said yes: not reached unless the two disagree */
+        free(host), free(scale), free(offset), free(row_f32);
+        return fail(err, errlen, "cuda engine: %s: a part cannot be split into 8-bit quants", what);
+    }
     int rc = q8 ? upload((void **)&out->qs, host, n, err, errlen) ||
                       upload((void **)&out->scale, scale, n_groups * sizeof(float), err, errlen) ||
                       (any_offset && upload((void **)&out->offset, offset, n_groups * sizeof(float), err, errlen))

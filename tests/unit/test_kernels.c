@@ -70,7 +70,7 @@ static void free_problem(struct problem *p) {
 static void check_kernel(const kernel_set *k, uint32_t type, uint64_t cols, int T, uint64_t r0, uint64_t r1) {
     struct problem p;
     make_problem(&p, type, cols, T, (uint32_t)(type * 131 + cols + (uint64_t)T * 7));
-    bool q8 = k->q8_activations && type != TENSOR_F32 && type != TENSOR_F16 && type != TENSOR_BF16;
+    bool q8 = k->q8_activations && (type == TENSOR_Q8_0 || kernels_low_bit(type));
     size_t y_stride = ROWS + 3;
     float *y = malloc((size_t)T * y_stride * sizeof *y);
     for (size_t i = 0; i < (size_t)T * y_stride; i++)

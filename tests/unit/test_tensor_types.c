@@ -170,6 +170,9 @@ static void test_split_row(void **state) {
             }
         }
     }
+    assert_int_equal(tensor_split_group(TENSOR_Q6_K), 16);
+    assert_int_equal(tensor_split_group(TENSOR_Q5_0), 32);
+    assert_int_equal(tensor_split_group(TENSOR_BF16), 0);
     assert_int_equal(tensor_split_row(TENSOR_BF16, raw, 32, 32, q, scale, offset), -1);
     assert_int_equal(tensor_split_row(TENSOR_Q4_K, raw, 32, 32, q, scale, offset), -1);
     assert_int_equal(tensor_split_row(TENSOR_Q8_0, raw, 32, 8, q, scale, offset), -1);
