@@ -6,8 +6,9 @@
 #   1. test_engine: the tinyA reference checks on the CPU and CUDA engines;
 #   2. compute-sanitizer memcheck over prefill (tensor-core path) and
 #      decode (GEMV path, CUDA graphs) on tinyA;
-#   3. 0.6b-shaped models (BF16, Q8_0, Q4_K_M) and a Qwen2.5-0.5B-shaped
-#      Q4_K_M one: GPU logits against the CPU engine's;
+#   3. 0.6b-shaped models (BF16, Q8_0, Q4_K_M), a Qwen2.5-0.5B-shaped
+#      Q4_K_M one, a Gemma-3-270M-shaped Q4_K_M one and a tiny gemma3 with a
+#      sliding window of 4: GPU logits against the CPU engine's;
 #   4. inferno-bench --backend cuda on them;
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
@@ -51,6 +52,13 @@ done
 [[ -f $work/qwen2.5-0.5b-q4_k_m.gguf ]] || build/bin/make-test-model --config 0.6b --arch qwen2 --type q4_k_m \
     --layers 24 --hidden 896 --heads 14 --kv-heads 2 --head-dim 64 --ffn 4864 --context 32768 \
     --tokenizer "$tokenizer" --out "$work/qwen2.5-0.5b-q4_k_m.gguf" >/dev/null || status=1
+# Gemma 3 270M's shapes and mix (head_dim 256, one KV head, window 512), and a tiny gemma3 whose window of 4
+# every prompt here crosses
+[[ -f $work/gemma3-270m-q4_k_m.gguf ]] || build/bin/make-test-model --config 0.6b --arch gemma3 --type q4_k_m \
+    --layers 18 --hidden 640 --heads 4 --kv-heads 1 --head-dim 256 --ffn 2048 --context 32768 --window 512 \
+    --tokenizer "$tokenizer" --out "$work/gemma3-270m-q4_k_m.gguf" >/dev/null || status=1
+[[ -f $work/gemma3-tiny.gguf ]] || build/bin/make-test-model --config tiny --arch gemma3 --layers 6 --window 4 \
+    --type bf16 --tokenizer "$tokenizer" --out "$work/gemma3-tiny.gguf" >/dev/null || status=1
 
 if want 1; then
 echo "== 1. test_engine (CPU and CUDA)"
@@ -82,10 +90,14 @@ fi
 
 if want 3; then
 echo "== 3. 0.6b- and Qwen2.5-0.5B-shaped models: GPU logits against the CPU engine's"
-for type in bf16 q8_0 q4_k_m qwen2.5-q4_k_m; do
+for type in bf16 q8_0 q4_k_m qwen2.5-q4_k_m gemma3-270m gemma3-tiny; do
     model=$work/0.6b-$type.gguf
     [[ $type == qwen2.5-* ]] && model=$work/qwen2.5-0.5b-${type#qwen2.5-}.gguf
-    for n in 5 100; do
+    [[ $type == gemma3-270m ]] && model=$work/gemma3-270m-q4_k_m.gguf
+    [[ $type == gemma3-tiny ]] && model=$work/gemma3-tiny.gguf
+    lengths="5 100"
+    [[ $type == gemma3-270m ]] && lengths="5 100 700" # 700: past the 512-token window
+    for n in $lengths; do
         prompt=$(seq -s, 1000 $((999 + n)))
         # the CPU reference: float32 activations, as the GPU keeps them
         for backend in cpu cuda; do
@@ -97,7 +109,7 @@ import sys, numpy as np
 cpu, gpu = (np.fromfile(p, dtype=np.float32).astype(np.float64) for p in sys.argv[1:3])
 rel = np.linalg.norm(gpu - cpu) / np.linalg.norm(cpu)
 ok = rel < 1e-2 and cpu.argmax() == gpu.argmax()
-print(f"  {sys.argv[3]:5s} {int(sys.argv[4]):4d}-token prompt: |gpu-cpu|/|cpu| {rel:.2e}, max |diff| "
+print(f"  {sys.argv[3]:14s} {int(sys.argv[4]):4d}-token prompt: |gpu-cpu|/|cpu| {rel:.2e}, max |diff| "
       f"{np.abs(gpu - cpu).max():.4f}, top-1 {'same' if cpu.argmax() == gpu.argmax() else 'DIFFERS'}")
 sys.exit(0 if ok else 1)
 PY
@@ -115,6 +127,8 @@ for type in bf16 q8_0 q4_k_m; do
 done
 build/bin/inferno-bench --backend cuda --model "$work/qwen2.5-0.5b-q4_k_m.gguf" --prompt 512 --gen 32 \
     --batch "$BATCHES" | tee "$OUT/bench-qwen2.5-q4_k_m.txt"
+build/bin/inferno-bench --backend cuda --model "$work/gemma3-270m-q4_k_m.gguf" --prompt 512 --gen 32 \
+    --batch "$BATCHES" | tee "$OUT/bench-gemma3-270m-q4_k_m.txt"
 echo "-- bf16 with a half-precision KV cache (--kv-type f16)"
 build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch "$BATCHES" | tee "$OUT/bench-bf16-kvf16.txt"

@@ -309,7 +309,7 @@ static int prompt_ids(job *j, int32_t **ids, size_t *n, gw_error *e) {
         rc = vars ? tk_client_apply_template(j->g->tk, vars, strlen(vars), &text, ids, n, err, sizeof err) : -2;
         free(vars), free(text);
     } else {
-        rc = tk_client_tokenize(j->g->tk, r->prompt_text, strlen(r->prompt_text), true, ids, n, err, sizeof err);
+        rc = tk_client_tokenize(j->g->tk, r->prompt_text, strlen(r->prompt_text), true, true, ids, n, err, sizeof err);
     }
     if (rc == -1)
         gw_error_set(e, 400, "invalid_request_error", r->chat ? "messages" : "prompt", "%s", err);

@@ -157,8 +157,10 @@ static void handle_tokenize(gateway *g, struct mg_connection *conn, bool detoken
         int32_t *ids;
         size_t n;
         json_t *special = json_object_get(req, "parse_special");
+        /* as llama.cpp's server: add_special puts the model's BOS in front */
         int rc = tk_client_tokenize(g->tk, json_string_value(content), json_string_length(content),
-                                    special ? json_is_true(special) : true, &ids, &n, err, sizeof err);
+                                    special ? json_is_true(special) : true,
+                                    json_is_true(json_object_get(req, "add_special")), &ids, &n, err, sizeof err);
         if (rc == 0) {
             json_t *arr = json_array();
             for (size_t i = 0; i < n; i++)

@@ -96,10 +96,10 @@ int tk_client_apply_template(tk_client *c, const char *vars_json, size_t len, ch
     return rc;
 }
 
-int tk_client_tokenize(tk_client *c, const char *text, size_t len, bool parse_special, int32_t **ids, size_t *n_ids,
-                       char *err, size_t errlen) {
+int tk_client_tokenize(tk_client *c, const char *text, size_t len, bool parse_special, bool add_bos, int32_t **ids,
+                       size_t *n_ids, char *err, size_t errlen) {
     Inferno__TokenizeRequest t = INFERNO__TOKENIZE_REQUEST__INIT;
-    t.text.data = (uint8_t *)text, t.text.len = len, t.parse_special = parse_special;
+    t.text.data = (uint8_t *)text, t.text.len = len, t.parse_special = parse_special, t.add_bos = add_bos;
     Inferno__TokenizerRequest q = INFERNO__TOKENIZER_REQUEST__INIT;
     q.body_case = INFERNO__TOKENIZER_REQUEST__BODY_TOKENIZE, q.tokenize = &t;
     int rc;

@@ -19,8 +19,9 @@ void tk_client_set_timeout(tk_client *c, int timeout_ms);
  * template variable, say), or -2 with err when it did not answer. */
 int tk_client_apply_template(tk_client *c, const char *vars_json, size_t len, char **text, int32_t **ids, size_t *n_ids,
                              char *err, size_t errlen);
-int tk_client_tokenize(tk_client *c, const char *text, size_t len, bool parse_special, int32_t **ids, size_t *n_ids,
-                       char *err, size_t errlen);
+/* add_bos: start with BOS if the model asks for it (Gemma). */
+int tk_client_tokenize(tk_client *c, const char *text, size_t len, bool parse_special, bool add_bos, int32_t **ids,
+                       size_t *n_ids, char *err, size_t errlen);
 int tk_client_detokenize(tk_client *c, const int32_t *ids, size_t n, char **text, size_t *len, char *err,
                          size_t errlen);
 int tk_client_info(tk_client *c, bool *has_template, char *err, size_t errlen);

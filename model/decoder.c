@@ -1,8 +1,10 @@
-/* The pre-norm decoder the Qwen family shares: GQA attention (optionally
- * with q/k/v biases or per-head q/k RMSNorm), NeoX RoPE, SwiGLU FFN, an
- * output head that may be tied to the embedding. Hyperparameters come from
+/* The pre-norm decoder the Qwen and Gemma families share: GQA attention
+ * (optionally with q/k/v biases or per-head q/k RMSNorm), NeoX RoPE, a gated
+ * FFN, an output head that may be tied to the embedding; here with Qwen's
+ * settings (SwiGLU, full attention everywhere), which gemma3.c then adjusts. Hyperparameters come from
  * the "<arch>.*" keys llama.cpp's converter writes; each architecture file
- * (qwen3.c, qwen2.c) says which variant it is. */
+ * (qwen3.c, qwen2.c, gemma3.c) says which variant it is. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +42,9 @@ int model_load_decoder(const gguf_file *f, model_desc *m, const decoder_spec *sp
     snprintf(key, sizeof key, "%s.rope.freq_base", a);
     if (gguf_get_f32(f, key, &m->rope_base, NULL, 0))
         m->rope_base = 1000000.0f;
+    m->attn_scale = 1.0f / sqrtf((float)m->head_dim);
+    m->embed_scale = 1.0f;
+    m->ffn_act = FFN_SILU;
     if (m->n_heads % m->n_kv_heads || m->head_dim % 2 || m->n_layers > 1024) {
         snprintf(err, errlen, "inconsistent attention shape: %u heads, %u kv heads, head_dim %u", m->n_heads,
                  m->n_kv_heads, m->head_dim);
@@ -87,7 +92,10 @@ int model_load_decoder(const gguf_file *f, model_desc *m, const decoder_spec *sp
             {"ffn_gate.weight", m->ffn, H, true, &L->w_gate},
             {"ffn_up.weight", m->ffn, H, true, &L->w_up},
             {"ffn_down.weight", H, m->ffn, true, &L->w_down},
+            {"post_attention_norm.weight", 1, H, spec->post_norms, &L->post_attn_norm},
+            {"post_ffw_norm.weight", 1, H, spec->post_norms, &L->post_ffn_norm},
         };
+        L->window = 0, L->rope_base = m->rope_base, L->rope_freq_scale = 1.0f;
         for (size_t i = 0; i < sizeof binds / sizeof binds[0]; i++) {
             if (!binds[i].wanted)
                 continue;

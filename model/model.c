@@ -11,6 +11,7 @@ static const struct {
 } loaders[] = {
     {"qwen3", qwen3_load},
     {"qwen2", qwen2_load},
+    {"gemma3", gemma3_load},
 };
 
 int model_bind(const gguf_file *f, const char *name, uint64_t rows, uint64_t cols, bool required, weight *w, char *err,
@@ -74,7 +75,8 @@ int model_open(const char *path, model_desc **out, char *err, size_t errlen) {
         *out = m;
         return 0;
     }
-    snprintf(err, errlen, "model: %s: architecture '%s' is not supported (supported: qwen3, qwen2)", path, m->arch);
+    snprintf(err, errlen, "model: %s: architecture '%s' is not supported (supported: qwen3, qwen2, gemma3)", path,
+             m->arch);
     model_close(m);
     return -1;
 }

@@ -1,8 +1,7 @@
 /* An architecture-neutral description of a decoder-only transformer, built
  * from a GGUF file: hyperparameters plus a view of every weight inside the
  * file's mapping. Each architecture is one loader file (model/qwen3.c,
- * model/qwen2.c);
- * engines read only this description.
+ * model/qwen2.c, model/gemma3.c); engines read only this description.
  *
  * Matrices follow GGUF: a weight of ne = [cols, rows] stores `rows` rows of
  * `cols` values each, and y = W x means y[r] = dot(W[r], x). */
@@ -21,15 +20,23 @@ typedef struct {
     uint64_t row_bytes;
 } weight;
 
+/* The feed-forward activation: act(x Wgate^T) * (x Wup^T). */
+enum ffn_activation { FFN_SILU, FFN_GELU_TANH };
+
 typedef struct {
-    weight attn_norm;      /* [hidden] */
-    weight wq, wk, wv;     /* [heads*head_dim][hidden], [kv_heads*head_dim][hidden] x2 */
-    weight bq, bk, bv;     /* biases (qwen2), absent in qwen3 */
-    weight q_norm, k_norm; /* [head_dim], per-head RMSNorm (qwen3) */
-    weight wo;             /* [hidden][heads*head_dim] */
-    weight ffn_norm;       /* [hidden] */
-    weight w_gate, w_up;   /* [ffn][hidden] */
-    weight w_down;         /* [hidden][ffn] */
+    weight attn_norm;                     /* [hidden] */
+    weight wq, wk, wv;                    /* [heads*head_dim][hidden], [kv_heads*head_dim][hidden] x2 */
+    weight bq, bk, bv;                    /* biases (qwen2), absent in qwen3 */
+    weight q_norm, k_norm;                /* [head_dim], per-head RMSNorm (qwen3) */
+    weight wo;                            /* [hidden][heads*head_dim] */
+    weight ffn_norm;                      /* [hidden] */
+    weight w_gate, w_up;                  /* [ffn][hidden] */
+    weight w_down;                        /* [hidden][ffn] */
+    weight post_attn_norm, post_ffn_norm; /* [hidden], on each block's output before the residual add (gemma3) */
+    /* the layer's attention variant */
+    uint32_t window;       /* sliding window: a token sees the `window` latest positions; 0 = all */
+    float rope_base;       /* RoPE frequency base */
+    float rope_freq_scale; /* positions are multiplied by this (linear RoPE scaling); 1 without */
 } layer_weights;
 
 typedef struct model_desc {
@@ -37,6 +44,9 @@ typedef struct model_desc {
     char name[128];
     uint32_t n_layers, hidden, n_heads, n_kv_heads, head_dim, ffn, vocab, context;
     float rms_eps, rope_base;
+    float attn_scale;  /* softmax(q k^T * attn_scale): 1/sqrt(head_dim) */
+    float embed_scale; /* the embedding rows are multiplied by this: 1, or sqrt(hidden) (gemma3) */
+    enum ffn_activation ffn_act;
     weight token_embd;  /* [vocab][hidden] */
     weight output_norm; /* [hidden] */
     weight output;      /* [vocab][hidden]; the embedding itself when tied */
@@ -63,10 +73,12 @@ typedef struct {
     const char *arch; /* the metadata key prefix: "qwen3" */
     bool qkv_bias;    /* blk.N.attn_{q,k,v}.bias */
     bool qk_norm;     /* blk.N.attn_{q,k}_norm.weight */
+    bool post_norms;  /* blk.N.post_attention_norm.weight, blk.N.post_ffw_norm.weight */
 } decoder_spec;
 int model_load_decoder(const gguf_file *f, model_desc *m, const decoder_spec *spec, char *err, size_t errlen);
 
 int qwen3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
 int qwen2_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
+int gemma3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
 
 #endif

@@ -1,14 +1,11 @@
 /* Byte-level BPE: vocabulary and merges from GGUF metadata, pcre2
  * pre-tokenization, heap-ordered merges. See tokenizer.h. */
-#define PCRE2_CODE_UNIT_WIDTH 8
-#include "tokenizer.h"
-
-#include <pcre2.h>
 #include <utf8proc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "tokenizer_internal.h"
 #include "utf8.h"
 
 /* Qwen2's pre-tokenizer (tokenizer.json "Split" regex): contractions, words
@@ -17,45 +14,30 @@
 static const char QWEN2_PATTERN[] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}|"
                                     " ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
-enum {
-    TOKEN_NORMAL = 1,
-    TOKEN_UNKNOWN = 2,
-    TOKEN_CONTROL = 3,
-    TOKEN_USER_DEFINED = 4,
-    TOKEN_UNUSED = 5,
-    TOKEN_BYTE = 6
-};
-
-/* (left id, right id) -> (rank, merged id), open addressing. */
-struct merge_entry {
-    uint64_t key; /* left << 32 | right, +1 so that 0 marks empty */
-    int32_t rank, merged;
-};
-
-/* token text -> id, open addressing over the vocabulary. */
-struct vocab_index {
-    int32_t *slots; /* id + 1; 0 empty */
-    uint64_t mask;
-};
-
-struct tokenizer {
-    uint32_t n_vocab;
-    char **text; /* token text as stored in the GGUF (byte-level alphabet) */
-    uint32_t *text_len;
-    uint8_t **bytes; /* the raw bytes each token decodes to */
-    uint32_t *bytes_len;
-    int32_t *type;
-    struct vocab_index index;
-    struct merge_entry *merges;
-    uint64_t merges_mask;
-    int32_t byte_token[256]; /* id of the single-byte token for each byte */
-    int32_t *added;          /* ids of added tokens matched in text, longest first */
-    uint32_t n_added;
-    uint8_t added_first[32]; /* bitmap of the first bytes of added tokens */
-    int32_t bos, eos;
-    char *chat_template;
-    pcre2_code *re;
-};
+/* Gemma's chat template (text turns), for the Gemma GGUFs that carry none:
+ * the base models' files. A system message is folded into the first user
+ * turn; the assistant's role is "model". */
+static const char GEMMA_TEMPLATE[] =
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}"
+    "{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}"
+    "{{ '<start_of_turn>model\n' }}"
+    "{%- endif -%}";
 
 int token_list_push(token_list *l, int32_t id) {
     if (l->n == l->cap) {
@@ -200,7 +182,7 @@ static int load_vocab(tokenizer *tk, const gguf_file *f, char *err, size_t errle
         tk->text[id][s->len] = 0;
         tk->text_len[id] = (uint32_t)s->len;
         tk->type[id] = have_types ? (int32_t)gguf_array_get_i64(&types, id) : TOKEN_NORMAL;
-        if (token_raw_bytes(tk, id, cp_to_byte))
+        if (!tk->spm && token_raw_bytes(tk, id, cp_to_byte))
             return fail(err, errlen, "out of memory", NULL);
         /* first occurrence wins, as in HF's vocab map */
         if (tokenizer_find(tk, tk->text[id], s->len) < 0) {
@@ -210,6 +192,8 @@ static int load_vocab(tokenizer *tk, const gguf_file *f, char *err, size_t errle
             tk->index.slots[i] = (int32_t)id + 1;
         }
     }
+    if (tk->spm)
+        return spm_load_vocab(tk, f, err, errlen);
     for (int b = 0; b < 256; b++) {
         char ch[4];
         size_t n = put_utf8(byte_to_cp[b], ch);
@@ -277,6 +261,12 @@ static int load_specials(tokenizer *tk, const gguf_file *f, char *err, size_t er
     uint32_t id;
     tk->bos = !gguf_get_u32(f, "tokenizer.ggml.bos_token_id", &id, NULL, 0) && id < tk->n_vocab ? (int32_t)id : -1;
     tk->eos = !gguf_get_u32(f, "tokenizer.ggml.eos_token_id", &id, NULL, 0) && id < tk->n_vocab ? (int32_t)id : -1;
+    tk->unk = !gguf_get_u32(f, "tokenizer.ggml.unknown_token_id", &id, NULL, 0) && id < tk->n_vocab ? (int32_t)id : -1;
+    /* llama.cpp's defaults when the keys are absent */
+    tk->add_bos = tk->spm, tk->add_space_prefix = tk->spm;
+    gguf_get_bool(f, "tokenizer.ggml.add_bos_token", &tk->add_bos, NULL, 0);
+    gguf_get_bool(f, "tokenizer.ggml.add_space_prefix", &tk->add_space_prefix, NULL, 0);
+    tk->add_bos = tk->add_bos && tk->bos >= 0;
     gguf_str tmpl;
     if (!gguf_get_str(f, "tokenizer.chat_template", &tmpl, NULL, 0)) {
         tk->chat_template = malloc(tmpl.len + 1);
@@ -284,6 +274,9 @@ static int load_specials(tokenizer *tk, const gguf_file *f, char *err, size_t er
             return fail(err, errlen, "out of memory", NULL);
         memcpy(tk->chat_template, tmpl.ptr, tmpl.len);
         tk->chat_template[tmpl.len] = 0;
+    } else if (tk->spm && tokenizer_find(tk, "<start_of_turn>", 15) >= 0 &&
+               !(tk->chat_template = strdup(GEMMA_TEMPLATE))) {
+        return fail(err, errlen, "out of memory", NULL);
     }
     tk->added = malloc(tk->n_vocab * sizeof *tk->added);
     if (!tk->added)
@@ -302,14 +295,23 @@ static int load_specials(tokenizer *tk, const gguf_file *f, char *err, size_t er
 int tokenizer_load(const gguf_file *f, tokenizer **out, char *err, size_t errlen) {
     *out = NULL;
     gguf_str model;
-    if (gguf_get_str(f, "tokenizer.ggml.model", &model, NULL, 0) || model.len != 4 || memcmp(model.ptr, "gpt2", 4))
-        return fail(err, errlen, "tokenizer.ggml.model must be gpt2 (byte-level BPE)", NULL);
+    bool gpt2 =
+        !gguf_get_str(f, "tokenizer.ggml.model", &model, NULL, 0) && model.len == 4 && !memcmp(model.ptr, "gpt2", 4);
+    bool llama = !gpt2 && model.len == 5 && !memcmp(model.ptr, "llama", 5);
+    if (!gpt2 && !llama)
+        return fail(err, errlen, "tokenizer.ggml.model must be gpt2 (byte-level BPE) or llama (SentencePiece)", NULL);
     tokenizer *tk = calloc(1, sizeof *tk);
     if (!tk)
         return fail(err, errlen, "out of memory", NULL);
-    if (load_vocab(tk, f, err, errlen) || load_merges(tk, f, err, errlen) || load_specials(tk, f, err, errlen)) {
+    tk->spm = llama;
+    if (load_vocab(tk, f, err, errlen) || (gpt2 && load_merges(tk, f, err, errlen)) ||
+        load_specials(tk, f, err, errlen)) {
         tokenizer_free(tk);
         return -1;
+    }
+    if (tk->spm) {
+        *out = tk;
+        return 0;
     }
     int code;
     PCRE2_SIZE offset;
@@ -344,7 +346,7 @@ void tokenizer_free(tokenizer *tk) {
         if (tk->bytes)
             free(tk->bytes[i]);
     }
-    free(tk->text), free(tk->text_len), free(tk->bytes), free(tk->bytes_len), free(tk->type);
+    free(tk->text), free(tk->text_len), free(tk->bytes), free(tk->bytes_len), free(tk->type), free(tk->scores);
     free(tk->index.slots), free(tk->merges), free(tk->added), free(tk->chat_template);
     if (tk->re)
         pcre2_code_free(tk->re);
@@ -354,6 +356,7 @@ void tokenizer_free(tokenizer *tk) {
 uint32_t tokenizer_vocab_size(const tokenizer *tk) { return tk->n_vocab; }
 int32_t tokenizer_bos(const tokenizer *tk) { return tk->bos; }
 int32_t tokenizer_eos(const tokenizer *tk) { return tk->eos; }
+bool tokenizer_adds_bos(const tokenizer *tk) { return tk->add_bos; }
 const char *tokenizer_chat_template(const tokenizer *tk) { return tk->chat_template; }
 bool tokenizer_is_control(const tokenizer *tk, int32_t id) {
     return id >= 0 && (uint32_t)id < tk->n_vocab && tk->type[id] == TOKEN_CONTROL;
@@ -507,31 +510,39 @@ static int encode_plain(const tokenizer *tk, const uint8_t *s, size_t n, token_l
     return rc;
 }
 
-/* Longest added token starting at s, or -1. */
-static int32_t match_added(const tokenizer *tk, const uint8_t *s, size_t n) {
+/* Longest added token starting at s, or -1. Without parse_special, only
+ * an SPM vocabulary's user-defined tokens (Gemma's runs of newlines and
+ * tabs) are matched, as llama.cpp does. */
+static int32_t match_added(const tokenizer *tk, const uint8_t *s, size_t n, bool parse_special) {
     if (!(tk->added_first[s[0] >> 3] & (1u << (s[0] & 7))))
         return -1;
     for (uint32_t i = 0; i < tk->n_added; i++) {
         int32_t id = tk->added[i];
+        if (!parse_special && tk->type[id] != TOKEN_USER_DEFINED)
+            continue;
         if (tk->text_len[id] <= n && !memcmp(tk->text[id], s, tk->text_len[id]))
             return id;
     }
     return -1;
 }
 
+static int encode_piece(const tokenizer *tk, const uint8_t *s, size_t n, token_list *out) {
+    return tk->spm ? spm_encode_plain(tk, s, n, out) : encode_plain(tk, s, n, out);
+}
+
 int tokenizer_encode(const tokenizer *tk, const char *text, size_t len, bool parse_special, token_list *out) {
     const uint8_t *s = (const uint8_t *)text;
     size_t start = 0;
-    for (size_t i = 0; parse_special && i < len; i++) {
-        int32_t id = match_added(tk, s + i, len - i);
+    for (size_t i = 0; (parse_special || tk->spm) && i < len; i++) {
+        int32_t id = match_added(tk, s + i, len - i, parse_special);
         if (id < 0)
             continue;
-        if ((i > start && encode_plain(tk, s + start, i - start, out)) || token_list_push(out, id))
+        if ((i > start && encode_piece(tk, s + start, i - start, out)) || token_list_push(out, id))
             return -1;
         i += tk->text_len[id] - 1;
         start = i + 1;
     }
-    return start < len ? encode_plain(tk, s + start, len - start, out) : 0;
+    return start < len ? encode_piece(tk, s + start, len - start, out) : 0;
 }
 
 int tokenizer_decode(const tokenizer *tk, const int32_t *ids, size_t n, char **text, size_t *len) {

@@ -1,11 +1,14 @@
-/* Byte-level BPE tokenizer (GPT-2 style, Qwen2 pre-tokenizer) built from a
- * GGUF file's tokenizer.ggml.* metadata, matching Hugging Face tokenizers.
- *
- * encode: added tokens (<|im_start|>, <think>, ...) found in the text are
- * emitted as single ids (leftmost-longest, like transformers); the rest is
- * split by the pre-tokenizer regex (pcre2, UTF + UCP, JIT) and each piece
- * byte-pair merged by merge rank. A loaded tokenizer is immutable: encode
- * and decode may run concurrently from any number of threads. */
+/* The tokenizer built from a GGUF file's tokenizer.ggml.* metadata, in one
+ * of two kinds:
+ *   - "gpt2": byte-level BPE with Qwen2's pre-tokenizer, matching Hugging
+ *     Face tokenizers. The text is split by the pre-tokenizer regex (pcre2,
+ *     UTF + UCP, JIT) and each piece byte-pair merged by merge rank.
+ *   - "llama": SentencePiece-style (Gemma): merges by token score, byte
+ *     fallback, matching llama.cpp (tokenizer_spm.c).
+ * encode: added tokens (<|im_start|>, <start_of_turn>, ...) found in the
+ * text are emitted as single ids (leftmost-longest). A loaded tokenizer is
+ * immutable: encode and decode may run concurrently from any number of
+ * threads. */
 #ifndef INFERNO_TOKENIZER_H
 #define INFERNO_TOKENIZER_H
 
@@ -34,15 +37,20 @@ void tokenizer_free(tokenizer *tk);
 uint32_t tokenizer_vocab_size(const tokenizer *tk);
 int32_t tokenizer_bos(const tokenizer *tk); /* -1 when the model has none */
 int32_t tokenizer_eos(const tokenizer *tk);
+/* Whether a raw prompt should start with BOS (tokenizer.ggml.add_bos_token;
+ * true for Gemma, false for Qwen). */
+bool tokenizer_adds_bos(const tokenizer *tk);
 /* Id of the token whose text is exactly s, or -1. */
 int32_t tokenizer_find(const tokenizer *tk, const char *s, size_t len);
-/* The chat template stored in the GGUF, or NULL. */
+/* The chat template stored in the GGUF; for a Gemma vocabulary without one
+ * (the base models), Gemma's own; else NULL. */
 const char *tokenizer_chat_template(const tokenizer *tk);
 /* True for control tokens (<|im_end|>, <|endoftext|>, ...). */
 bool tokenizer_is_control(const tokenizer *tk, int32_t id);
 
 /* Appends the ids of text to out. parse_special: match added tokens in the
- * text. Input need not be valid UTF-8. Returns 0, or -1 on out of memory. */
+ * text (an SPM vocabulary's user-defined tokens are matched always). Input
+ * need not be valid UTF-8. Returns 0, or -1 on out of memory. */
 int tokenizer_encode(const tokenizer *tk, const char *text, size_t len, bool parse_special, token_list *out);
 
 /* The raw bytes a token stands for (may be a partial UTF-8 character), or

@@ -34,6 +34,19 @@ static int pack(const Response *r, uint8_t **out, size_t *len) {
     return 0;
 }
 
+int tokenizer_template_vars(const tokenizer *tk, json_t *vars) {
+    const char *keys[2] = {"bos_token", "eos_token"};
+    int32_t ids[2] = {tokenizer_bos(tk), tokenizer_eos(tk)};
+    for (int i = 0; i < 2; i++) {
+        size_t n;
+        const uint8_t *text = ids[i] >= 0 ? tokenizer_token_bytes(tk, ids[i], &n) : NULL;
+        if (text && !json_object_get(vars, keys[i]) &&
+            json_object_set_new(vars, keys[i], json_stringn((const char *)text, n)))
+            return -1;
+    }
+    return 0;
+}
+
 int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *req_bytes, size_t req_len,
                              uint8_t **resp, size_t *resp_len) {
     Response r = INFERNO__TOKENIZER_RESPONSE__INIT;
@@ -62,7 +75,7 @@ int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *r
     switch (q->body_case) {
     case INFERNO__TOKENIZER_REQUEST__BODY_TOKENIZE: {
         const Inferno__TokenizeRequest *t = q->tokenize;
-        if (t->add_bos && tokenizer_bos(st->tk) >= 0 && token_list_push(&ids, tokenizer_bos(st->tk)))
+        if (t->add_bos && tokenizer_adds_bos(st->tk) && token_list_push(&ids, tokenizer_bos(st->tk)))
             goto oom;
         if (tokenizer_encode(st->tk, (const char *)t->text.data, t->text.len, t->parse_special, &ids))
             goto oom;
@@ -105,6 +118,10 @@ int tokenizer_service_handle(const tokenizer_service_state *st, const uint8_t *r
             goto reply;
         }
         size_t len;
+        if (tokenizer_template_vars(st->tk, vars)) {
+            json_decref(vars);
+            goto oom;
+        }
         int rc = jinja_render(st->chat_template, vars, NULL, &rendered, &len, msg, sizeof msg);
         json_decref(vars);
         if (rc) {

@@ -9,6 +9,7 @@
 #ifndef INFERNO_TOKENIZER_SERVICE_H
 #define INFERNO_TOKENIZER_SERVICE_H
 
+#include <jansson.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,11 @@ typedef struct {
     const jinja_template *chat_template;
     const char *model_path;
 } tokenizer_service_state;
+
+/* Adds bos_token and eos_token (the tokens' text) to a chat template's
+ * variables unless the caller set them, as transformers does: Gemma's
+ * template starts with {{ bos_token }}. -1 on out of memory. */
+int tokenizer_template_vars(const tokenizer *tk, json_t *vars);
 
 /* Handles one packed TokenizerRequest and returns the packed response
  * (malloc'ed). Never fails on bad input: a malformed request gets an Error

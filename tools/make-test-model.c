@@ -30,7 +30,8 @@
 struct model_config {
     const char *name;
     uint32_t layers, hidden, heads, kv_heads, head_dim, ffn, context;
-    const char *arch; /* qwen3 (q/k norms) or qwen2 (q/k/v biases) */
+    const char *arch; /* qwen3 (q/k norms), qwen2 (q/k/v biases) or gemma3 (q/k norms, post-block norms) */
+    uint32_t window;  /* gemma3: the sliding window of five layers in six */
 };
 
 static const struct model_config config_tiny = {"inferno-test-tiny", 2, 32, 4, 2, 16, 96, 4096, "qwen3"};
@@ -331,6 +332,14 @@ static int add_weight(struct model_writer *m, const char *name, uint64_t ne0, ui
     return 0;
 }
 
+static bool arch_in(const char *arch, const char *list) {
+    size_t n = strlen(arch);
+    for (const char *p = list; (p = strstr(p, arch)) != NULL; p += n)
+        if ((p == list || p[-1] == ',') && (p[n] == 0 || p[n] == ','))
+            return true;
+    return false;
+}
+
 /* Tensor order of convert_hf_to_gguf.py: embeddings, then per layer the
  * Hugging Face names in sorted order, then the final norm. */
 static int add_weights(struct model_writer *m, const struct model_config *c, uint32_t vocab) {
@@ -344,25 +353,27 @@ static int add_weights(struct model_writer *m, const struct model_config *c, uin
             const char *suffix;
             uint64_t ne0, ne1;
             float mean, std;
-            const char *only; /* the one architecture that has it; NULL: every one */
+            const char *only; /* the architectures that have it (comma-separated); NULL: every one */
         } layer[] = {
-            {"attn_norm.weight", c->hidden, 1, 1.0f, 0.1f, NULL},         /* [hidden] */
-            {"attn_q.bias", q_dim, 1, 0.0f, 0.5f, "qwen2"},               /* [heads*head_dim] */
-            {"attn_k.bias", kv_dim, 1, 0.0f, 0.5f, "qwen2"},              /* [kv_heads*head_dim] */
-            {"attn_v.bias", kv_dim, 1, 0.0f, 0.5f, "qwen2"},              /* [kv_heads*head_dim] */
-            {"ffn_down.weight", c->ffn, c->hidden, 0.0f, s_ffn, NULL},    /* [hidden][ffn] */
-            {"ffn_gate.weight", c->hidden, c->ffn, 0.0f, s_in, NULL},     /* [ffn][hidden] */
-            {"ffn_up.weight", c->hidden, c->ffn, 0.0f, s_in, NULL},       /* [ffn][hidden] */
-            {"ffn_norm.weight", c->hidden, 1, 1.0f, 0.1f, NULL},          /* [hidden] */
-            {"attn_k_norm.weight", c->head_dim, 1, 1.0f, 0.1f, "qwen3"},  /* [head_dim] */
-            {"attn_k.weight", c->hidden, kv_dim, 0.0f, s_in, NULL},       /* [kv_heads*head_dim][hidden] */
-            {"attn_output.weight", q_dim, c->hidden, 0.0f, s_attn, NULL}, /* [hidden][heads*head_dim] */
-            {"attn_q_norm.weight", c->head_dim, 1, 1.0f, 0.1f, "qwen3"},  /* [head_dim] */
-            {"attn_q.weight", c->hidden, q_dim, 0.0f, s_in, NULL},        /* [heads*head_dim][hidden] */
-            {"attn_v.weight", c->hidden, kv_dim, 0.0f, s_in, NULL},       /* [kv_heads*head_dim][hidden] */
+            {"attn_norm.weight", c->hidden, 1, 1.0f, 0.1f, NULL},               /* [hidden] */
+            {"attn_q.bias", q_dim, 1, 0.0f, 0.5f, "qwen2"},                     /* [heads*head_dim] */
+            {"attn_k.bias", kv_dim, 1, 0.0f, 0.5f, "qwen2"},                    /* [kv_heads*head_dim] */
+            {"attn_v.bias", kv_dim, 1, 0.0f, 0.5f, "qwen2"},                    /* [kv_heads*head_dim] */
+            {"ffn_down.weight", c->ffn, c->hidden, 0.0f, s_ffn, NULL},          /* [hidden][ffn] */
+            {"ffn_gate.weight", c->hidden, c->ffn, 0.0f, s_in, NULL},           /* [ffn][hidden] */
+            {"ffn_up.weight", c->hidden, c->ffn, 0.0f, s_in, NULL},             /* [ffn][hidden] */
+            {"ffn_norm.weight", c->hidden, 1, 1.0f, 0.1f, NULL},                /* [hidden] */
+            {"attn_k_norm.weight", c->head_dim, 1, 1.0f, 0.1f, "qwen3,gemma3"}, /* [head_dim] */
+            {"attn_k.weight", c->hidden, kv_dim, 0.0f, s_in, NULL},             /* [kv_heads*head_dim][hidden] */
+            {"attn_output.weight", q_dim, c->hidden, 0.0f, s_attn, NULL},       /* [hidden][heads*head_dim] */
+            {"attn_q_norm.weight", c->head_dim, 1, 1.0f, 0.1f, "qwen3,gemma3"}, /* [head_dim] */
+            {"attn_q.weight", c->hidden, q_dim, 0.0f, s_in, NULL},              /* [heads*head_dim][hidden] */
+            {"attn_v.weight", c->hidden, kv_dim, 0.0f, s_in, NULL},             /* [kv_heads*head_dim][hidden] */
+            {"post_attention_norm.weight", c->hidden, 1, 1.0f, 0.1f, "gemma3"}, /* [hidden] */
+            {"post_ffw_norm.weight", c->hidden, 1, 1.0f, 0.1f, "gemma3"},       /* [hidden] */
         };
         for (size_t i = 0; i < sizeof layer / sizeof layer[0]; i++) {
-            if (layer[i].only && strcmp(layer[i].only, c->arch))
+            if (layer[i].only && !arch_in(c->arch, layer[i].only))
                 continue;
             char name[64];
             snprintf(name, sizeof name, "blk.%u.%s", l, layer[i].suffix);
@@ -411,6 +422,7 @@ static int add_metadata(gguf_writer *w, const struct model_config *c, const stru
         gguf_writer_add_u32(w, k[4], c->heads) || gguf_writer_add_u32(w, k[5], c->kv_heads) ||
         gguf_writer_add_f32(w, rope_key, 1000000.0f) || gguf_writer_add_f32(w, eps_key, 1e-6f) ||
         gguf_writer_add_u32(w, k[6], c->head_dim) || gguf_writer_add_u32(w, k[7], c->head_dim) ||
+        (!strcmp(c->arch, "gemma3") && gguf_writer_add_u32(w, "gemma3.attention.sliding_window", c->window)) ||
         gguf_writer_add_u32(w, "general.file_type", file_type) ||
         gguf_writer_add_u32(w, "general.quantization_version", 2) ||
         gguf_writer_add_str(w, "tokenizer.ggml.model", "gpt2") ||
@@ -430,7 +442,10 @@ static int add_metadata(gguf_writer *w, const struct model_config *c, const stru
 static void usage(FILE *out) {
     fprintf(out,
             "usage: " PROG " --config tiny|0.6b --out FILE [options]\n"
-            "  --arch qwen3|qwen2         the architecture (default qwen3; qwen2: q/k/v biases, no q/k norm)\n"
+            "  --arch qwen3|qwen2|gemma3  the architecture (default qwen3; qwen2: q/k/v biases, no q/k norm;\n"
+            "                             gemma3: norms after each block, GeGLU, sliding-window layers;\n"
+            "                             the tokenizer stays Qwen's)\n"
+            "  --window N                 gemma3's sliding window (default 512)\n"
             "  --type f32|f16|bf16|q8_0|q4_k_m  weight type (default f32; norms stay f32; q4_k_m:\n"
             "                             Q4_K/Q6_K as llama.cpp's mix, Q5_0/Q8_0 where rows are not 256-aligned)\n"
             "  --seed N                   random seed (default 1)\n"
@@ -450,6 +465,7 @@ int main(int argc, char **argv) {
                                        "--head-dim", "--ffn",    "--context"};
     uint32_t *dims[7] = {&cfg.layers, &cfg.hidden, &cfg.heads, &cfg.kv_heads, &cfg.head_dim, &cfg.ffn, &cfg.context};
     int overrides[7] = {-1, -1, -1, -1, -1, -1, -1}; /* -1: the config's own */
+    int window = 512;
     const cli_flag flags[] = {{"--config", CLI_STRING, &config},
                               {"--type", CLI_STRING, &type_name},
                               {"--seed", CLI_U64, &seed},
@@ -457,6 +473,7 @@ int main(int argc, char **argv) {
                               {"--tokenizer", CLI_STRING, &tok_flag},
                               {"--name", CLI_STRING, &cfg.name},
                               {"--arch", CLI_STRING, &arch},
+                              {"--window", CLI_INT, &window},
                               {dim_flags[0], CLI_INT, &overrides[0]},
                               {dim_flags[1], CLI_INT, &overrides[1]},
                               {dim_flags[2], CLI_INT, &overrides[2]},
@@ -484,8 +501,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": --config: expected tiny or 0.6b, got '%s'\n", config);
         return 2;
     }
-    if (arch && strcmp(arch, "qwen3") && strcmp(arch, "qwen2")) {
-        fprintf(stderr, PROG ": --arch: expected qwen3 or qwen2, got '%s'\n", arch);
+    if (arch && strcmp(arch, "qwen3") && strcmp(arch, "qwen2") && strcmp(arch, "gemma3")) {
+        fprintf(stderr, PROG ": --arch: expected qwen3, qwen2 or gemma3, got '%s'\n", arch);
+        return 2;
+    }
+    if (window < 1) {
+        fprintf(stderr, PROG ": --window: expected a positive integer, got %d\n", window);
         return 2;
     }
     const char *name = cfg.name;
@@ -494,6 +515,7 @@ int main(int argc, char **argv) {
         cfg.name = name;
     if (arch)
         cfg.arch = arch;
+    cfg.window = (uint32_t)window;
     for (size_t d = 0; d < 7; d++)
         if (overrides[d] != -1)
             *dims[d] = (uint32_t)overrides[d];

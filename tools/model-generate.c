@@ -18,7 +18,7 @@
 #include "backend.h"
 #include "jinja.h"
 #include "sampler.h"
-#include "tokenizer.h"
+#include "tokenizer_service.h"
 
 #define PROG          "model-generate"
 #define PREFILL_CHUNK 512
@@ -106,7 +106,7 @@ int main(int argc, char **argv) {
                                  "add_generation_prompt", 1);
         char *text;
         size_t len;
-        if (!t || jinja_render(t, vars, NULL, &text, &len, err, sizeof err)) {
+        if (!t || tokenizer_template_vars(tk, vars) || jinja_render(t, vars, NULL, &text, &len, err, sizeof err)) {
             fprintf(stderr, PROG ": chat template: %s\n", src ? err : "the model has none");
             return 1;
         }
@@ -115,6 +115,8 @@ int main(int argc, char **argv) {
         json_decref(vars);
         jinja_free(t);
     } else {
+        if (tokenizer_adds_bos(tk))
+            token_list_push(&ids, tokenizer_bos(tk));
         tokenizer_encode(tk, prompt, strlen(prompt), true, &ids);
     }
     int32_t n_prompt = (int32_t)ids.n, total = n_prompt + max_tokens;

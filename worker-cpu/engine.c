@@ -2,17 +2,20 @@
  * the GGUF mapping in their own type and the kernels convert on the fly.
  *
  * For a batch of T new tokens (many sequences flattened together):
- *   x = embed(tokens)                                  [T][hidden]
+ *   x = embed(tokens) * embed_scale                    [T][hidden]  (gemma3: sqrt(hidden))
  *   per layer:
  *     xn = rmsnorm(x) * attn_norm
  *     q, k, v = xn Wq^T, xn Wk^T, xn Wv^T              [T][heads*hd], [T][kv_heads*hd] x2
  *               (+ bq, bk, bv: qwen2)
- *     q, k = rmsnorm per head (q_norm, k_norm: qwen3), then RoPE (NeoX) at each token's position
+ *     q, k = rmsnorm per head (q_norm, k_norm: qwen3, gemma3), then RoPE (NeoX) at each
+ *            token's position, with the layer's base
  *     k, v -> the KV blocks of each token's sequence
- *     att = softmax(q K^T / sqrt(hd)) V, causal, over the sequence's blocks (GQA)
- *     x += att Wo^T
+ *     att = softmax(q K^T / sqrt(hd)) V, causal, over the sequence's blocks (GQA), or only the
+ *           layer's window of latest positions (gemma3's sliding layers)
+ *     x += att Wo^T                          (gemma3: rmsnorm(att Wo^T) * post_attn_norm)
  *     xn = rmsnorm(x) * ffn_norm
- *     x += (silu(xn Wgate^T) * (xn Wup^T)) Wdown^T
+ *     x += (act(xn Wgate^T) * (xn Wup^T)) Wdown^T   act: silu, or tanh GELU (gemma3);
+ *                                             gemma3: rmsnorm(...) * post_ffn_norm
  *   logits = (rmsnorm(x) * output_norm) Wout^T, for the rows asked for */
 #include "engine.h"
 
@@ -39,12 +42,14 @@ struct cpu_engine {
     int block_size, n_blocks;
     uint32_t q_dim, kv_dim;
     float **k_cache, **v_cache; /* per layer: [n_blocks * block_size][kv_dim] */
-    float *inv_freq;            /* RoPE: [head_dim / 2] */
-    /* norm gains as float, once: per layer attn[H], q[hd], k[hd], ffn[H]; then output[H] */
+    float *inv_freq;            /* RoPE: per layer [head_dim / 2] */
+    /* norm gains as float, once: per layer attn[H], q[hd], k[hd], ffn[H], post_attn[H], post_ffn[H];
+     * then output[H] */
     float *norms;
     size_t norms_stride;
-    bool qk_norm;  /* per-head q/k RMSNorm (qwen3) */
-    float *biases; /* per layer: bq [q_dim], bk, bv [kv_dim] (qwen2); NULL without */
+    bool post_norms; /* gemma3 */
+    bool qk_norm;    /* per-head q/k RMSNorm (qwen3) */
+    float *biases;   /* per layer: bq [q_dim], bk, bv [kv_dim] (qwen2); NULL without */
     /* scratch, grown on demand */
     int cap_tokens;
     float *x, *xn, *q, *kk, *vv, *att, *gate, *up;
@@ -117,7 +122,7 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
     e->tp = threadpool_create(cfg && cfg->n_threads > 0 ? cfg->n_threads : 1);
     e->k_cache = calloc(m->n_layers, sizeof *e->k_cache);
     e->v_cache = calloc(m->n_layers, sizeof *e->v_cache);
-    e->inv_freq = malloc(m->head_dim / 2 * sizeof *e->inv_freq);
+    e->inv_freq = malloc((size_t)m->n_layers * m->head_dim / 2 * sizeof *e->inv_freq);
     size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim;
     bool ok = e->tp && e->k_cache && e->v_cache && e->inv_freq;
     for (uint32_t l = 0; ok && l < m->n_layers; l++) {
@@ -158,10 +163,12 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
             }
         }
     }
-    /* as transformers: inv_freq = 1 / base^(2i/hd) in float32 */
-    for (uint32_t i = 0; i < m->head_dim / 2; i++)
-        e->inv_freq[i] = 1.0f / powf(m->rope_base, (float)(2 * i) / (float)m->head_dim);
-    e->norms_stride = 2 * (size_t)m->hidden + 2 * (size_t)m->head_dim;
+    /* as transformers: inv_freq = 1 / base^(2i/hd) in float32 (divided by a linear scaling factor) */
+    for (uint32_t l = 0; l < m->n_layers; l++)
+        for (uint32_t i = 0; i < m->head_dim / 2; i++)
+            e->inv_freq[l * (m->head_dim / 2) + i] =
+                m->layers[l].rope_freq_scale / powf(m->layers[l].rope_base, (float)(2 * i) / (float)m->head_dim);
+    e->norms_stride = 4 * (size_t)m->hidden + 2 * (size_t)m->head_dim;
     e->norms = malloc((e->norms_stride * m->n_layers + m->hidden) * sizeof *e->norms);
     if (!e->norms) {
         snprintf(err, errlen, "engine: out of memory");
@@ -169,6 +176,7 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
         return -1;
     }
     e->qk_norm = m->layers[0].q_norm.data != NULL;
+    e->post_norms = m->layers[0].post_attn_norm.data != NULL;
     bool has_bias = m->layers[0].bq.data || m->layers[0].bk.data || m->layers[0].bv.data;
     size_t bias_stride = e->q_dim + 2 * (size_t)e->kv_dim;
     if (has_bias && !(e->biases = malloc(bias_stride * m->n_layers * sizeof *e->biases))) {
@@ -183,6 +191,8 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
         load_vector(&L->q_norm, g + m->hidden, m->head_dim);
         load_vector(&L->k_norm, g + m->hidden + m->head_dim, m->head_dim);
         load_vector(&L->ffn_norm, g + m->hidden + 2 * m->head_dim, m->hidden);
+        load_vector(&L->post_attn_norm, g + 2 * m->hidden + 2 * m->head_dim, m->hidden);
+        load_vector(&L->post_ffn_norm, g + 3 * m->hidden + 2 * m->head_dim, m->hidden);
         if (has_bias) {
             float *bias = e->biases + l * bias_stride;
             load_vector(&L->bq, bias, e->q_dim);
@@ -264,6 +274,9 @@ static void rmsnorm(float *out, const float *x, const float *gain, uint32_t n, f
     for (uint32_t i = 0; i < n; i++)
         out[i] = x[i] * scale * gain[i];
 }
+
+/* GELU with the tanh approximation (gelu_pytorch_tanh). */
+static float gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x))); }
 
 /* NeoX RoPE: element i pairs with i + hd/2. */
 static void rope(float *v, int pos, const float *inv_freq, uint32_t hd) {
@@ -365,27 +378,29 @@ static void attention_worker(void *p, int ith, int nth) {
     struct attention_job *j = p;
     cpu_engine *e = j->e;
     const model_desc *m = e->m;
-    uint32_t hd = m->head_dim, group = m->n_heads / m->n_kv_heads;
-    float scale = 1.0f / sqrtf((float)hd), *scores = e->scores + (size_t)ith * e->cap_scores;
+    uint32_t hd = m->head_dim, group = m->n_heads / m->n_kv_heads, window = m->layers[j->layer].window;
+    float scale = m->attn_scale, *scores = e->scores + (size_t)ith * e->cap_scores;
     const float *kc = e->k_cache[j->layer], *vc = e->v_cache[j->layer];
     for (int i = ith; i < j->T * (int)m->n_heads; i += nth) {
         int t = i / (int)m->n_heads;
         uint32_t h = (uint32_t)i % m->n_heads, kvh = h / group;
         const engine_seq *s = &j->b->seqs[e->tok_seq[t]];
         int pos = e->tok_pos[t];
+        /* causal: every position up to this token's, or the window's latest ones */
+        int first = window && pos >= (int)window ? pos - (int)window + 1 : 0;
         const float *q = e->q + (size_t)t * e->q_dim + h * hd;
         float max = -INFINITY;
-        for (int p2 = 0; p2 <= pos; p2++) { /* causal: every position up to this token's */
+        for (int p2 = first; p2 <= pos; p2++) {
             size_t slot = (size_t)s->block_table[p2 / e->block_size] * e->block_size + p2 % e->block_size;
             scores[p2] = e->k->dot(q, kc + slot * e->kv_dim + kvh * hd, (int)hd) * scale;
             max = scores[p2] > max ? scores[p2] : max;
         }
         float sum = 0.0f;
-        for (int p2 = 0; p2 <= pos; p2++)
+        for (int p2 = first; p2 <= pos; p2++)
             sum += scores[p2] = expf(scores[p2] - max);
         float *out = e->att + (size_t)t * e->q_dim + h * hd;
         memset(out, 0, hd * sizeof *out);
-        for (int p2 = 0; p2 <= pos; p2++) {
+        for (int p2 = first; p2 <= pos; p2++) {
             size_t slot = (size_t)s->block_table[p2 / e->block_size] * e->block_size + p2 % e->block_size;
             e->k->axpy(out, scores[p2] / sum, vc + slot * e->kv_dim + kvh * hd, (int)hd);
         }
@@ -413,11 +428,15 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         tensor_dequantize_row(m->token_embd.type,
                               (const uint8_t *)m->token_embd.data + (size_t)b->tokens[t] * m->token_embd.row_bytes,
                               e->x + (size_t)t * H, H);
+    if (m->embed_scale != 1.0f)
+        for (size_t i = 0; i < (size_t)T * H; i++)
+            e->x[i] *= m->embed_scale;
 
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const layer_weights *L = &e->layers[l];
         const float *attn_gain = e->norms + l * e->norms_stride, *q_gain = attn_gain + H, *k_gain = q_gain + hd,
-                    *ffn_gain = k_gain + hd;
+                    *ffn_gain = k_gain + hd, *post_attn_gain = ffn_gain + H, *post_ffn_gain = post_attn_gain + H;
+        const float *inv_freq = e->inv_freq + l * (hd / 2);
         /* attention */
         for (int t = 0; t < T; t++)
             rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, attn_gain, H, m->rms_eps);
@@ -435,13 +454,13 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
                 float *q = e->q + (size_t)t * e->q_dim + h * hd;
                 if (e->qk_norm)
                     rmsnorm(q, q, q_gain, hd, m->rms_eps);
-                rope(q, e->tok_pos[t], e->inv_freq, hd);
+                rope(q, e->tok_pos[t], inv_freq, hd);
             }
             for (uint32_t h = 0; h < m->n_kv_heads; h++) {
                 float *k = e->kk + (size_t)t * e->kv_dim + h * hd;
                 if (e->qk_norm)
                     rmsnorm(k, k, k_gain, hd, m->rms_eps);
-                rope(k, e->tok_pos[t], e->inv_freq, hd);
+                rope(k, e->tok_pos[t], inv_freq, hd);
             }
             const engine_seq *s = &b->seqs[e->tok_seq[t]];
             int pos = e->tok_pos[t];
@@ -452,6 +471,8 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         struct attention_job aj = {e, b, l, T};
         threadpool_run(e->tp, attention_worker, &aj);
         matmul1(e, e->att, T, &L->wo, e->xn);
+        for (int t = 0; t < T && e->post_norms; t++)
+            rmsnorm(e->xn + (size_t)t * H, e->xn + (size_t)t * H, post_attn_gain, H, m->rms_eps);
         add_to(e->x, e->xn, (size_t)T * H);
 
         /* feed-forward */
@@ -462,9 +483,11 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         matmul_many(e, e->xn, T, 2, gu, gu_out);
         for (size_t i = 0; i < (size_t)T * m->ffn; i++) {
             float g = e->gate[i];
-            e->gate[i] = g / (1.0f + expf(-g)) * e->up[i];
+            e->gate[i] = (m->ffn_act == FFN_GELU_TANH ? gelu_tanh(g) : g / (1.0f + expf(-g))) * e->up[i];
         }
         matmul1(e, e->gate, T, &L->w_down, e->xn);
+        for (int t = 0; t < T && e->post_norms; t++)
+            rmsnorm(e->xn + (size_t)t * H, e->xn + (size_t)t * H, post_ffn_gain, H, m->rms_eps);
         add_to(e->x, e->xn, (size_t)T * H);
     }
 

@@ -1,16 +1,17 @@
 /* The CUDA forward pass: the same step as worker-cpu/engine.c, stage for
  * stage, on one GPU.
  *
- *   x = embed(tokens)                                        [T][hidden]
+ *   x = embed(tokens) * embed_scale                          [T][hidden]
  *   per layer:
  *     xn  = rmsnorm(x) * attn_norm
  *     qkv = xn Wqkv^T             (q|k|v stacked: [q_dim + 2 kv_dim][hidden])
- *     q, k, v: + bias, per-head RMSNorm, RoPE; k, v -> the KV blocks
+ *     q, k, v: + bias, per-head RMSNorm, RoPE (the layer's base); k, v -> the KV blocks
  *     att = causal softmax(q K^T / sqrt(hd)) V over each sequence's blocks
- *     x  += att Wo^T
+ *           (or the layer's sliding window of them)
+ *     x  += att Wo^T                        (gemma3: rmsnorm(att Wo^T) * post_attn_norm)
  *     xn  = rmsnorm(x) * ffn_norm
- *     act = silu(xn Wgate^T) * (xn Wup^T)   (gate|up stacked: [2 ffn][hidden])
- *     x  += act Wdown^T
+ *     act = silu(xn Wgate^T) * (xn Wup^T)   (gate|up stacked: [2 ffn][hidden]; gemma3: tanh GELU)
+ *     x  += act Wdown^T                     (gemma3: rmsnorm(act Wdown^T) * post_ffn_norm)
  *   logits = (rmsnorm(x) * output_norm) Wout^T, for the rows asked for
  *
  * Matrix products take one of two paths by the number of tokens T:
@@ -53,6 +54,7 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 typedef struct {
     dmat qkv, wo, gate_up, down;
     float *attn_norm, *ffn_norm, *q_norm, *k_norm; /* [hidden], [hidden], [hd], [hd]; q/k NULL without */
+    float *post_attn_norm, *post_ffn_norm;         /* [hidden] (gemma3), else NULL */
     float *qkv_bias;                               /* [q_dim + 2 kv_dim] or NULL */
     void *k_cache, *v_cache;                       /* [n_blocks * block_size][kv_dim], float or half */
 } dlayer;
@@ -250,6 +252,7 @@ static void cuda_destroy(cuda_engine *e) {
         dlayer *L = &e->layers[l];
         free_matrix(&L->qkv), free_matrix(&L->wo), free_matrix(&L->gate_up), free_matrix(&L->down);
         cudaFree(L->attn_norm), cudaFree(L->ffn_norm), cudaFree(L->q_norm), cudaFree(L->k_norm);
+        cudaFree(L->post_attn_norm), cudaFree(L->post_ffn_norm);
         cudaFree(L->qkv_bias), cudaFree(L->k_cache), cudaFree(L->v_cache);
     }
     free(e->layers);
@@ -291,7 +294,9 @@ static int load_layers(cuda_engine *e, char *err, size_t errlen) {
             return -1;
         if (upload_vector(&W->attn_norm, &L->attn_norm, err, errlen) ||
             upload_vector(&W->ffn_norm, &L->ffn_norm, err, errlen) ||
-            upload_vector(&W->q_norm, &L->q_norm, err, errlen) || upload_vector(&W->k_norm, &L->k_norm, err, errlen))
+            upload_vector(&W->q_norm, &L->q_norm, err, errlen) || upload_vector(&W->k_norm, &L->k_norm, err, errlen) ||
+            upload_vector(&W->post_attn_norm, &L->post_attn_norm, err, errlen) ||
+            upload_vector(&W->post_ffn_norm, &L->post_ffn_norm, err, errlen))
             return -1;
         if (W->bq.data || W->bk.data || W->bv.data) {
             float *bias = (float *)calloc(e->qkv_dim, sizeof(float));
@@ -365,14 +370,21 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
-    /* as the CPU engine and transformers: inv_freq = 1 / base^(2i/hd) in float32 */
-    float inv_freq[128];
-    for (uint32_t i = 0; i < m->head_dim / 2; i++)
-        inv_freq[i] = 1.0f / powf(m->rope_base, (float)(2 * i) / (float)m->head_dim);
-    if (upload((void **)&e->inv_freq, inv_freq, m->head_dim / 2 * sizeof(float), err, errlen)) {
+    /* as the CPU engine and transformers: inv_freq = 1 / base^(2i/hd) in float32, per layer */
+    uint32_t half = m->head_dim / 2;
+    float *inv_freq = (float *)malloc((size_t)m->n_layers * half * sizeof(float));
+    for (uint32_t l = 0; inv_freq && l < m->n_layers; l++)
+        for (uint32_t i = 0; i < half; i++)
+            inv_freq[l * half + i] =
+                m->layers[l].rope_freq_scale / powf(m->layers[l].rope_base, (float)(2 * i) / (float)m->head_dim);
+    if (!inv_freq || upload((void **)&e->inv_freq, inv_freq, (size_t)m->n_layers * half * sizeof(float), err, errlen)) {
+        if (!inv_freq)
+            fail(err, errlen, "cuda engine: out of host memory");
+        free(inv_freq);
         cuda_destroy(e);
         return -1;
     }
+    free(inv_freq);
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     /* how the GPU holds the weights (the first layer's q), and from which type */
@@ -423,12 +435,16 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
 static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
                   int mode, char *err, size_t errlen) {
     float eps = e->m->rms_eps;
-    uint32_t rows = mode == OUT_SILU_PAIR ? w->rows / 2 : w->rows;
+    bool pair = mode == OUT_SILU_PAIR || mode == OUT_GELU_PAIR;
+    uint32_t rows = pair ? w->rows / 2 : w->rows;
     if (T <= GEMV_MAX_T) {
         typedef void (*gemv_fn)(dmat, uint32_t, const float *, const float *, float, float *, uint32_t);
 #define GEMV_ROW(NT)                                                                                                   \
-    { gemv_kernel<NT, OUT_STORE>, gemv_kernel<NT, OUT_ADD>, gemv_kernel<NT, OUT_SILU_PAIR> }
-        static const gemv_fn by_tokens[GEMV_MAX_T][3] = {GEMV_ROW(1), GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4),
+    {                                                                                                                  \
+        gemv_kernel<NT, OUT_STORE>, gemv_kernel<NT, OUT_ADD>, gemv_kernel<NT, OUT_SILU_PAIR>,                          \
+            gemv_kernel<NT, OUT_GELU_PAIR>                                                                             \
+    }
+        static const gemv_fn by_tokens[GEMV_MAX_T][4] = {GEMV_ROW(1), GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4),
                                                          GEMV_ROW(5), GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
 #undef GEMV_ROW
         CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + 7) / 8), dim3(256), *w, rows, x, gain, eps, y, ldy));
@@ -450,8 +466,8 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
         CUDA_CHECK(launch(e, dequant_q8_kernel, dim3(1024), dim3(256), *w, e->wscratch));
         wb = e->wscratch;
     }
-    float *out = mode == OUT_SILU_PAIR ? e->gu : y;
-    uint32_t ldo = mode == OUT_SILU_PAIR ? w->rows : ldy;
+    float *out = pair ? e->gu : y;
+    uint32_t ldo = pair ? w->rows : ldy;
     float one = 1.0f, beta0 = mode == OUT_ADD ? 1.0f : 0.0f;
     /* column-major view: out^T [rows][T] = W [rows][cols] . x^T [cols][T] */
     CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
@@ -460,8 +476,9 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
     CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
                               (int)w->cols, e->lo, CUDA_R_16BF, (int)w->cols, &one, out, CUDA_R_32F, (int)ldo,
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (mode == OUT_SILU_PAIR)
-        CUDA_CHECK(launch(e, silu_mul_kernel, dim3(T), dim3(256), (const float *)e->gu, rows, y));
+    if (pair)
+        CUDA_CHECK(launch(e, mode == OUT_GELU_PAIR ? gated_mul_kernel<OUT_GELU_PAIR> : gated_mul_kernel<OUT_SILU_PAIR>,
+                          dim3(T), dim3(256), (const float *)e->gu, rows, y));
     return 0;
 }
 
@@ -488,13 +505,16 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
     const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
                   *out_src = table_off + T, *tables = out_src + rows;
     uint32_t H = m->hidden, hd = m->head_dim;
-    CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, e->x));
+    CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, m->embed_scale, e->x));
+    int ffn_mode = m->ffn_act == FFN_GELU_TANH ? OUT_GELU_PAIR : OUT_SILU_PAIR;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const dlayer *L = &e->layers[l];
         if (matmul(e, &L->qkv, e->x, L->attn_norm, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
             return -1;
-        rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm,  L->k_norm, e->inv_freq, pos,       slot,       e->q,
-                        L->k_cache, L->v_cache,  m->n_heads, hd,        e->q_dim,    e->kv_dim, m->rms_eps, e->kv_f16};
+        rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm, L->k_norm,  e->inv_freq + l * (hd / 2),
+                        pos,        slot,        e->q,      L->k_cache, L->v_cache,
+                        m->n_heads, hd,          e->q_dim,  e->kv_dim,  m->rms_eps,
+                        e->kv_f16};
         CUDA_CHECK(
             launch(e, qk_rope_kernel, dim3(m->n_heads + m->n_kv_heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
         /* enough slices of the positions to give the GPU ~256 blocks; from T
@@ -515,17 +535,28 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
                              e->q_dim,
                              e->kv_dim,
                              (uint32_t)e->block_size,
-                             1.0f / sqrtf((float)hd)};
+                             m->layers[l].window,
+                             m->attn_scale};
         attention_fn attention = attention_kernel_for(e);
         if (!attention)
             return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
         CUDA_CHECK(launch(e, attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
         if (slices > 1)
             CUDA_CHECK(launch(e, attention_merge_kernel, dim3(m->n_heads, T), dim3(128), aa, slices));
-        if (matmul(e, &L->wo, e->att, NULL, T, e->x, H, OUT_ADD, err, errlen) ||
-            matmul(e, &L->gate_up, e->x, L->ffn_norm, T, e->act, m->ffn, OUT_SILU_PAIR, err, errlen) ||
-            matmul(e, &L->down, e->act, NULL, T, e->x, H, OUT_ADD, err, errlen))
+        /* the block outputs: added to x, or (gemma3) normalized into xn first */
+        if (matmul(e, &L->wo, e->att, NULL, T, L->post_attn_norm ? e->xn : e->x, H,
+                   L->post_attn_norm ? OUT_STORE : OUT_ADD, err, errlen))
             return -1;
+        if (L->post_attn_norm)
+            CUDA_CHECK(launch(e, add_rmsnorm_kernel, dim3(T), dim3(256), e->x, (const float *)e->xn,
+                              (const float *)L->post_attn_norm, m->rms_eps, H));
+        if (matmul(e, &L->gate_up, e->x, L->ffn_norm, T, e->act, m->ffn, ffn_mode, err, errlen) ||
+            matmul(e, &L->down, e->act, NULL, T, L->post_ffn_norm ? e->xn : e->x, H,
+                   L->post_ffn_norm ? OUT_STORE : OUT_ADD, err, errlen))
+            return -1;
+        if (L->post_ffn_norm)
+            CUDA_CHECK(launch(e, add_rmsnorm_kernel, dim3(T), dim3(256), e->x, (const float *)e->xn,
+                              (const float *)L->post_ffn_norm, m->rms_eps, H));
     }
     CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(rows), dim3(256), (const float *)e->x, out_src,
                       (const float *)e->output_norm, m->rms_eps, H, e->xn, (__nv_bfloat16 *)NULL,

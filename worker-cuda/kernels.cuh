@@ -32,7 +32,14 @@ __device__ __forceinline__ float dmat_q8_at(const dmat &m, size_t i) {
 }
 
 /* What a matrix-vector kernel does with its result y = x W^T. */
-enum { OUT_STORE, OUT_ADD, OUT_SILU_PAIR };
+enum { OUT_STORE, OUT_ADD, OUT_SILU_PAIR, OUT_GELU_PAIR };
+
+/* The gated FFN activation of a gate|up pair: silu(g) * u, or tanh-GELU(g) * u (gemma3). */
+template <int MODE> __device__ __forceinline__ float gated(float g, float u) {
+    if (MODE == OUT_GELU_PAIR)
+        return 0.5f * g * (1.0f + tanhf(0.7978845608f * (g + 0.044715f * g * g * g))) * u;
+    return g / (1.0f + expf(-g)) * u;
+}
 
 #define WARP 32
 
@@ -105,13 +112,27 @@ __device__ __forceinline__ float block_max(float v) {
     return m;
 }
 
-/* x[t] = embedding row tokens[t]. Grid T, block 256. */
-__global__ void embed_kernel(dmat e, const int32_t *tokens, float *x) {
+/* x[t] = embedding row tokens[t] * scale. Grid T, block 256. */
+__global__ void embed_kernel(dmat e, const int32_t *tokens, float scale, float *x) {
     pdl_enter();
     int t = blockIdx.x;
     size_t row = (size_t)tokens[t] * e.cols;
     for (uint32_t i = threadIdx.x; i < e.cols; i += blockDim.x)
-        x[(size_t)t * e.cols + i] = e.type == DMAT_BF16 ? __bfloat162float(e.w[row + i]) : dmat_q8_at(e, row + i);
+        x[(size_t)t * e.cols + i] =
+            (e.type == DMAT_BF16 ? __bfloat162float(e.w[row + i]) : dmat_q8_at(e, row + i)) * scale;
+}
+
+/* x[t] += y[t] * rsqrt(mean(y[t]^2) + eps) * gain: a block's output,
+ * normalized before the residual add (gemma3). Grid T, block 256. */
+__global__ void add_rmsnorm_kernel(float *x, const float *y, const float *gain, float eps, uint32_t n) {
+    pdl_enter();
+    size_t t = blockIdx.x;
+    float ss = 0.0f;
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+        ss += y[t * n + i] * y[t * n + i];
+    float scale = rsqrtf(block_sum(ss) / (float)n + eps);
+    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+        x[t * n + i] += y[t * n + i] * scale * gain[i];
 }
 
 /* out[r] = x[src ? src[r] : r] * rsqrt(mean(x^2) + eps) * gain, or an
@@ -142,14 +163,12 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *src, const float *
     }
 }
 
-/* out[t][r] = silu(gu[t][r]) * gu[t][ffn + r]. Grid T, block 256. */
-__global__ void silu_mul_kernel(const float *gu, uint32_t ffn, float *out) {
+/* out[t][r] = act(gu[t][r]) * gu[t][ffn + r], MODE OUT_SILU_PAIR or OUT_GELU_PAIR. Grid T, block 256. */
+template <int MODE> __global__ void gated_mul_kernel(const float *gu, uint32_t ffn, float *out) {
     pdl_enter();
     int t = blockIdx.x;
-    for (uint32_t i = threadIdx.x; i < ffn; i += blockDim.x) {
-        float g = gu[(size_t)t * 2 * ffn + i], u = gu[(size_t)t * 2 * ffn + ffn + i];
-        out[(size_t)t * ffn + i] = g / (1.0f + expf(-g)) * u;
-    }
+    for (uint32_t i = threadIdx.x; i < ffn; i += blockDim.x)
+        out[(size_t)t * ffn + i] = gated<MODE>(gu[(size_t)t * 2 * ffn + i], gu[(size_t)t * 2 * ffn + ffn + i]);
 }
 
 /* A DMAT_Q8 matrix as bf16 (for the tensor-core path). Grid-stride. */
@@ -192,9 +211,9 @@ __device__ __forceinline__ float dot8(const float w[8], const float *x) {
 /* Weight-streaming matrix-vector product for a few tokens (decode):
  * y[t][r] (=, +=) dot(W[r], x[t]) for t < NT, where with a gain x[t] is
  * first RMS-normalized and scaled by it (each warp finds the norm itself,
- * which saves a kernel and a pass), or with OUT_SILU_PAIR
+ * which saves a kernel and a pass), or with OUT_SILU_PAIR (OUT_GELU_PAIR)
  * y[t][r] = silu(dot(W[r], x[t])) * dot(W[rows + r], x[t]) (gate and up
- * stacked in one matrix). One warp per output row; each lane takes 8
+ * stacked in one matrix; tanh GELU for the latter). One warp per output row; each lane takes 8
  * columns at a time with 16-byte loads, GEMV_UNROLL such loads in flight
  * before the arithmetic. cols must be a multiple of 8 (of the group for DMAT_Q8).
  * Grid ceil(rows / 8), block 256. */
@@ -219,7 +238,7 @@ template <int NT, int MODE>
 __global__ void __launch_bounds__(256)
     gemv_kernel(dmat m, uint32_t rows, const float *x, const float *gain, float eps, float *y, uint32_t ldy) {
     uint32_t r = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const int N_ROWS = MODE == OUT_SILU_PAIR ? 2 : 1;
+    const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
     uint4 raw[N_ROWS][GEMV_UNROLL];
     float scale[N_ROWS][GEMV_UNROLL], offset[N_ROWS][GEMV_UNROLL];
     /* the first weights are loaded while the previous kernel finishes (a
@@ -269,10 +288,8 @@ __global__ void __launch_bounds__(256)
     }
     for (int t = 0; t < NT; t++) {
         float a = warp_sum(acc[0][t]) * norm[t];
-        if (MODE == OUT_SILU_PAIR) {
-            float u = warp_sum(acc[N_ROWS - 1][t]) * norm[t];
-            a = a / (1.0f + expf(-a)) * u;
-        }
+        if (N_ROWS == 2)
+            a = gated<MODE>(a, warp_sum(acc[N_ROWS - 1][t]) * norm[t]);
         if (lane == 0) {
             float *out = y + (size_t)t * ldy + r;
             *out = MODE == OUT_ADD ? *out + a : a;
@@ -392,6 +409,7 @@ struct attention_args {
     float *out;                              /* [T][q_dim] */
     float *part;                             /* [T][n_heads][slices][head_dim + 2] */
     uint32_t n_heads, group, head_dim, q_dim, kv_dim, block_size;
+    uint32_t window; /* a token sees its `window` latest positions; 0 = all (sliding-window layers) */
     float scale;
 };
 
@@ -402,8 +420,9 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
     uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
     const int32_t *table = a.tables + a.table_off[t];
-    int n_pos = a.pos[t] + 1, len = (n_pos + (int)slices - 1) / (int)slices;
-    int begin = (int)blockIdx.z * len, end = min(begin + len, n_pos);
+    int n_pos = a.pos[t] + 1, first = a.window && n_pos > (int)a.window ? n_pos - (int)a.window : 0;
+    int len = (n_pos - first + (int)slices - 1) / (int)slices;
+    int begin = first + (int)blockIdx.z * len, end = min(begin + len, n_pos);
     /* vector loads need every row start aligned to the vector: kv_dim and head_dim multiples of EPL */
     bool vec_ok = a.kv_dim % EPL == 0 && hd % EPL == 0;
     float q[GSUB][EPL], acc[GSUB][EPL], m[GSUB], l[GSUB];
