@@ -68,14 +68,35 @@ static uint64_t hash_u64(uint64_t x) {
     return x;
 }
 
-int32_t tokenizer_find(const tokenizer *tk, const char *s, size_t len) {
-    for (uint64_t i = hash_bytes(s, len) & tk->index.mask; tk->index.slots[i]; i = (i + 1) & tk->index.mask) {
-        int32_t id = tk->index.slots[i] - 1;
+static int32_t index_find(const tokenizer *tk, const struct vocab_index *x, const char *s, size_t len) {
+    for (uint64_t i = hash_bytes(s, len) & x->mask; x->slots[i]; i = (i + 1) & x->mask) {
+        int32_t id = x->slots[i] - 1;
         if (tk->text_len[id] == len && !memcmp(tk->text[id], s, len))
             return id;
     }
     return -1;
 }
+
+/* Adds id unless a token of the same text is there: the first occurrence wins, as in HF's vocab map. */
+static void index_add(const tokenizer *tk, struct vocab_index *x, int32_t id) {
+    if (index_find(tk, x, tk->text[id], tk->text_len[id]) >= 0)
+        return;
+    uint64_t i = hash_bytes(tk->text[id], tk->text_len[id]) & x->mask;
+    while (x->slots[i])
+        i = (i + 1) & x->mask;
+    x->slots[i] = id + 1;
+}
+
+static int index_init(struct vocab_index *x, uint64_t n) {
+    uint64_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    x->slots = calloc(cap, sizeof *x->slots);
+    x->mask = cap - 1;
+    return x->slots ? 0 : -1;
+}
+
+int32_t tokenizer_find(const tokenizer *tk, const char *s, size_t len) { return index_find(tk, &tk->index, s, len); }
 
 /* GPT-2's byte-level alphabet: printable bytes stand for themselves, the
  * other 68 (controls, space, 0x7f-0xa0, 0xad) map to U+0100 onwards. */
@@ -155,12 +176,7 @@ static int load_vocab(tokenizer *tk, const gguf_file *f, char *err, size_t errle
     tk->bytes = calloc(tk->n_vocab, sizeof *tk->bytes);
     tk->bytes_len = calloc(tk->n_vocab, sizeof *tk->bytes_len);
     tk->type = calloc(tk->n_vocab, sizeof *tk->type);
-    uint64_t cap = 16;
-    while (cap < 2ull * tk->n_vocab)
-        cap *= 2;
-    tk->index.slots = calloc(cap, sizeof *tk->index.slots);
-    tk->index.mask = cap - 1;
-    if (!tk->text || !tk->text_len || !tk->bytes || !tk->bytes_len || !tk->type || !tk->index.slots)
+    if (!tk->text || !tk->text_len || !tk->bytes || !tk->bytes_len || !tk->type || index_init(&tk->index, tk->n_vocab))
         return fail(err, errlen, "out of memory", NULL);
 
     uint32_t byte_to_cp[256];
@@ -184,13 +200,7 @@ static int load_vocab(tokenizer *tk, const gguf_file *f, char *err, size_t errle
         tk->type[id] = have_types ? (int32_t)gguf_array_get_i64(&types, id) : TOKEN_NORMAL;
         if (!tk->spm && token_raw_bytes(tk, id, cp_to_byte))
             return fail(err, errlen, "out of memory", NULL);
-        /* first occurrence wins, as in HF's vocab map */
-        if (tokenizer_find(tk, tk->text[id], s->len) < 0) {
-            uint64_t i = hash_bytes(tk->text[id], s->len) & tk->index.mask;
-            while (tk->index.slots[i])
-                i = (i + 1) & tk->index.mask;
-            tk->index.slots[i] = (int32_t)id + 1;
-        }
+        index_add(tk, &tk->index, (int32_t)id);
     }
     if (tk->spm)
         return spm_load_vocab(tk, f, err, errlen);
@@ -251,10 +261,9 @@ static const struct merge_entry *find_merge(const tokenizer *tk, int32_t left, i
     return NULL;
 }
 
-static int cmp_added(const void *a, const void *b, void *ctx) {
-    const tokenizer *tk = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (int)tk->text_len[y] - (int)tk->text_len[x];
+static int cmp_desc(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
 }
 
 static int load_specials(tokenizer *tk, const gguf_file *f, char *err, size_t errlen) {
@@ -278,17 +287,27 @@ static int load_specials(tokenizer *tk, const gguf_file *f, char *err, size_t er
                !(tk->chat_template = strdup(GEMMA_TEMPLATE))) {
         return fail(err, errlen, "out of memory", NULL);
     }
-    tk->added = malloc(tk->n_vocab * sizeof *tk->added);
-    if (!tk->added)
+    /* added tokens: a hash of their own, probed at each of their lengths (longest first) */
+    uint32_t n_added = 0;
+    for (uint32_t i = 0; i < tk->n_vocab; i++)
+        n_added += (tk->type[i] == TOKEN_CONTROL || tk->type[i] == TOKEN_USER_DEFINED) && tk->text_len[i] > 0;
+    tk->added_lens = malloc((n_added ? n_added : 1) * sizeof *tk->added_lens);
+    if (!tk->added_lens || index_init(&tk->added, n_added))
         return fail(err, errlen, "out of memory", NULL);
     for (uint32_t i = 0; i < tk->n_vocab; i++) {
         if ((tk->type[i] == TOKEN_CONTROL || tk->type[i] == TOKEN_USER_DEFINED) && tk->text_len[i] > 0) {
-            tk->added[tk->n_added++] = (int32_t)i;
+            index_add(tk, &tk->added, (int32_t)i);
+            tk->added_lens[tk->n_added_lens++] = tk->text_len[i];
             uint8_t c = (uint8_t)tk->text[i][0];
             tk->added_first[c >> 3] |= (uint8_t)(1u << (c & 7));
         }
     }
-    qsort_r(tk->added, tk->n_added, sizeof *tk->added, cmp_added, tk);
+    qsort(tk->added_lens, tk->n_added_lens, sizeof *tk->added_lens, cmp_desc);
+    uint32_t distinct = 0;
+    for (uint32_t i = 0; i < tk->n_added_lens; i++)
+        if (!distinct || tk->added_lens[distinct - 1] != tk->added_lens[i])
+            tk->added_lens[distinct++] = tk->added_lens[i];
+    tk->n_added_lens = distinct;
     return 0;
 }
 
@@ -347,7 +366,8 @@ void tokenizer_free(tokenizer *tk) {
             free(tk->bytes[i]);
     }
     free(tk->text), free(tk->text_len), free(tk->bytes), free(tk->bytes_len), free(tk->type), free(tk->scores);
-    free(tk->index.slots), free(tk->merges), free(tk->added), free(tk->chat_template);
+    free(tk->index.slots), free(tk->merges), free(tk->added.slots), free(tk->added_lens);
+    free(tk->chat_template);
     if (tk->re)
         pcre2_code_free(tk->re);
     free(tk);
@@ -516,11 +536,11 @@ static int encode_plain(const tokenizer *tk, const uint8_t *s, size_t n, token_l
 static int32_t match_added(const tokenizer *tk, const uint8_t *s, size_t n, bool parse_special) {
     if (!(tk->added_first[s[0] >> 3] & (1u << (s[0] & 7))))
         return -1;
-    for (uint32_t i = 0; i < tk->n_added; i++) {
-        int32_t id = tk->added[i];
-        if (!parse_special && tk->type[id] != TOKEN_USER_DEFINED)
+    for (uint32_t i = 0; i < tk->n_added_lens; i++) {
+        if (tk->added_lens[i] > n)
             continue;
-        if (tk->text_len[id] <= n && !memcmp(tk->text[id], s, tk->text_len[id]))
+        int32_t id = index_find(tk, &tk->added, (const char *)s, tk->added_lens[i]);
+        if (id >= 0 && (parse_special || tk->type[id] == TOKEN_USER_DEFINED))
             return id;
     }
     return -1;

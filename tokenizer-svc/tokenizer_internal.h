@@ -43,9 +43,10 @@ struct tokenizer {
     struct vocab_index index;
     struct merge_entry *merges; /* BPE only */
     uint64_t merges_mask;
-    int32_t byte_token[256]; /* id of the single-byte token for each byte (SPM: <0xXX>; -1 if none) */
-    int32_t *added;          /* ids of added tokens matched in text, longest first */
-    uint32_t n_added;
+    int32_t byte_token[256];  /* id of the single-byte token for each byte (SPM: <0xXX>; -1 if none) */
+    struct vocab_index added; /* text -> id of the added tokens (control, user-defined) */
+    uint32_t *added_lens;     /* their distinct lengths, longest first */
+    uint32_t n_added_lens;
     uint8_t added_first[32]; /* bitmap of the first bytes of added tokens */
     int32_t bos, eos, unk;
     bool add_bos;          /* tokenizer.ggml.add_bos_token: raw prompts start with BOS */
