@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run
 from qwen_numpy import NumpyQwen
-from test_qwen2 import PROMPT, oracle_logits, our_logits
+from test_qwen2 import PROMPT, check_greedy, oracle_logits, our_logits
 
 WINDOW = 4
 
@@ -46,14 +46,7 @@ def test_logits_match_numpy(bin_dir, tiny_gemma3, tmp_path, kernels):
 
 def test_greedy_matches_numpy(bin_dir, tiny_gemma3):
     """Decoding one token a step from a 3-token prompt: positions 4 onwards see only part of the cache."""
-    oracle = NumpyQwen(tiny_gemma3)
-    ids = list(PROMPT[:3])
-    for _ in range(10):
-        ids.append(int(np.argmax(oracle.forward(ids)[-1])))
-    p = run(bin_dir / "model-generate", "--model", tiny_gemma3, "--prompt-ids", ",".join(map(str, PROMPT[:3])),
-            "--max-tokens", 10, "--print-ids", "--ignore-eos", "--threads", 1)
-    got = [int(x) for x in p.stdout.decode().strip().splitlines()[-1].split(",")]
-    assert got == ids[3:]
+    check_greedy(bin_dir, tiny_gemma3, PROMPT[:3], 10)
 
 
 @pytest.mark.parametrize("kernels", ["reference", "avx512"])

@@ -80,15 +80,20 @@ def test_low_bit_types_match_numpy(bin_dir, tiny_q4_k_m, tmp_path, kernels):
         assert got.argmax() == want.argmax()
 
 
-def test_greedy_matches_numpy(bin_dir, tiny_qwen2):
-    oracle = NumpyQwen(tiny_qwen2)
-    ids = list(PROMPT[:6])
-    for _ in range(8):
+def check_greedy(bin_dir, model, prompt, n):
+    """model-generate's greedy ids (one token a step, paged KV) against the oracle's."""
+    oracle = NumpyQwen(model)
+    ids = list(prompt)
+    for _ in range(n):
         ids.append(int(np.argmax(oracle.forward(ids)[-1])))
-    p = run(bin_dir / "model-generate", "--model", tiny_qwen2, "--prompt-ids", ",".join(map(str, PROMPT[:6])),
-            "--max-tokens", 8, "--print-ids", "--ignore-eos", "--threads", 1)
+    p = run(bin_dir / "model-generate", "--model", model, "--prompt-ids", ",".join(map(str, prompt)),
+            "--max-tokens", n, "--print-ids", "--ignore-eos", "--threads", 1)
     got = [int(x) for x in p.stdout.decode().strip().splitlines()[-1].split(",")]
-    assert got == ids[6:]
+    assert got == ids[len(prompt):]
+
+
+def test_greedy_matches_numpy(bin_dir, tiny_qwen2):
+    check_greedy(bin_dir, tiny_qwen2, PROMPT[:6], 8)
 
 
 def test_qwen2_loader_errors(bin_dir, tiny_qwen2, tmp_path):

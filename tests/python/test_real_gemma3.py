@@ -13,11 +13,11 @@ import json
 import os
 import pathlib
 
-import numpy as np
 import pytest
 
 from conftest import run
 from qwen_numpy import NumpyQwen
+from test_real_model import check_logits
 
 MODEL = os.environ.get("INFERNO_REAL_GEMMA3")
 pytestmark = pytest.mark.skipif(not MODEL, reason="opt-in: make test-real")
@@ -54,19 +54,7 @@ def numpy_logits():
 
 @pytest.mark.parametrize("kernels", ["reference", "best"])
 def test_logits_match_numpy(bin_dir, tmp_path, numpy_logits, kernels):
-    ids, want = numpy_logits
-    out = tmp_path / "logits.f32"
-    run(bin_dir / "model-generate", "--model", MODEL, "--prompt-ids", ",".join(map(str, ids)), "--max-tokens", 1,
-        "--dump-logits", out, *(["--kernels", kernels] if kernels != "best" else []), timeout=600)
-    got = np.fromfile(out, dtype=np.float32)
-    err = np.abs(got - want)
-    print(f"gemma3 logits ({kernels} kernels): max |error| {err.max():.4f}, mean {err.mean():.4f}, "
-          f"logit spread {want.std():.2f}")
-    assert got.argmax() == want.argmax()
-    if kernels == "reference":
-        assert err.max() < 5e-3
-    else:
-        assert err.mean() < 0.03 * want.std() and err.max() < 0.2 * want.std()
+    check_logits(bin_dir, tmp_path, MODEL, *numpy_logits, kernels)
 
 
 def greedy_ids(bin_dir, *args, n=16):

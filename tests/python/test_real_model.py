@@ -37,24 +37,27 @@ def numpy_logits():
     return ids, NumpyQwen(MODEL).forward(ids)[-1]
 
 
-@pytest.mark.parametrize("kernels", ["reference", "best"])
-def test_logits_match_numpy(bin_dir, tmp_path, numpy_logits, kernels):
+def check_logits(bin_dir, tmp_path, model, ids, want, kernels):
     """The reference kernels (float activations) agree with the numpy forward pass to float rounding; the
     fast kernels (every matrix against 8-bit activations, as llama.cpp) within a few percent of the logits' spread."""
-    ids, want = numpy_logits
     out = tmp_path / "logits.f32"
-    run(bin_dir / "model-generate", "--model", MODEL, "--prompt-ids", ",".join(map(str, ids)), "--max-tokens", 1,
+    run(bin_dir / "model-generate", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--max-tokens", 1,
         "--dump-logits", out, *(["--kernels", kernels] if kernels != "best" else []), timeout=600)
     got = np.fromfile(out, dtype=np.float32)
     err = np.abs(got - want)
-    print(f"real model logits ({kernels} kernels): max |error| {err.max():.4f}, mean {err.mean():.4f}, "
-          f"logit spread {want.std():.2f}, top-1 {got.argmax()} {want.argmax()}")
+    print(f"{pathlib.Path(model).name} logits ({kernels} kernels): max |error| {err.max():.4f}, "
+          f"mean {err.mean():.4f}, logit spread {want.std():.2f}, top-1 {got.argmax()} {want.argmax()}")
     assert got.argmax() == want.argmax()
     if kernels == "reference":
         assert err.max() < 5e-3
     else:
         assert err.mean() < 0.03 * want.std() and err.max() < 0.2 * want.std()
     assert len(set(np.argsort(-got)[:5]) & set(np.argsort(-want)[:5])) >= 4
+
+
+@pytest.mark.parametrize("kernels", ["reference", "best"])
+def test_logits_match_numpy(bin_dir, tmp_path, numpy_logits, kernels):
+    check_logits(bin_dir, tmp_path, MODEL, *numpy_logits, kernels)
 
 
 @pytest.mark.parametrize("question,keyword", QUESTIONS)
