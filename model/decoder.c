@@ -1,9 +1,10 @@
 /* The pre-norm decoder the Qwen and Gemma families share: GQA attention
  * (optionally with q/k/v biases or per-head q/k RMSNorm), NeoX RoPE, a gated
- * FFN, an output head that may be tied to the embedding; here with Qwen's
- * settings (SwiGLU, full attention everywhere), which gemma3.c then adjusts. Hyperparameters come from
- * the "<arch>.*" keys llama.cpp's converter writes; each architecture file
- * (qwen3.c, qwen2.c, gemma3.c) says which variant it is. */
+ * FFN, an output head that may be tied to the embedding; loaded here with
+ * Qwen's settings (SwiGLU, full attention everywhere), which gemma3.c then
+ * adjusts. Hyperparameters come from the "<arch>.*" keys llama.cpp's
+ * converter writes; each architecture file (qwen3.c, qwen2.c, gemma3.c) says
+ * which variant it is. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

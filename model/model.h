@@ -27,7 +27,7 @@ typedef struct {
     weight attn_norm;                     /* [hidden] */
     weight wq, wk, wv;                    /* [heads*head_dim][hidden], [kv_heads*head_dim][hidden] x2 */
     weight bq, bk, bv;                    /* biases (qwen2), absent in qwen3 */
-    weight q_norm, k_norm;                /* [head_dim], per-head RMSNorm (qwen3) */
+    weight q_norm, k_norm;                /* [head_dim], per-head RMSNorm (qwen3, gemma3) */
     weight wo;                            /* [hidden][heads*head_dim] */
     weight ffn_norm;                      /* [hidden] */
     weight w_gate, w_up;                  /* [ffn][hidden] */

@@ -48,7 +48,7 @@ struct cpu_engine {
     float *norms;
     size_t norms_stride;
     bool post_norms; /* gemma3 */
-    bool qk_norm;    /* per-head q/k RMSNorm (qwen3) */
+    bool qk_norm;    /* per-head q/k RMSNorm (qwen3, gemma3) */
     float *biases;   /* per layer: bq [q_dim], bk, bv [kv_dim] (qwen2); NULL without */
     /* scratch, grown on demand */
     int cap_tokens;
