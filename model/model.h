@@ -8,6 +8,7 @@
 #ifndef INFERNO_MODEL_H
 #define INFERNO_MODEL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -76,6 +77,14 @@ typedef struct {
     bool post_norms;  /* blk.N.post_attention_norm.weight, blk.N.post_ffw_norm.weight */
 } decoder_spec;
 int model_load_decoder(const gguf_file *f, model_desc *m, const decoder_spec *spec, char *err, size_t errlen);
+
+/* Layer l's RoPE frequencies, out[head_dim / 2], as transformers computes
+ * them: 1 / base^(2i / head_dim) in float32, times the layer's linear
+ * scaling. Both engines take their tables from here. */
+static inline void model_rope_inv_freq(const model_desc *m, uint32_t l, float *out) {
+    for (uint32_t i = 0; i < m->head_dim / 2; i++)
+        out[i] = m->layers[l].rope_freq_scale / powf(m->layers[l].rope_base, (float)(2 * i) / (float)m->head_dim);
+}
 
 int qwen3_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);
 int qwen2_load(const gguf_file *f, model_desc *m, char *err, size_t errlen);

@@ -163,11 +163,8 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
             }
         }
     }
-    /* as transformers: inv_freq = 1 / base^(2i/hd) in float32 (divided by a linear scaling factor) */
     for (uint32_t l = 0; l < m->n_layers; l++)
-        for (uint32_t i = 0; i < m->head_dim / 2; i++)
-            e->inv_freq[l * (m->head_dim / 2) + i] =
-                m->layers[l].rope_freq_scale / powf(m->layers[l].rope_base, (float)(2 * i) / (float)m->head_dim);
+        model_rope_inv_freq(m, l, e->inv_freq + l * (m->head_dim / 2));
     e->norms_stride = 4 * (size_t)m->hidden + 2 * (size_t)m->head_dim;
     e->norms = malloc((e->norms_stride * m->n_layers + m->hidden) * sizeof *e->norms);
     if (!e->norms) {

@@ -370,13 +370,11 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
-    /* as the CPU engine and transformers: inv_freq = 1 / base^(2i/hd) in float32, per layer */
+    /* the RoPE tables, per layer, as the CPU engine's */
     uint32_t half = m->head_dim / 2;
     float *inv_freq = (float *)malloc((size_t)m->n_layers * half * sizeof(float));
     for (uint32_t l = 0; inv_freq && l < m->n_layers; l++)
-        for (uint32_t i = 0; i < half; i++)
-            inv_freq[l * half + i] =
-                m->layers[l].rope_freq_scale / powf(m->layers[l].rope_base, (float)(2 * i) / (float)m->head_dim);
+        model_rope_inv_freq(m, l, inv_freq + l * half);
     if (!inv_freq || upload((void **)&e->inv_freq, inv_freq, (size_t)m->n_layers * half * sizeof(float), err, errlen)) {
         if (!inv_freq)
             fail(err, errlen, "cuda engine: out of host memory");
