@@ -70,11 +70,15 @@ def wait_idle(c, timeout=60):
         time.sleep(0.1)
 
 
-def rss_kib(pid):
+def anon_kib(pid):
+    """Resident anonymous memory (the heap, stacks, KV cache): what a leak
+    grows. Not VmRSS: that also counts the model file's mapped pages, which
+    an embedding lookup maps as new token ids come up and the kernel may
+    reclaim at any time, so it drifts by megabytes without any leak."""
     for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith("RssAnon:"):
             return int(line.split()[1])
-    return 0
+    raise RuntimeError(f"/proc/{pid}/status has no RssAnon")
 
 
 @pytest.fixture
@@ -98,7 +102,7 @@ def test_soak_returns_to_idle(make_cluster):
     that hang up mid-stream); after each, the cluster must be idle again, and
     its memory must not grow from round to round. Under ASan, freed memory
     is kept in a quarantine and every allocation's stack in a depot that only
-    grows, so both are turned off here to let RSS follow the heap (LSan at
+    grows, so both are turned off here to let resident memory follow the heap (LSan at
     exit still checks for leaks)."""
     # at most 32 sequences a step: a client that hung up can still hold a
     # place for a step while its thread starts the next request, so without
@@ -149,7 +153,7 @@ def test_soak_returns_to_idle(make_cluster):
         bad = [r for r in results if r not in ("ok", "hung up")]
         assert len(results) == n and not bad, bad[:5]
         st = wait_idle(c)
-        return {name: rss_kib(p.pid) for name, p in procs.items()}, st
+        return {name: anon_kib(p.pid) for name, p in procs.items()}, st
 
     def full_batch():
         """64 requests released at once, long enough to overlap: every one of
@@ -187,7 +191,7 @@ def test_soak_returns_to_idle(make_cluster):
     # ASan (allocator caches); a leak of each request's body, prompt or
     # events would be tens of KiB
     per_request = {k: (rss[k] - base[k]) / (3 * 64) for k in rss}
-    assert all(g < 32 for g in per_request.values()), f"RSS growth, KiB per request: {per_request} (base {base})"
+    assert all(g < 32 for g in per_request.values()), f"anonymous RSS growth, KiB per request: {per_request} (base {base})"
     # and the cluster still answers exactly as before
     code, _, raw = http(c, CHAT, chat_body("The same question", max_tokens=8, stream=False))
     code2, _, raw2 = http(c, CHAT, chat_body("The same question", max_tokens=8, stream=False))
