@@ -45,6 +45,7 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "tensor_types.h"
 }
 #include "kernels.cuh"
+#include "attention.cuh"
 #include "sample.cuh"
 
 #define GEMV_MAX_T      8
@@ -81,7 +82,11 @@ struct cuda_engine {
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
     bool kv_f16; /* the KV cache in half precision, else float */
     uint32_t q_dim, kv_dim, qkv_dim;
-    uint32_t gsub; /* query heads per attention block: the largest divisor of the group up to 8 */
+    uint32_t gsub;   /* query heads per attention block: the largest divisor of the group up to 8 */
+    int tile_tokens; /* tokens per attention_prefill_kernel tile; 0: no such kernel for this head size */
+    int n_tiles;     /* this step's tiles (0: attention_kernel), at in.dev + tiles_at */
+    int tile_slices; /* attention_prefill_kernel's gridDim.z */
+    size_t tiles_at;
     char describe[256];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -91,7 +96,9 @@ struct cuda_engine {
     /* activations, grown on demand to cap_tokens rows (logits: cap_rows) */
     int cap_tokens, cap_rows;
     float *x, *xn, *qkv, *q, *att, *gu, *act, *logits;
-    float *part; /* attention slices: [T * slices][n_heads][head_dim + 2], T * slices <= T + 256 */
+    float *part;         /* attention slices: [T * slices][n_heads][head_dim + 2], T * slices <= 4 T + 256 */
+    unsigned *attn_done; /* attention slices finished, [T][n_heads] (attention_args.done) */
+    unsigned *qkv_done;  /* q|k|v GEMV blocks finished per head, [n_heads + 2 n_kv_heads] (gemv_qkv_kernel) */
     __nv_bfloat16 *hi, *lo, *wscratch; /* wscratch: a Q8_0 matrix as bf16 */
     size_t wscratch_elems;
     int32_t *ids;
@@ -130,14 +137,37 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) {
  * launch where the device has it: the kernel's blocks may be scheduled
  * while the previous kernel finishes, and wait in pdl_wait (kernels.cuh). */
 template <typename... Params, typename... Args>
-static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
+static cudaError_t launch_shared(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 Args... args) {
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid, cfg.blockDim = block, cfg.stream = e->stream;
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = e->stream;
     cfg.attrs = &attr, cfg.numAttrs = e->pdl ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+template <typename... Params, typename... Args>
+static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
+    return launch_shared(e, kernel, grid, block, 0, args...);
+}
+
+/* The prompt attention kernel for this head size (and its shared memory),
+ * or NULL. */
+typedef void (*attention_prefill_fn)(attention_args, const int32_t *);
+static attention_prefill_fn attention_prefill_for(uint32_t head_dim, bool kv_f16, size_t *smem) {
+    switch (head_dim) {
+#define ATTP_CASE(HD)                                                                                                  \
+    case HD:                                                                                                           \
+        *smem = attp_shape<HD>::SMEM;                                                                                  \
+        return kv_f16 ? attention_prefill_kernel<HD, __half> : attention_prefill_kernel<HD, float>;
+        /* not 256 (Gemma 3): its tiles hold 8 tokens against 32 rows of 1 KiB, and
+         * attention_kernel's 512 blocks were faster (H200: 128k against 104k tok/s) */
+        ATTP_CASE(16) ATTP_CASE(32) ATTP_CASE(64) ATTP_CASE(128)
+#undef ATTP_CASE
+    }
+    return NULL;
 }
 
 /* ---- loading weights ---- */
@@ -230,6 +260,8 @@ static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->
 static void free_activations(cuda_engine *e) {
     cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
     cudaFree(e->act), cudaFree(e->hi), cudaFree(e->lo), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
+    cudaFree(e->attn_done);
+    e->attn_done = NULL;
     e->x = e->xn = e->qkv = e->q = e->att = e->gu = e->act = e->logits = e->part = NULL;
     e->hi = e->lo = NULL, e->ids = NULL;
 }
@@ -259,7 +291,7 @@ static void cuda_destroy(cuda_engine *e) {
     if (e->output.w != e->embd.w || e->output.qs != e->embd.qs)
         free_matrix(&e->output);
     free_matrix(&e->embd);
-    cudaFree(e->output_norm), cudaFree(e->inv_freq), cudaFree(e->wscratch), cudaFree(e->in.dev);
+    cudaFree(e->output_norm), cudaFree(e->inv_freq), cudaFree(e->wscratch), cudaFree(e->in.dev), cudaFree(e->qkv_done);
     cudaFreeHost(e->in.host);
     cudaFree(e->smp.dev), cudaFreeHost(e->smp.host), free(e->smp.row);
     free_activations(e);
@@ -383,6 +415,18 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         return -1;
     }
     free(inv_freq);
+    size_t smem = 0, heads = (size_t)m->n_heads + 2 * m->n_kv_heads;
+    attention_prefill_fn prefill = attention_prefill_for(m->head_dim, e->kv_f16, &smem);
+    uint32_t group = m->n_heads / m->n_kv_heads;
+    if (prefill && group <= ATTP_ROWS &&
+        cudaFuncSetAttribute(prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) == cudaSuccess)
+        e->tile_tokens = ATTP_ROWS / group;
+    if (cudaMalloc((void **)&e->qkv_done, heads * sizeof *e->qkv_done) != cudaSuccess ||
+        cudaMemset(e->qkv_done, 0, heads * sizeof *e->qkv_done) != cudaSuccess) {
+        fail(err, errlen, "cuda engine: out of device memory");
+        cuda_destroy(e);
+        return -1;
+    }
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     /* how the GPU holds the weights (the first layer's q), and from which type */
@@ -421,7 +465,10 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
         CUDA_CHECK(cudaMalloc((void **)&e->lo, (size_t)cap * widest * 2));
         CUDA_CHECK(cudaMalloc((void **)&e->logits, (size_t)cap_rows * m->vocab * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->ids, (size_t)cap_rows * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->part, ((size_t)cap + 256) * m->n_heads * (m->head_dim + 2) * 4));
+        CUDA_CHECK(
+            cudaMalloc((void **)&e->part, ((size_t)cap * ATTP_MAX_SLICES + 256) * m->n_heads * (m->head_dim + 2) * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->attn_done, (size_t)cap * m->n_heads * sizeof *e->attn_done));
+        CUDA_CHECK(cudaMemsetAsync(e->attn_done, 0, (size_t)cap * m->n_heads * sizeof *e->attn_done, e->stream));
         e->cap_tokens = cap, e->cap_rows = cap_rows;
     }
     return 0;
@@ -480,6 +527,28 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
     return 0;
 }
 
+/* q, k, v = rmsnorm(x) * gain Wqkv^T, then per head: bias, q/k norm,
+ * RoPE, k and v into the KV cache (ra). Decode steps do it all in one
+ * kernel (gemv_qkv_kernel); otherwise a product into e->qkv, then
+ * qk_rope_kernel. */
+static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, const rope_args &ra, char *err,
+                       size_t errlen) {
+    uint32_t hd = e->m->head_dim, heads = e->m->n_heads + 2 * e->m->n_kv_heads;
+    if (T <= GEMV_MAX_T && hd % 8 == 0 && hd <= 256) {
+        typedef void (*qkv_fn)(dmat, const float *, const float *, float, float *, rope_args, unsigned *);
+        static const qkv_fn by_tokens[GEMV_MAX_T] = {gemv_qkv_kernel<1>, gemv_qkv_kernel<2>, gemv_qkv_kernel<3>,
+                                                     gemv_qkv_kernel<4>, gemv_qkv_kernel<5>, gemv_qkv_kernel<6>,
+                                                     gemv_qkv_kernel<7>, gemv_qkv_kernel<8>};
+        CUDA_CHECK(launch(e, by_tokens[T - 1], dim3(w->rows / 8), dim3(256), *w, (const float *)e->x, gain,
+                          e->m->rms_eps, e->qkv, ra, e->qkv_done));
+        return 0;
+    }
+    if (matmul(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
+        return -1;
+    CUDA_CHECK(launch(e, qk_rope_kernel, dim3(heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
+    return 0;
+}
+
 /* The attention kernel for this head size and heads per block; NULL when none is built. */
 typedef void (*attention_fn)(attention_args);
 static attention_fn attention_kernel_for(const cuda_engine *e) {
@@ -507,14 +576,12 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
     int ffn_mode = m->ffn_act == FFN_GELU_TANH ? OUT_GELU_PAIR : OUT_SILU_PAIR;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const dlayer *L = &e->layers[l];
-        if (matmul(e, &L->qkv, e->x, L->attn_norm, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
-            return -1;
         rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm, L->k_norm,  e->inv_freq + l * (hd / 2),
                         pos,        slot,        e->q,      L->k_cache, L->v_cache,
                         m->n_heads, hd,          e->q_dim,  e->kv_dim,  m->rms_eps,
                         e->kv_f16};
-        CUDA_CHECK(
-            launch(e, qk_rope_kernel, dim3(m->n_heads + m->n_kv_heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
+        if (qkv_project(e, &L->qkv, L->attn_norm, T, ra, err, errlen))
+            return -1;
         /* enough slices of the positions to give the GPU ~256 blocks; from T
          * alone, so that a captured decode graph fits every later step */
         uint32_t groups = m->n_heads / e->gsub, slices = 256 / ((uint32_t)T * groups);
@@ -527,6 +594,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
                              tables,
                              e->att,
                              e->part,
+                             e->attn_done,
                              m->n_heads,
                              m->n_heads / m->n_kv_heads,
                              hd,
@@ -535,12 +603,17 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
                              (uint32_t)e->block_size,
                              m->layers[l].window,
                              m->attn_scale};
+        size_t smem = 0;
+        attention_prefill_fn prefill = attention_prefill_for(hd, e->kv_f16, &smem);
         attention_fn attention = attention_kernel_for(e);
-        if (!attention)
-            return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
-        CUDA_CHECK(launch(e, attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
-        if (slices > 1)
-            CUDA_CHECK(launch(e, attention_merge_kernel, dim3(m->n_heads, T), dim3(128), aa, slices));
+        if (e->n_tiles && prefill) {
+            CUDA_CHECK(launch_shared(e, prefill, dim3(m->n_kv_heads, e->n_tiles, e->tile_slices), dim3(128), smem, aa,
+                                     (const int32_t *)e->in.dev + e->tiles_at));
+        } else {
+            if (!attention)
+                return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
+            CUDA_CHECK(launch(e, attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
+        }
         /* the block outputs: added to x, or (gemma3) normalized into xn first */
         if (matmul(e, &L->wo, e->att, NULL, T, L->post_attn_norm ? e->xn : e->x, H,
                    L->post_attn_norm ? OUT_STORE : OUT_ADD, err, errlen))
@@ -571,7 +644,16 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *e
     size_t tl = 0;
     for (int32_t s = 0; s < b->n_seqs; s++)
         tl += (size_t)(b->seqs[s].pos0 + b->seqs[s].n_tokens + e->block_size - 1) / e->block_size;
-    size_t need = 4 * (size_t)T + rows + tl;
+    /* prompt tiles: mostly-prompt steps past the decode sizes (a step of
+     * single tokens keeps attention_kernel, which has no empty rows) */
+    e->n_tiles = 0, e->tile_slices = 1, e->tiles_at = 4 * (size_t)T + rows + tl;
+    if (e->tile_tokens && T > GEMV_MAX_T && T >= 4 * b->n_seqs)
+        for (int32_t s = 0; s < b->n_seqs; s++) {
+            e->n_tiles += (b->seqs[s].n_tokens + e->tile_tokens - 1) / e->tile_tokens;
+            if (b->seqs[s].pos0 + b->seqs[s].n_tokens > ATTP_SLICE_KEYS)
+                e->tile_slices = ATTP_MAX_SLICES;
+        }
+    size_t need = e->tiles_at + 2 * (size_t)e->n_tiles;
     if (need > e->in.cap) {
         drop_graphs(e);
         CUDA_CHECK(cudaStreamSynchronize(e->stream));
@@ -602,6 +684,10 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *e
         }
         off += (size_t)n_table;
     }
+    int32_t *tile = e->in.host + e->tiles_at;
+    for (int32_t s = 0; e->n_tiles && s < b->n_seqs; s++)
+        for (int32_t i = 0; i < b->seqs[s].n_tokens; i += e->tile_tokens, tile += 2)
+            tile[0] = b->seqs[s].start + i, tile[1] = min(e->tile_tokens, b->seqs[s].n_tokens - i);
     CUDA_CHECK(cudaMemcpyAsync(e->in.dev, e->in.host, need * 4, cudaMemcpyHostToDevice, e->stream));
     return 0;
 }

@@ -235,8 +235,8 @@ __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t ro
 }
 
 template <int NT, int MODE>
-__global__ void __launch_bounds__(256)
-    gemv_kernel(dmat m, uint32_t rows, const float *x, const float *gain, float eps, float *y, uint32_t ldy) {
+__device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, const float *x, const float *gain, float eps,
+                                          float *y, uint32_t ldy) {
     uint32_t r = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
     uint4 raw[N_ROWS][GEMV_UNROLL];
@@ -297,12 +297,18 @@ __global__ void __launch_bounds__(256)
     }
 }
 
-/* Per token t and head j of the fused q|k|v rows: add the bias, RMSNorm
- * the head (qk_norm), rotate it (NeoX RoPE at position pos[t]); q heads go
- * to q[t], k and v heads to the layer's KV cache at slot[t]. Grid
- * (n_heads + n_kv_heads, T), block head_dim threads rounded up to a warp. */
+template <int NT, int MODE>
+__global__ void __launch_bounds__(256)
+    gemv_kernel(dmat m, uint32_t rows, const float *x, const float *gain, float eps, float *y, uint32_t ldy) {
+    gemv_rows<NT, MODE>(m, rows, x, gain, eps, y, ldy);
+}
+
+/* Per token t and head j of the fused q|k|v rows: add the bias; q and k
+ * heads are RMS-normalized (qk_norm) and rotated (NeoX RoPE at position
+ * pos[t]); q heads go to q[t], k and v heads to the layer's KV cache at
+ * slot[t]. */
 struct rope_args {
-    const float *qkv;             /* [T][q_dim + 2 kv_dim] */
+    const float *qkv;             /* [T][q_dim + 2 kv_dim]: q heads, then k heads, then v heads */
     const float *bias;            /* [q_dim + 2 kv_dim] or NULL */
     const float *q_gain, *k_gain; /* [head_dim] or NULL */
     const float *inv_freq;        /* [head_dim / 2] */
@@ -324,228 +330,69 @@ __device__ __forceinline__ void kv_store(void *cache, size_t at, float v, int f1
         ((float *)cache)[at] = v;
 }
 
-__global__ void qk_rope_kernel(rope_args a) {
-    __shared__ float v[512];
-    pdl_enter();
-    uint32_t j = blockIdx.x, t = blockIdx.y, i = threadIdx.x, hd = a.head_dim, half = hd / 2;
-    uint32_t width = a.q_dim + 2 * a.kv_dim;
-    bool is_q = j < a.n_heads, active = i < hd;
-    uint32_t col = is_q ? j * hd + i : a.q_dim + (j - a.n_heads) * hd + i;
-    float x = active ? a.qkv[(size_t)t * width + col] + (a.bias ? a.bias[col] : 0.0f) : 0.0f;
+/* Head j of token t, by the whole block (head_dim <= blockDim.x <= 512);
+ * v: 512 floats of shared memory. The q|k|v rows are read with __ldcg: in
+ * gemv_qkv_kernel other blocks of the same grid wrote them. */
+__device__ void qkv_head_finish(const rope_args &a, uint32_t j, uint32_t t, float *v) {
+    uint32_t i = threadIdx.x, hd = a.head_dim, half = hd / 2, n_kv = a.kv_dim / hd;
+    uint32_t width = a.q_dim + 2 * a.kv_dim, col = j * hd + i; /* q, k and v heads are hd rows each, in order */
+    bool active = i < hd, is_q = j < a.n_heads, is_v = j >= a.n_heads + n_kv;
+    float x = active ? __ldcg(a.qkv + (size_t)t * width + col) + (a.bias ? a.bias[col] : 0.0f) : 0.0f;
+    size_t at = (size_t)a.slot[t] * a.kv_dim + (is_v ? j - a.n_heads - n_kv : j - a.n_heads) * hd + i;
+    if (is_v) {
+        if (active)
+            kv_store(a.v_cache, at, x, a.kv_f16);
+        return;
+    }
     const float *gain = is_q ? a.q_gain : a.k_gain;
     if (gain) /* every thread takes part in the sum */
         x = x * rsqrtf(block_sum(x * x) / (float)hd + a.eps) * (active ? gain[i] : 0.0f);
+    __syncthreads(); /* v may still be read for the previous token */
     v[i] = x;
     __syncthreads();
     if (!active)
         return;
     float angle = (float)a.pos[t] * a.inv_freq[i % half], c = cosf(angle), s = sinf(angle);
     float rotated = i < half ? v[i] * c - v[i + half] * s : v[i - half] * s + v[i] * c;
-    if (is_q) {
+    if (is_q)
         a.q[(size_t)t * a.q_dim + j * hd + i] = rotated;
-    } else {
-        size_t at = (size_t)a.slot[t] * a.kv_dim + (j - a.n_heads) * hd + i;
+    else
         kv_store(a.k_cache, at, rotated, a.kv_f16);
-        uint32_t vcol = col + a.kv_dim;
-        kv_store(a.v_cache, at, a.qkv[(size_t)t * width + vcol] + (a.bias ? a.bias[vcol] : 0.0f), a.kv_f16);
-    }
 }
 
-/* Causal attention over each token's cached positions 0..pos[t]
- * (flash-decoding): block (g, t, z) takes the GSUB query heads of head
- * group g (GSUB divides the GQA group), which share one KV head, so each key and value row is read once
- * for all of them, and the z-th of gridDim.z equal slices of the
- * positions. Its 4 warps split the slice, ATTN_BATCH positions at a time,
- * each keeping an online softmax per head; the block merges them. With one slice the result is final;
- * otherwise each slice leaves (max, sum, unnormalized output) in part and
- * attention_merge_kernel combines the slices. Lane l holds elements
- * l * EPL .. l * EPL + EPL - 1 of a head (EPL = head_dim / 32 rounded up),
- * so that a key or value row is one vector load a lane. Grid
- * (n_heads / GSUB, T, slices), block 128. */
-#define ATTN_WARPS 4
-#define ATTN_BATCH 8
-
-/* EPL consecutive KV elements as floats: vector loads (16 bytes of float,
- * 8 of half for EPL 4) when EPL is 2, 4 or 8 and the row holds them all. */
-template <int EPL> __device__ __forceinline__ void kv_load_row(const float *p, bool whole, float out[EPL]) {
-    if (whole && EPL % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < EPL; i += 4) {
-            float4 v = *(const float4 *)(p + i);
-            out[i] = v.x, out[i + 1] = v.y, out[i + 2] = v.z, out[i + 3] = v.w;
-        }
-    } else if (whole && EPL == 2) {
-        float2 v = *(const float2 *)p;
-        out[0] = v.x, out[1] = v.y;
-    } else {
-#pragma unroll
-        for (int i = 0; i < EPL; i++)
-            out[i] = p[i];
-    }
-}
-
-template <int EPL> __device__ __forceinline__ void kv_load_row(const __half *p, bool whole, float out[EPL]) {
-    if (whole && EPL % 4 == 0) {
-#pragma unroll
-        for (int i = 0; i < EPL; i += 4) {
-            uint2 raw = *(const uint2 *)(p + i);
-            float2 a = __half22float2(*(const __half2 *)&raw.x), b = __half22float2(*(const __half2 *)&raw.y);
-            out[i] = a.x, out[i + 1] = a.y, out[i + 2] = b.x, out[i + 3] = b.y;
-        }
-    } else if (whole && EPL == 2) {
-        float2 v = __half22float2(*(const __half2 *)p);
-        out[0] = v.x, out[1] = v.y;
-    } else {
-#pragma unroll
-        for (int i = 0; i < EPL; i++)
-            out[i] = __half2float(p[i]);
-    }
-}
-
-struct attention_args {
-    const float *q;                          /* [T][q_dim] */
-    const void *k_cache, *v_cache;           /* [slots][kv_dim] of KV (float or half) */
-    const int32_t *pos, *table_off, *tables; /* per token: position, its table in tables */
-    float *out;                              /* [T][q_dim] */
-    float *part;                             /* [T][n_heads][slices][head_dim + 2] */
-    uint32_t n_heads, group, head_dim, q_dim, kv_dim, block_size;
-    uint32_t window; /* a token sees its `window` latest positions; 0 = all (sliding-window layers) */
-    float scale;
-};
-
-template <int EPL, int GSUB, typename KV>
-__global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
-    __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][EPL * WARP];
+/* Grid (n_heads + 2 n_kv_heads, T), block head_dim threads rounded up to a warp. */
+__global__ void qk_rope_kernel(rope_args a) {
+    __shared__ float v[512];
     pdl_enter();
-    uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
-    uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
-    const int32_t *table = a.tables + a.table_off[t];
-    int n_pos = a.pos[t] + 1, first = a.window && n_pos > (int)a.window ? n_pos - (int)a.window : 0;
-    int len = (n_pos - first + (int)slices - 1) / (int)slices;
-    int begin = first + (int)blockIdx.z * len, end = min(begin + len, n_pos);
-    /* vector loads need every row start aligned to the vector: kv_dim and head_dim multiples of EPL */
-    bool vec_ok = a.kv_dim % EPL == 0 && hd % EPL == 0;
-    float q[GSUB][EPL], acc[GSUB][EPL], m[GSUB], l[GSUB];
-#pragma unroll
-    for (int g = 0; g < GSUB; g++) {
-        m[g] = -INFINITY, l[g] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < EPL; i++) {
-            uint32_t d = lane * EPL + i;
-            q[g][i] = d < hd ? a.q[(size_t)t * a.q_dim + (h0 + g) * hd + d] * a.scale : 0.0f;
-            acc[g][i] = 0.0f;
-        }
-    }
-    /* ATTN_BATCH positions per step: their loads all in flight at once, one
-     * softmax rescale for the lot */
-    for (int p0 = begin + (int)warp * ATTN_BATCH; p0 < end; p0 += ATTN_WARPS * ATTN_BATCH) {
-        float kr[ATTN_BATCH][EPL], vr[ATTN_BATCH][EPL];
-#pragma unroll
-        for (int j = 0; j < ATTN_BATCH; j++) {
-            int p = p0 + j;
-            size_t slot = p < end ? (size_t)table[p / a.block_size] * a.block_size + p % a.block_size : 0;
-            const KV *k = (const KV *)a.k_cache + slot * a.kv_dim + kvh * hd + lane * EPL;
-            const KV *v = (const KV *)a.v_cache + slot * a.kv_dim + kvh * hd + lane * EPL;
-            if (p < end && lane * EPL + EPL <= hd) { /* the usual case: the lane's EPL elements, vector loads */
-                kv_load_row<EPL>(k, vec_ok, kr[j]);
-                kv_load_row<EPL>(v, vec_ok, vr[j]);
-            } else {
-#pragma unroll
-                for (int i = 0; i < EPL; i++) {
-                    bool in = p < end && lane * EPL + i < hd;
-                    kr[j][i] = in ? kv_load(k[i]) : 0.0f, vr[j][i] = in ? kv_load(v[i]) : 0.0f;
-                }
-            }
-        }
-#pragma unroll
-        for (int g = 0; g < GSUB; g++) {
-            float s[ATTN_BATCH], m_new = m[g];
-#pragma unroll
-            for (int j = 0; j < ATTN_BATCH; j++) {
-                s[j] = 0.0f;
-#pragma unroll
-                for (int i = 0; i < EPL; i++)
-                    s[j] += q[g][i] * kr[j][i];
-            }
-#pragma unroll
-            for (int j = 0; j < ATTN_BATCH; j++) {
-                s[j] = warp_sum(s[j]);
-                if (p0 + j < end)
-                    m_new = fmaxf(m_new, s[j]);
-            }
-            float corr = expf(m[g] - m_new);
-            l[g] *= corr;
-#pragma unroll
-            for (int i = 0; i < EPL; i++)
-                acc[g][i] *= corr;
-#pragma unroll
-            for (int j = 0; j < ATTN_BATCH; j++) {
-                float w = p0 + j < end ? expf(s[j] - m_new) : 0.0f;
-                l[g] += w;
-#pragma unroll
-                for (int i = 0; i < EPL; i++)
-                    acc[g][i] += w * vr[j][i];
-            }
-            m[g] = m_new;
-        }
-    }
-#pragma unroll
-    for (int g = 0; g < GSUB; g++) {
-        if (lane == 0)
-            m_w[warp][g] = m[g], l_w[warp][g] = l[g];
-#pragma unroll
-        for (int i = 0; i < EPL; i++)
-            acc_w[warp][g][lane * EPL + i] = acc[g][i];
+    qkv_head_finish(a, blockIdx.x, blockIdx.y, v);
+}
+
+/* The q|k|v GEMV of a decode step with qk_rope_kernel's work as its tail:
+ * a block's 8 rows lie in one head (head_dim a multiple of 8), and the
+ * last of a head's blocks to finish (head_done[j] counts them, and is
+ * reset by that block for the next layer) finishes the head for every
+ * token. Saves a launch and a kernel boundary a layer. Grid
+ * (q_dim + 2 kv_dim) / 8, block 256; head_dim <= 256. */
+template <int NT>
+__global__ void __launch_bounds__(256) gemv_qkv_kernel(dmat m, const float *x, const float *gain, float eps, float *qkv,
+                                                       rope_args ra, unsigned *head_done) {
+    __shared__ float v[512];
+    __shared__ bool last;
+    gemv_rows<NT, OUT_STORE>(m, m.rows, x, gain, eps, qkv, m.rows);
+    uint32_t j = blockIdx.x * (blockDim.x / WARP) / ra.head_dim;
+    __threadfence(); /* this block's rows are visible before it is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(&head_done[j], 1u) == ra.head_dim / (blockDim.x / WARP) - 1;
+        if (last)
+            head_done[j] = 0;
     }
     __syncthreads();
-#pragma unroll
-    for (int g = 0; g < GSUB; g++) {
-        float m_all = -INFINITY, l_all = 0.0f;
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            m_all = fmaxf(m_all, m_w[w][g]);
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            l_all += m_w[w][g] == -INFINITY ? 0.0f : l_w[w][g] * expf(m_w[w][g] - m_all);
-        uint32_t h = h0 + g;
-        float *part = a.part + (((size_t)t * a.n_heads + h) * slices + blockIdx.z) * (hd + 2);
-        for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
-            float o = 0.0f;
-#pragma unroll
-            for (int w = 0; w < ATTN_WARPS; w++)
-                o += m_w[w][g] == -INFINITY ? 0.0f : acc_w[w][g][i] * expf(m_w[w][g] - m_all);
-            if (slices == 1)
-                a.out[(size_t)t * a.q_dim + h * hd + i] = o / l_all;
-            else
-                part[2 + i] = o;
-        }
-        if (slices > 1 && threadIdx.x == 0)
-            part[0] = m_all, part[1] = l_all;
-    }
-}
-
-/* Combines the slices of attention_kernel: out = sum_z e^(m_z - M) o_z /
- * sum_z e^(m_z - M) l_z. The first warp weighs the slices (one a lane, so
- * at most 32), then every thread sums its elements over them. Grid
- * (n_heads, T), block 128. */
-__global__ void attention_merge_kernel(attention_args a, uint32_t slices) {
-    __shared__ float weight[WARP];
-    pdl_enter();
-    uint32_t h = blockIdx.x, t = blockIdx.y, hd = a.head_dim, lane = threadIdx.x % WARP;
-    const float *part = a.part + ((size_t)t * a.n_heads + h) * slices * (hd + 2);
-    if (threadIdx.x < WARP) {
-        float mz = lane < slices ? part[lane * (hd + 2)] : -INFINITY;
-        float m_all = warp_max(mz), w = mz == -INFINITY ? 0.0f : expf(mz - m_all);
-        float l_all = warp_sum(lane < slices ? w * part[lane * (hd + 2) + 1] : 0.0f);
-        weight[lane] = w / l_all;
-    }
-    __syncthreads();
-    for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
-        float o = 0.0f;
-        for (uint32_t z = 0; z < slices; z++)
-            o += weight[z] * part[z * (hd + 2) + 2 + i];
-        a.out[(size_t)t * a.q_dim + h * hd + i] = o;
-    }
+    if (!last)
+        return;
+    __threadfence();
+    for (uint32_t t = 0; t < NT; t++)
+        qkv_head_finish(ra, j, t, v);
 }
 
 /* The first index of the largest of row[0..n), in every thread of the
