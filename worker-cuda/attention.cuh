@@ -98,7 +98,6 @@ template <int EPL, int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][EPL * WARP];
     __shared__ float weight[WARP];
-    __shared__ bool last;
     pdl_enter();
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
     uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
@@ -205,20 +204,8 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
         if (slices > 1 && threadIdx.x == 0)
             part[0] = m_all, part[1] = l_all;
     }
-    if (slices == 1)
+    if (slices == 1 || !block_is_last(a.done + (size_t)t * gridDim.x + blockIdx.x, slices))
         return;
-    __threadfence(); /* this slice is visible before it is counted */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned *done = a.done + (size_t)t * gridDim.x + blockIdx.x;
-        last = atomicAdd(done, 1u) == slices - 1;
-        if (last)
-            *done = 0;
-    }
-    __syncthreads();
-    if (!last)
-        return;
-    __threadfence();
     for (int g = 0; g < GSUB; g++)
         attention_merge(a, t, h0 + g, slices, weight);
 }
@@ -412,21 +399,8 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
             o2[1] = make_float2(o[k][i][2] * inv, o[k][i][3] * inv);
         }
     }
-    if (slices == 1)
+    if (slices == 1 || !block_is_last(a.done + (size_t)blockIdx.y * gridDim.x + blockIdx.x, (unsigned)slices))
         return;
-    __shared__ bool last;
-    __threadfence(); /* this slice is visible before it is counted */
-    __syncthreads();
-    if (tid == 0) {
-        unsigned *done = a.done + (size_t)blockIdx.y * gridDim.x + blockIdx.x;
-        last = atomicAdd(done, 1u) == (unsigned)slices - 1;
-        if (last)
-            *done = 0;
-    }
-    __syncthreads();
-    if (!last)
-        return;
-    __threadfence();
     for (int i = tid; i < n_rows * HD; i += 128) {
         int r = i / HD, d = i % HD;
         size_t row = (size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group;

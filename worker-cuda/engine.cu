@@ -82,8 +82,11 @@ struct cuda_engine {
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
     bool kv_f16; /* the KV cache in half precision, else float */
     uint32_t q_dim, kv_dim, qkv_dim;
-    uint32_t gsub;   /* query heads per attention block: the largest divisor of the group up to 8 */
-    int tile_tokens; /* tokens per attention_prefill_kernel tile; 0: no such kernel for this head size */
+    uint32_t gsub;                     /* query heads per attention block: the largest divisor of the group up to 8 */
+    void (*attention)(attention_args); /* attention_kernel for this head size, or NULL */
+    void (*attention_prefill)(attention_args, const int32_t *); /* or NULL */
+    size_t attention_prefill_smem;
+    int tile_tokens; /* tokens per attention_prefill_kernel tile; 0: none for this head size */
     int n_tiles;     /* this step's tiles (0: attention_kernel), at in.dev + tiles_at */
     int tile_slices; /* attention_prefill_kernel's gridDim.z */
     size_t tiles_at;
@@ -151,6 +154,22 @@ static cudaError_t launch_shared(const cuda_engine *e, void (*kernel)(Params...)
 template <typename... Params, typename... Args>
 static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
     return launch_shared(e, kernel, grid, block, 0, args...);
+}
+
+/* The attention kernel for this head size and heads per block; NULL when none is built. */
+typedef void (*attention_fn)(attention_args);
+static attention_fn attention_kernel_for(const cuda_engine *e) {
+    int epl = (int)(e->m->head_dim + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
+    switch (key) {
+#define ATTN_CASE(EPL, G)                                                                                              \
+    case EPL * 16 + G:                                                                                                 \
+        return e->kv_f16 ? attention_kernel<EPL, G, __half> : attention_kernel<EPL, G, float>;
+#define ATTN_CASES(EPL) ATTN_CASE(EPL, 1) ATTN_CASE(EPL, 2) ATTN_CASE(EPL, 4) ATTN_CASE(EPL, 7) ATTN_CASE(EPL, 8)
+        ATTN_CASES(1) ATTN_CASES(2) ATTN_CASES(3) ATTN_CASES(4) ATTN_CASES(8)
+#undef ATTN_CASES
+#undef ATTN_CASE
+    }
+    return NULL;
 }
 
 /* The prompt attention kernel for this head size (and its shared memory),
@@ -415,12 +434,14 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         return -1;
     }
     free(inv_freq);
-    size_t smem = 0, heads = (size_t)m->n_heads + 2 * m->n_kv_heads;
-    attention_prefill_fn prefill = attention_prefill_for(m->head_dim, e->kv_f16, &smem);
+    size_t heads = (size_t)m->n_heads + 2 * m->n_kv_heads;
+    e->attention = attention_kernel_for(e);
+    attention_prefill_fn prefill = attention_prefill_for(m->head_dim, e->kv_f16, &e->attention_prefill_smem);
     uint32_t group = m->n_heads / m->n_kv_heads;
     if (prefill && group <= ATTP_ROWS &&
-        cudaFuncSetAttribute(prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) == cudaSuccess)
-        e->tile_tokens = ATTP_ROWS / group;
+        cudaFuncSetAttribute(prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->attention_prefill_smem) ==
+            cudaSuccess)
+        e->attention_prefill = prefill, e->tile_tokens = ATTP_ROWS / group;
     if (cudaMalloc((void **)&e->qkv_done, heads * sizeof *e->qkv_done) != cudaSuccess ||
         cudaMemset(e->qkv_done, 0, heads * sizeof *e->qkv_done) != cudaSuccess) {
         fail(err, errlen, "cuda engine: out of device memory");
@@ -549,22 +570,6 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     return 0;
 }
 
-/* The attention kernel for this head size and heads per block; NULL when none is built. */
-typedef void (*attention_fn)(attention_args);
-static attention_fn attention_kernel_for(const cuda_engine *e) {
-    int epl = (int)(e->m->head_dim + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
-    switch (key) {
-#define ATTN_CASE(EPL, G)                                                                                              \
-    case EPL * 16 + G:                                                                                                 \
-        return e->kv_f16 ? attention_kernel<EPL, G, __half> : attention_kernel<EPL, G, float>;
-#define ATTN_CASES(EPL) ATTN_CASE(EPL, 1) ATTN_CASE(EPL, 2) ATTN_CASE(EPL, 4) ATTN_CASE(EPL, 7) ATTN_CASE(EPL, 8)
-        ATTN_CASES(1) ATTN_CASES(2) ATTN_CASES(3) ATTN_CASES(4) ATTN_CASES(8)
-#undef ATTN_CASES
-#undef ATTN_CASE
-    }
-    return NULL;
-}
-
 /* Every kernel of one step, on e->stream, reading the inputs already in
  * e->in.dev. Captured as a graph for decode steps. */
 static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
@@ -603,16 +608,14 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
                              (uint32_t)e->block_size,
                              m->layers[l].window,
                              m->attn_scale};
-        size_t smem = 0;
-        attention_prefill_fn prefill = attention_prefill_for(hd, e->kv_f16, &smem);
-        attention_fn attention = attention_kernel_for(e);
-        if (e->n_tiles && prefill) {
-            CUDA_CHECK(launch_shared(e, prefill, dim3(m->n_kv_heads, e->n_tiles, e->tile_slices), dim3(128), smem, aa,
+        if (e->n_tiles) { /* n_tiles is 0 without attention_prefill */
+            CUDA_CHECK(launch_shared(e, e->attention_prefill, dim3(m->n_kv_heads, e->n_tiles, e->tile_slices),
+                                     dim3(128), e->attention_prefill_smem, aa,
                                      (const int32_t *)e->in.dev + e->tiles_at));
         } else {
-            if (!attention)
+            if (!e->attention)
                 return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
-            CUDA_CHECK(launch(e, attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
+            CUDA_CHECK(launch(e, e->attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
         }
         /* the block outputs: added to x, or (gemma3) normalized into xn first */
         if (matmul(e, &L->wo, e->att, NULL, T, L->post_attn_norm ? e->xn : e->x, H,

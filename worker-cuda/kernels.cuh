@@ -97,6 +97,25 @@ __device__ __forceinline__ float block_sum(float v) {
     return total;
 }
 
+/* Counts this block as done in *counter, out of n blocks that share it;
+ * true, in every thread, for the last to arrive, which resets the counter
+ * for the next kernel and may then read what the others wrote (with
+ * __ldcg). Every thread must call it after its last store. */
+__device__ __forceinline__ bool block_is_last(unsigned *counter, unsigned n) {
+    __shared__ bool last;
+    __threadfence(); /* this block's stores are visible before it is counted */
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(counter, 1u) == n - 1;
+        if (last)
+            *counter = 0;
+    }
+    __syncthreads();
+    if (last)
+        __threadfence();
+    return last;
+}
+
 /* Maximum over the block, as block_sum. */
 __device__ __forceinline__ float block_max(float v) {
     __shared__ float partial[32];
@@ -377,20 +396,10 @@ template <int NT>
 __global__ void __launch_bounds__(256) gemv_qkv_kernel(dmat m, const float *x, const float *gain, float eps, float *qkv,
                                                        rope_args ra, unsigned *head_done) {
     __shared__ float v[512];
-    __shared__ bool last;
     gemv_rows<NT, OUT_STORE>(m, m.rows, x, gain, eps, qkv, m.rows);
     uint32_t j = blockIdx.x * (blockDim.x / WARP) / ra.head_dim;
-    __threadfence(); /* this block's rows are visible before it is counted */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        last = atomicAdd(&head_done[j], 1u) == ra.head_dim / (blockDim.x / WARP) - 1;
-        if (last)
-            head_done[j] = 0;
-    }
-    __syncthreads();
-    if (!last)
+    if (!block_is_last(&head_done[j], ra.head_dim / (blockDim.x / WARP)))
         return;
-    __threadfence();
     for (uint32_t t = 0; t < NT; t++)
         qkv_head_finish(ra, j, t, v);
 }
