@@ -94,6 +94,48 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
     }
 }
 
+/* The end of a decode attention block: merges its warps' (max, sum,
+ * output) for each of its GSUB heads (m_w, l_w: [ATTN_WARPS][GSUB]; acc_w:
+ * [ATTN_WARPS][GSUB][acc_ld], in shared memory, written before the call)
+ * into the output, or with several slices into part, where the last
+ * slice's block merges them. */
+template <int GSUB>
+__device__ void attention_block_finish(const attention_args &a, uint32_t t, uint32_t h0, const float *m_w,
+                                       const float *l_w, const float *acc_w, uint32_t acc_ld, float *weight) {
+    uint32_t hd = a.head_dim, slices = gridDim.z;
+    __syncthreads();
+#pragma unroll
+    for (int g = 0; g < GSUB; g++) {
+        float m_all = -INFINITY, l_all = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; w++)
+            m_all = fmaxf(m_all, m_w[w * GSUB + g]);
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; w++)
+            l_all += m_w[w * GSUB + g] == -INFINITY ? 0.0f : l_w[w * GSUB + g] * expf(m_w[w * GSUB + g] - m_all);
+        uint32_t h = h0 + g;
+        float *part = a.part + (((size_t)t * a.n_heads + h) * slices + blockIdx.z) * (hd + 2);
+        for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; w++)
+                o += m_w[w * GSUB + g] == -INFINITY
+                         ? 0.0f
+                         : acc_w[(w * GSUB + g) * acc_ld + i] * expf(m_w[w * GSUB + g] - m_all);
+            if (slices == 1)
+                a.out[(size_t)t * a.q_dim + h * hd + i] = o / l_all;
+            else
+                part[2 + i] = o;
+        }
+        if (slices > 1 && threadIdx.x == 0)
+            part[0] = m_all, part[1] = l_all;
+    }
+    if (slices == 1 || !block_is_last(a.done + (size_t)t * gridDim.x + blockIdx.x, slices))
+        return;
+    for (int g = 0; g < GSUB; g++)
+        attention_merge(a, t, h0 + g, slices, weight);
+}
+
 template <int EPL, int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][EPL * WARP];
@@ -179,35 +221,136 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
         for (int i = 0; i < EPL; i++)
             acc_w[warp][g][lane * EPL + i] = acc[g][i];
     }
-    __syncthreads();
+    attention_block_finish<GSUB>(a, t, h0, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], EPL * WARP, weight);
+}
+
+/* attention_kernel for head sizes 16, 32, 64 and 128 (256 works, but was
+ * slower than attention_kernel on Gemma 3's shapes), with a group of
+ * head_dim / 8 lanes per position: each lane holds 8 elements of a key or
+ * value row (one 16-byte load of half, two of float), so a warp takes
+ * 32 * 8 / head_dim positions at once and a score needs log2(head_dim / 8)
+ * shuffles, where attention_kernel spends 5 on each. Each lane group
+ * keeps its own online softmax over ATTL_BATCH positions at a time (in
+ * powers of 2: exp2f is a few instructions, expf many more); the
+ * groups of a warp merge at the end, then the warps and slices as in
+ * attention_kernel (same grid, block and part protocol). The H200 at 256
+ * sequences of 512 positions: float KV at the memory's speed either way,
+ * half KV was bound by instructions: 404 us a layer with attention_kernel,
+ * 192 us with this one. */
+#define ATTL_BATCH 4
+#define LOG2E      1.4426950408889634f
+#define LN2        0.6931471805599453f
+
+/* 8 consecutive KV elements (16-byte aligned) as floats, or zeros when !in. */
+__device__ __forceinline__ void kv_load8(const float *p, bool in, float out[8]) {
+    float4 a = in ? *(const float4 *)p : make_float4(0, 0, 0, 0), b = in ? *(const float4 *)(p + 4) : a;
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+__device__ __forceinline__ void kv_load8(const __half *p, bool in, float out[8]) {
+    uint4 raw = in ? *(const uint4 *)p : make_uint4(0, 0, 0, 0);
+    const __half2 *h = (const __half2 *)&raw;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
+}
+
+template <int GSUB, typename KV>
+__global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(attention_args a) {
+    __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][256];
+    __shared__ float weight[WARP];
+    pdl_enter();
+    uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
+    uint32_t lanes = hd / 8, sub = lane % lanes, grp = lane / lanes, n_grp = WARP / lanes;
+    uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
+    const int32_t *table = a.tables + a.table_off[t];
+    int n_pos = a.pos[t] + 1, first = a.window && n_pos > (int)a.window ? n_pos - (int)a.window : 0;
+    int len = (n_pos - first + (int)slices - 1) / (int)slices;
+    int begin = first + (int)blockIdx.z * len, end = min(begin + len, n_pos);
+    float q[GSUB][8], acc[GSUB][8], m[GSUB], l[GSUB];
 #pragma unroll
     for (int g = 0; g < GSUB; g++) {
-        float m_all = -INFINITY, l_all = 0.0f;
+        m[g] = -INFINITY, l[g] = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            m_all = fmaxf(m_all, m_w[w][g]);
-#pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            l_all += m_w[w][g] == -INFINITY ? 0.0f : l_w[w][g] * expf(m_w[w][g] - m_all);
-        uint32_t h = h0 + g;
-        float *part = a.part + (((size_t)t * a.n_heads + h) * slices + blockIdx.z) * (hd + 2);
-        for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
-            float o = 0.0f;
-#pragma unroll
-            for (int w = 0; w < ATTN_WARPS; w++)
-                o += m_w[w][g] == -INFINITY ? 0.0f : acc_w[w][g][i] * expf(m_w[w][g] - m_all);
-            if (slices == 1)
-                a.out[(size_t)t * a.q_dim + h * hd + i] = o / l_all;
-            else
-                part[2 + i] = o;
-        }
-        if (slices > 1 && threadIdx.x == 0)
-            part[0] = m_all, part[1] = l_all;
+        for (int i = 0; i < 8; i++)
+            q[g][i] = a.q[(size_t)t * a.q_dim + (h0 + g) * hd + sub * 8 + i] * a.scale * LOG2E, acc[g][i] = 0.0f;
     }
-    if (slices == 1 || !block_is_last(a.done + (size_t)t * gridDim.x + blockIdx.x, slices))
-        return;
-    for (int g = 0; g < GSUB; g++)
-        attention_merge(a, t, h0 + g, slices, weight);
+    /* the warp's lane groups take ATTL_BATCH consecutive positions each; the
+     * loop test is the warp's, so that every lane reaches the shuffles */
+    int per_warp = (int)n_grp * ATTL_BATCH, stride = ATTN_WARPS * per_warp;
+    /* a position's slot: shifts for the usual power-of-two block size (a
+     * division costs more than the rest of a position's addressing) */
+    uint32_t bs = a.block_size, bs_shift = __ffs(bs) - 1;
+    bool bs_pow2 = (bs & (bs - 1)) == 0;
+    for (int w0 = begin + (int)warp * per_warp; w0 < end; w0 += stride) {
+        int p0 = w0 + (int)grp * ATTL_BATCH;
+        float kr[ATTL_BATCH][8], vr[ATTL_BATCH][8];
+#pragma unroll
+        for (int j = 0; j < ATTL_BATCH; j++) {
+            int p = p0 + j;
+            uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
+            uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
+            size_t slot = p < end ? (size_t)table[blk] * bs + in_blk : 0;
+            size_t at = slot * a.kv_dim + kvh * hd + sub * 8;
+            kv_load8((const KV *)a.k_cache + at, p < end, kr[j]);
+            kv_load8((const KV *)a.v_cache + at, p < end, vr[j]);
+        }
+#pragma unroll
+        for (int g = 0; g < GSUB; g++) {
+            float s[ATTL_BATCH], m_new = m[g];
+#pragma unroll
+            for (int j = 0; j < ATTL_BATCH; j++) {
+                s[j] = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    s[j] += q[g][i] * kr[j][i];
+                for (uint32_t o = lanes / 2; o > 0; o /= 2)
+                    s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+                if (p0 + j < end)
+                    m_new = fmaxf(m_new, s[j]);
+            }
+            if (m_new == -INFINITY) /* no position of this group yet */
+                continue;
+            float corr = exp2f(m[g] - m_new);
+            l[g] *= corr;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[g][i] *= corr;
+#pragma unroll
+            for (int j = 0; j < ATTL_BATCH; j++) {
+                float w = p0 + j < end ? exp2f(s[j] - m_new) : 0.0f;
+                l[g] += w;
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    acc[g][i] += w * vr[j][i];
+            }
+            m[g] = m_new;
+        }
+    }
+    /* the lane groups of the warp into one */
+#pragma unroll
+    for (int g = 0; g < GSUB; g++) {
+        for (uint32_t o = lanes; o < WARP; o *= 2) {
+            float m_o = __shfl_xor_sync(0xffffffffu, m[g], o), l_o = __shfl_xor_sync(0xffffffffu, l[g], o);
+            float m_all = fmaxf(m[g], m_o);
+            float mine = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - m_all);
+            float theirs = m_o == -INFINITY ? 0.0f : exp2f(m_o - m_all);
+            l[g] = l[g] * mine + l_o * theirs;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[g][i] = acc[g][i] * mine + __shfl_xor_sync(0xffffffffu, acc[g][i], o) * theirs;
+            m[g] = m_all;
+        }
+        if (lane == 0) /* the maximum back in natural-log units, as attention_block_finish's */
+            m_w[warp][g] = m[g] * LN2, l_w[warp][g] = l[g];
+        if (grp == 0)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc_w[warp][g][sub * 8 + i] = acc[g][i];
+    }
+    attention_block_finish<GSUB>(a, t, h0, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], 256, weight);
 }
 
 /* Causal attention for prompts (flash-attention style, float32 on the CUDA

@@ -78,6 +78,7 @@ typedef struct {
 struct cuda_engine {
     const model_desc *m;
     int device, block_size, n_blocks;
+    int n_sm; /* multiprocessors */
     bool use_graphs;
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
     bool kv_f16; /* the KV cache in half precision, else float */
@@ -159,7 +160,17 @@ static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 
 /* The attention kernel for this head size and heads per block; NULL when none is built. */
 typedef void (*attention_fn)(attention_args);
 static attention_fn attention_kernel_for(const cuda_engine *e) {
-    int epl = (int)(e->m->head_dim + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
+    uint32_t hd = e->m->head_dim;
+    /* not 256 (Gemma 3): one lane group a warp, and attention_kernel's 8
+     * positions a step were faster there */
+    if (hd >= 16 && hd <= 128 && (hd & (hd - 1)) == 0)
+        switch (e->gsub) {
+#define ATTL_CASE(G)                                                                                                   \
+    case G: return e->kv_f16 ? attention_lanes_kernel<G, __half> : attention_lanes_kernel<G, float>;
+            ATTL_CASE(1) ATTL_CASE(2) ATTL_CASE(4) ATTL_CASE(7) ATTL_CASE(8)
+#undef ATTL_CASE
+        }
+    int epl = (int)(hd + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
     switch (key) {
 #define ATTN_CASE(EPL, G)                                                                                              \
     case EPL * 16 + G:                                                                                                 \
@@ -448,6 +459,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
+    e->n_sm = prop.multiProcessorCount;
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     /* how the GPU holds the weights (the first layer's q), and from which type */
@@ -495,6 +507,17 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
     return 0;
 }
 
+/* Warps that share a row in gemv_kernel: enough that the grid gives every
+ * SM two blocks (H200: o and down, 1024 rows, go from 8 to 2 rows a block;
+ * more warps on the q|k|v rows were slower), as long as each lane keeps 8
+ * columns of its own. */
+static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t cols) {
+    uint32_t wpr = 1;
+    while (wpr < GEMV_WARPS && (size_t)rows * wpr < (size_t)2 * e->n_sm * GEMV_WARPS && cols >= 2 * wpr * WARP * 8)
+        wpr *= 2;
+    return wpr;
+}
+
 /* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]), each
  * row first RMS-normalized and scaled by gain when one is given; y has
  * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. */
@@ -504,7 +527,7 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
     bool pair = mode == OUT_SILU_PAIR || mode == OUT_GELU_PAIR;
     uint32_t rows = pair ? w->rows / 2 : w->rows;
     if (T <= GEMV_MAX_T) {
-        typedef void (*gemv_fn)(dmat, uint32_t, const float *, const float *, float, float *, uint32_t);
+        typedef void (*gemv_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *, uint32_t);
 #define GEMV_ROW(NT)                                                                                                   \
     {                                                                                                                  \
         gemv_kernel<NT, OUT_STORE>, gemv_kernel<NT, OUT_ADD>, gemv_kernel<NT, OUT_SILU_PAIR>,                          \
@@ -513,7 +536,9 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
         static const gemv_fn by_tokens[GEMV_MAX_T][4] = {GEMV_ROW(1), GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4),
                                                          GEMV_ROW(5), GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
 #undef GEMV_ROW
-        CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + 7) / 8), dim3(256), *w, rows, x, gain, eps, y, ldy));
+        uint32_t wpr = gemv_warps_per_row(e, rows, w->cols), rows_per_block = GEMV_WARPS / wpr;
+        CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + rows_per_block - 1) / rows_per_block),
+                          dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy));
         return 0;
     }
     /* tensor cores: x (normalized) as hi + lo bf16, two products summed in float32 */
@@ -556,12 +581,13 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
                        size_t errlen) {
     uint32_t hd = e->m->head_dim, heads = e->m->n_heads + 2 * e->m->n_kv_heads;
     if (T <= GEMV_MAX_T && hd % 8 == 0 && hd <= 256) {
-        typedef void (*qkv_fn)(dmat, const float *, const float *, float, float *, rope_args, unsigned *);
+        typedef void (*qkv_fn)(dmat, uint32_t, const float *, const float *, float, float *, rope_args, unsigned *);
         static const qkv_fn by_tokens[GEMV_MAX_T] = {gemv_qkv_kernel<1>, gemv_qkv_kernel<2>, gemv_qkv_kernel<3>,
                                                      gemv_qkv_kernel<4>, gemv_qkv_kernel<5>, gemv_qkv_kernel<6>,
                                                      gemv_qkv_kernel<7>, gemv_qkv_kernel<8>};
-        CUDA_CHECK(launch(e, by_tokens[T - 1], dim3(w->rows / 8), dim3(256), *w, (const float *)e->x, gain,
-                          e->m->rms_eps, e->qkv, ra, e->qkv_done));
+        uint32_t wpr = gemv_warps_per_row(e, w->rows, w->cols);
+        CUDA_CHECK(launch(e, by_tokens[T - 1], dim3(w->rows * wpr / GEMV_WARPS), dim3(GEMV_WARPS * WARP), *w, wpr,
+                          (const float *)e->x, gain, e->m->rms_eps, e->qkv, ra, e->qkv_done));
         return 0;
     }
     if (matmul(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))

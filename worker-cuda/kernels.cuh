@@ -229,22 +229,27 @@ __device__ __forceinline__ float dot8(const float w[8], const float *x) {
 
 /* Weight-streaming matrix-vector product for a few tokens (decode):
  * y[t][r] (=, +=) dot(W[r], x[t]) for t < NT, where with a gain x[t] is
- * first RMS-normalized and scaled by it (each warp finds the norm itself,
- * which saves a kernel and a pass), or with OUT_SILU_PAIR (OUT_GELU_PAIR)
- * y[t][r] = silu(dot(W[r], x[t])) * dot(W[rows + r], x[t]) (gate and up
- * stacked in one matrix; tanh GELU for the latter). One warp per output row; each lane takes 8
- * columns at a time with 16-byte loads, GEMV_UNROLL such loads in flight
- * before the arithmetic. cols must be a multiple of 8 (of the group for DMAT_Q8).
- * Grid ceil(rows / 8), block 256. */
+ * first RMS-normalized and scaled by it, or with OUT_SILU_PAIR
+ * (OUT_GELU_PAIR) y[t][r] = silu(dot(W[r], x[t])) * dot(W[rows + r], x[t])
+ * (gate and up stacked in one matrix; tanh GELU for the latter).
+ *
+ * wpr warps share a row (1, 2, 4 or 8; a block of 8 warps holds 8 / wpr
+ * rows): a matrix of few rows still gives every SM several blocks, and
+ * each warp a short chain of loads. A warp's lanes take 8 columns at a
+ * time with 16-byte loads, GEMV_UNROLL such loads in flight before the
+ * arithmetic; the warps of a row add up through shared memory. cols must
+ * be a multiple of 8 (of the group for DMAT_Q8). Grid ceil(rows * wpr /
+ * 8), block 256. */
 #define GEMV_UNROLL 4
+#define GEMV_WARPS  8
 
 template <int N_ROWS>
-__device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t rows, uint32_t k0,
+__device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t rows, uint32_t k0, uint32_t step,
                                           uint4 raw[N_ROWS][GEMV_UNROLL], float scale[N_ROWS][GEMV_UNROLL],
                                           float offset[N_ROWS][GEMV_UNROLL]) {
     for (int j = 0; j < N_ROWS; j++)
         for (int u = 0; u < GEMV_UNROLL; u++) {
-            uint32_t k = k0 + u * WARP * 8;
+            uint32_t k = k0 + u * step;
             size_t row = r + (size_t)j * rows, g = row * (m.cols / m.group) + k / m.group;
             bool q8 = m.type == DMAT_Q8 && k < m.cols;
             raw[j][u] = k < m.cols ? load8_raw(m, row, k) : make_uint4(0, 0, 0, 0);
@@ -253,38 +258,62 @@ __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t ro
         }
 }
 
-template <int NT, int MODE>
-__device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, const float *x, const float *gain, float eps,
-                                          float *y, uint32_t ldy) {
-    uint32_t r = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
-    uint4 raw[N_ROWS][GEMV_UNROLL];
-    float scale[N_ROWS][GEMV_UNROLL], offset[N_ROWS][GEMV_UNROLL];
-    /* the first weights are loaded while the previous kernel finishes (a
-     * whole row, for rows of up to 1024 BF16 columns) */
-    if (r < rows)
-        gemv_load<N_ROWS>(m, r, rows, lane * 8, raw, scale, offset);
-    pdl_enter();
-    if (r >= rows)
+/* 1 / RMS(x[t]) for each t < NT, by the whole block (blockDim.x ==
+ * GEMV_WARPS * WARP), every thread getting them; all 1 without a gain. */
+template <int NT>
+__device__ __forceinline__ void gemv_norms(const float *x, uint32_t cols, const float *gain, float eps,
+                                           float norm[NT]) {
+    __shared__ float partial[GEMV_WARPS][NT];
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    for (int t = 0; t < NT; t++)
+        norm[t] = 1.0f;
+    if (!gain)
         return;
-    float norm[NT];
     for (int t = 0; t < NT; t++) {
         float ss = 0.0f;
-        for (uint32_t k = lane * 4; gain && k < m.cols; k += WARP * 4) {
-            float4 v = __ldg((const float4 *)(x + (size_t)t * m.cols + k));
+        for (uint32_t k = threadIdx.x * 4; k < cols; k += GEMV_WARPS * WARP * 4) {
+            float4 v = __ldg((const float4 *)(x + (size_t)t * cols + k));
             ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
-        norm[t] = gain ? rsqrtf(warp_sum(ss) / (float)m.cols + eps) : 1.0f;
+        ss = warp_sum(ss);
+        if (lane == 0)
+            partial[warp][t] = ss;
     }
+    __syncthreads();
+    for (int t = 0; t < NT; t++) {
+        float ss = 0.0f;
+        for (int w = 0; w < GEMV_WARPS; w++)
+            ss += partial[w][t];
+        norm[t] = rsqrtf(ss / (float)cols + eps);
+    }
+}
+
+template <int NT, int MODE>
+__device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t wpr, const float *x, const float *gain,
+                                          float eps, float *y, uint32_t ldy) {
+    const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
+    __shared__ float sums[GEMV_WARPS][N_ROWS][NT];
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    uint32_t r = blockIdx.x * (GEMV_WARPS / wpr) + warp / wpr, part = warp % wpr;
+    uint32_t first = (part * WARP + lane) * 8, step = wpr * WARP * 8; /* this lane's columns: first + i * step */
+    bool active = r < rows;
+    uint4 raw[N_ROWS][GEMV_UNROLL];
+    float scale[N_ROWS][GEMV_UNROLL], offset[N_ROWS][GEMV_UNROLL];
+    /* the first weights are loaded while the previous kernel finishes */
+    if (active)
+        gemv_load<N_ROWS>(m, r, rows, first, step, raw, scale, offset);
+    pdl_enter();
+    float norm[NT];
+    gemv_norms<NT>(x, m.cols, gain, eps, norm);
     float acc[N_ROWS][NT];
     for (int j = 0; j < N_ROWS; j++)
         for (int t = 0; t < NT; t++)
             acc[j][t] = 0.0f;
-    for (uint32_t k0 = lane * 8; k0 < m.cols; k0 += WARP * 8 * GEMV_UNROLL) {
-        if (k0 != lane * 8)
-            gemv_load<N_ROWS>(m, r, rows, k0, raw, scale, offset);
+    for (uint32_t k0 = first; active && k0 < m.cols; k0 += step * GEMV_UNROLL) {
+        if (k0 != first)
+            gemv_load<N_ROWS>(m, r, rows, k0, step, raw, scale, offset);
         for (int u = 0; u < GEMV_UNROLL; u++) {
-            uint32_t k = k0 + u * WARP * 8;
+            uint32_t k = k0 + u * step;
             if (k >= m.cols)
                 break;
             for (int j = 0; j < N_ROWS; j++) {
@@ -305,21 +334,34 @@ __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, const fl
             }
         }
     }
-    for (int t = 0; t < NT; t++) {
-        float a = warp_sum(acc[0][t]) * norm[t];
-        if (N_ROWS == 2)
-            a = gated<MODE>(a, warp_sum(acc[N_ROWS - 1][t]) * norm[t]);
-        if (lane == 0) {
-            float *out = y + (size_t)t * ldy + r;
-            *out = MODE == OUT_ADD ? *out + a : a;
+    for (int j = 0; j < N_ROWS; j++)
+        for (int t = 0; t < NT; t++) {
+            float v = warp_sum(acc[j][t]);
+            if (lane == 0)
+                sums[warp][j][t] = v;
         }
+    __syncthreads();
+    if (!active || part != 0 || lane >= NT)
+        return;
+    int t = lane; /* lane t writes token t */
+    float dot[N_ROWS];
+    for (int j = 0; j < N_ROWS; j++) {
+        dot[j] = 0.0f;
+        for (uint32_t p = 0; p < wpr; p++)
+            dot[j] += sums[warp + p][j][t];
+        dot[j] *= norm[t];
     }
+    float a = dot[0];
+    if (N_ROWS == 2)
+        a = gated<MODE>(a, dot[N_ROWS - 1]);
+    float *out = y + (size_t)t * ldy + r;
+    *out = MODE == OUT_ADD ? *out + a : a;
 }
 
 template <int NT, int MODE>
-__global__ void __launch_bounds__(256)
-    gemv_kernel(dmat m, uint32_t rows, const float *x, const float *gain, float eps, float *y, uint32_t ldy) {
-    gemv_rows<NT, MODE>(m, rows, x, gain, eps, y, ldy);
+__global__ void __launch_bounds__(GEMV_WARPS *WARP) gemv_kernel(dmat m, uint32_t rows, uint32_t wpr, const float *x,
+                                                                const float *gain, float eps, float *y, uint32_t ldy) {
+    gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
 }
 
 /* Per token t and head j of the fused q|k|v rows: add the bias; q and k
@@ -387,18 +429,19 @@ __global__ void qk_rope_kernel(rope_args a) {
 }
 
 /* The q|k|v GEMV of a decode step with qk_rope_kernel's work as its tail:
- * a block's 8 rows lie in one head (head_dim a multiple of 8), and the
- * last of a head's blocks to finish (head_done[j] counts them, and is
+ * a block's 8 / wpr rows lie in one head (head_dim a multiple of 8), and
+ * the last of a head's blocks to finish (head_done[j] counts them, and is
  * reset by that block for the next layer) finishes the head for every
  * token. Saves a launch and a kernel boundary a layer. Grid
- * (q_dim + 2 kv_dim) / 8, block 256; head_dim <= 256. */
+ * (q_dim + 2 kv_dim) * wpr / 8, block 256; head_dim <= 256. */
 template <int NT>
-__global__ void __launch_bounds__(256) gemv_qkv_kernel(dmat m, const float *x, const float *gain, float eps, float *qkv,
-                                                       rope_args ra, unsigned *head_done) {
+__global__ void __launch_bounds__(GEMV_WARPS *WARP)
+    gemv_qkv_kernel(dmat m, uint32_t wpr, const float *x, const float *gain, float eps, float *qkv, rope_args ra,
+                    unsigned *head_done) {
     __shared__ float v[512];
-    gemv_rows<NT, OUT_STORE>(m, m.rows, x, gain, eps, qkv, m.rows);
-    uint32_t j = blockIdx.x * (blockDim.x / WARP) / ra.head_dim;
-    if (!block_is_last(&head_done[j], ra.head_dim / (blockDim.x / WARP)))
+    gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
+    uint32_t rows_per_block = GEMV_WARPS / wpr, j = blockIdx.x * rows_per_block / ra.head_dim;
+    if (!block_is_last(&head_done[j], ra.head_dim / rows_per_block))
         return;
     for (uint32_t t = 0; t < NT; t++)
         qkv_head_finish(ra, j, t, v);
