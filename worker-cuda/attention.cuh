@@ -136,6 +136,37 @@ __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint
         attention_merge(a, t, h0 + g, slices, weight);
 }
 
+/* One online-softmax step of a head over B positions: their scores s
+ * (those of j < n_in count; the rest are padding) and this lane's E
+ * elements of their value rows; m, l and acc are the running maximum, sum
+ * of weights and weighted sum of values. Scores in natural-log units, or
+ * in powers of 2 with BASE2 (exp2f is a few instructions, expf many more). */
+template <int B, int E, bool BASE2>
+__device__ __forceinline__ void softmax_step(const float (&s)[B], int n_in, const float (&v)[B][E], float &m, float &l,
+                                             float (&acc)[E]) {
+    float m_new = m;
+#pragma unroll
+    for (int j = 0; j < B; j++)
+        if (j < n_in)
+            m_new = fmaxf(m_new, s[j]);
+    if (m_new == -INFINITY) /* no position yet */
+        return;
+    float corr = BASE2 ? exp2f(m - m_new) : expf(m - m_new);
+    l *= corr;
+#pragma unroll
+    for (int i = 0; i < E; i++)
+        acc[i] *= corr;
+#pragma unroll
+    for (int j = 0; j < B; j++) {
+        float w = j < n_in ? (BASE2 ? exp2f(s[j] - m_new) : expf(s[j] - m_new)) : 0.0f;
+        l += w;
+#pragma unroll
+        for (int i = 0; i < E; i++)
+            acc[i] += w * v[j][i];
+    }
+    m = m_new;
+}
+
 template <int EPL, int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][EPL * WARP];
@@ -183,7 +214,7 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
         }
 #pragma unroll
         for (int g = 0; g < GSUB; g++) {
-            float s[ATTN_BATCH], m_new = m[g];
+            float s[ATTN_BATCH];
 #pragma unroll
             for (int j = 0; j < ATTN_BATCH; j++) {
                 s[j] = 0.0f;
@@ -192,25 +223,9 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
                     s[j] += q[g][i] * kr[j][i];
             }
 #pragma unroll
-            for (int j = 0; j < ATTN_BATCH; j++) {
+            for (int j = 0; j < ATTN_BATCH; j++)
                 s[j] = warp_sum(s[j]);
-                if (p0 + j < end)
-                    m_new = fmaxf(m_new, s[j]);
-            }
-            float corr = expf(m[g] - m_new);
-            l[g] *= corr;
-#pragma unroll
-            for (int i = 0; i < EPL; i++)
-                acc[g][i] *= corr;
-#pragma unroll
-            for (int j = 0; j < ATTN_BATCH; j++) {
-                float w = p0 + j < end ? expf(s[j] - m_new) : 0.0f;
-                l[g] += w;
-#pragma unroll
-                for (int i = 0; i < EPL; i++)
-                    acc[g][i] += w * vr[j][i];
-            }
-            m[g] = m_new;
+            softmax_step<ATTN_BATCH, EPL, false>(s, end - p0, vr, m[g], l[g], acc[g]);
         }
     }
 #pragma unroll
@@ -231,7 +246,7 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
  * 32 * 8 / head_dim positions at once and a score needs log2(head_dim / 8)
  * shuffles, where attention_kernel spends 5 on each. Each lane group
  * keeps its own online softmax over ATTL_BATCH positions at a time (in
- * powers of 2: exp2f is a few instructions, expf many more); the
+ * powers of 2); the
  * groups of a warp merge at the end, then the warps and slices as in
  * attention_kernel (same grid, block and part protocol). The H200 at 256
  * sequences of 512 positions: float KV at the memory's speed either way,
@@ -299,7 +314,7 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
         }
 #pragma unroll
         for (int g = 0; g < GSUB; g++) {
-            float s[ATTL_BATCH], m_new = m[g];
+            float s[ATTL_BATCH];
 #pragma unroll
             for (int j = 0; j < ATTL_BATCH; j++) {
                 s[j] = 0.0f;
@@ -308,25 +323,8 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
                     s[j] += q[g][i] * kr[j][i];
                 for (uint32_t o = lanes / 2; o > 0; o /= 2)
                     s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
-                if (p0 + j < end)
-                    m_new = fmaxf(m_new, s[j]);
             }
-            if (m_new == -INFINITY) /* no position of this group yet */
-                continue;
-            float corr = exp2f(m[g] - m_new);
-            l[g] *= corr;
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                acc[g][i] *= corr;
-#pragma unroll
-            for (int j = 0; j < ATTL_BATCH; j++) {
-                float w = p0 + j < end ? exp2f(s[j] - m_new) : 0.0f;
-                l[g] += w;
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    acc[g][i] += w * vr[j][i];
-            }
-            m[g] = m_new;
+            softmax_step<ATTL_BATCH, 8, true>(s, end - p0, vr, m[g], l[g], acc[g]);
         }
     }
     /* the lane groups of the warp into one */

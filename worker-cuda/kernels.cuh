@@ -81,20 +81,30 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every
- * thread gets the total. */
-__device__ __forceinline__ float block_sum(float v) {
-    __shared__ float partial[32];
+/* N sums over the block at once, one pair of barriers for all
+ * (blockDim.x a multiple of 32, at most 1024): each thread gives v[i] and
+ * gets the block's total of it back in v[i]. */
+template <int N> __device__ __forceinline__ void block_sums(float v[N]) {
+    __shared__ float partial[N][32];
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
-    v = warp_sum(v);
+    for (int i = 0; i < N; i++)
+        v[i] = warp_sum(v[i]);
     __syncthreads(); /* partial may still be read by a previous call */
     if (lane == 0)
-        partial[warp] = v;
+        for (int i = 0; i < N; i++)
+            partial[i][warp] = v[i];
     __syncthreads();
-    float total = 0.0f;
-    for (int w = 0; w < n_warps; w++)
-        total += partial[w];
-    return total;
+    for (int i = 0; i < N; i++) {
+        v[i] = 0.0f;
+        for (int w = 0; w < n_warps; w++)
+            v[i] += partial[i][w];
+    }
+}
+
+/* Sum over the block, as block_sums; every thread gets the total. */
+__device__ __forceinline__ float block_sum(float v) {
+    block_sums<1>(&v);
+    return v;
 }
 
 /* Counts this block as done in *counter, out of n blocks that share it;
@@ -258,34 +268,25 @@ __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t ro
         }
 }
 
-/* 1 / RMS(x[t]) for each t < NT, by the whole block (blockDim.x ==
- * GEMV_WARPS * WARP), every thread getting them; all 1 without a gain. */
+/* 1 / RMS(x[t]) for each t < NT, by the whole block (every thread getting
+ * them); all 1 without a gain. */
 template <int NT>
 __device__ __forceinline__ void gemv_norms(const float *x, uint32_t cols, const float *gain, float eps,
                                            float norm[NT]) {
-    __shared__ float partial[GEMV_WARPS][NT];
-    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     for (int t = 0; t < NT; t++)
         norm[t] = 1.0f;
     if (!gain)
         return;
     for (int t = 0; t < NT; t++) {
-        float ss = 0.0f;
-        for (uint32_t k = threadIdx.x * 4; k < cols; k += GEMV_WARPS * WARP * 4) {
+        norm[t] = 0.0f;
+        for (uint32_t k = threadIdx.x * 4; k < cols; k += blockDim.x * 4) {
             float4 v = __ldg((const float4 *)(x + (size_t)t * cols + k));
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            norm[t] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
         }
-        ss = warp_sum(ss);
-        if (lane == 0)
-            partial[warp][t] = ss;
     }
-    __syncthreads();
-    for (int t = 0; t < NT; t++) {
-        float ss = 0.0f;
-        for (int w = 0; w < GEMV_WARPS; w++)
-            ss += partial[w][t];
-        norm[t] = rsqrtf(ss / (float)cols + eps);
-    }
+    block_sums<NT>(norm);
+    for (int t = 0; t < NT; t++)
+        norm[t] = rsqrtf(norm[t] / (float)cols + eps);
 }
 
 template <int NT, int MODE>
