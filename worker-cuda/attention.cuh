@@ -276,7 +276,6 @@ template <int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][256];
     __shared__ float weight[WARP];
-    pdl_enter();
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
     uint32_t lanes = hd / 8, sub = lane % lanes, grp = lane / lanes, n_grp = WARP / lanes;
     uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
@@ -284,6 +283,39 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
     int n_pos = a.pos[t] + 1, first = a.window && n_pos > (int)a.window ? n_pos - (int)a.window : 0;
     int len = (n_pos - first + (int)slices - 1) / (int)slices;
     int begin = first + (int)blockIdx.z * len, end = min(begin + len, n_pos);
+    /* the warp's lane groups take ATTL_BATCH consecutive positions each; the
+     * loop test is the warp's, so that every lane reaches the shuffles */
+    int per_warp = (int)n_grp * ATTL_BATCH, stride = ATTN_WARPS * per_warp;
+    /* a position's slot: shifts for the usual power-of-two block size (a
+     * division costs more than the rest of a position's addressing) */
+    uint32_t bs = a.block_size, bs_shift = __ffs(bs) - 1;
+    bool bs_pow2 = (bs & (bs - 1)) == 0;
+    float kr[ATTL_BATCH][8], vr[ATTL_BATCH][8];
+    /* the key and value rows of positions p0 .. p0 + ATTL_BATCH - 1 that lie
+     * in [lo, hi); the others become zeros, or with keep stay as they are */
+    auto load_kv = [&](int p0, int lo, int hi, bool keep) {
+#pragma unroll
+        for (int j = 0; j < ATTL_BATCH; j++) {
+            int p = p0 + j;
+            bool in = p >= lo && p < hi;
+            if (keep && !in)
+                continue;
+            uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
+            uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
+            size_t slot = in ? (size_t)table[blk] * bs + in_blk : 0;
+            size_t at = slot * a.kv_dim + kvh * hd + sub * 8;
+            kv_load8((const KV *)a.k_cache + at, in, kr[j]);
+            kv_load8((const KV *)a.v_cache + at, in, vr[j]);
+        }
+    };
+    /* The first batch is loaded while the previous kernel (the q|k|v
+     * projection, which stores this step's rows) finishes: no sequence has
+     * more than T (gridDim.y) tokens in a step, so a token's positions
+     * before pos + 1 - T were stored by earlier steps. Positions and block
+     * tables come from the host; no kernel of the step writes them. */
+    int w_first = begin + (int)warp * per_warp, settled = n_pos - (int)gridDim.y;
+    load_kv(w_first + (int)grp * ATTL_BATCH, begin, min(end, settled), false);
+    pdl_enter();
     float q[GSUB][8], acc[GSUB][8], m[GSUB], l[GSUB];
 #pragma unroll
     for (int g = 0; g < GSUB; g++) {
@@ -292,26 +324,12 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
         for (int i = 0; i < 8; i++)
             q[g][i] = a.q[(size_t)t * a.q_dim + (h0 + g) * hd + sub * 8 + i] * a.scale * LOG2E, acc[g][i] = 0.0f;
     }
-    /* the warp's lane groups take ATTL_BATCH consecutive positions each; the
-     * loop test is the warp's, so that every lane reaches the shuffles */
-    int per_warp = (int)n_grp * ATTL_BATCH, stride = ATTN_WARPS * per_warp;
-    /* a position's slot: shifts for the usual power-of-two block size (a
-     * division costs more than the rest of a position's addressing) */
-    uint32_t bs = a.block_size, bs_shift = __ffs(bs) - 1;
-    bool bs_pow2 = (bs & (bs - 1)) == 0;
-    for (int w0 = begin + (int)warp * per_warp; w0 < end; w0 += stride) {
+    for (int w0 = w_first; w0 < end; w0 += stride) {
         int p0 = w0 + (int)grp * ATTL_BATCH;
-        float kr[ATTL_BATCH][8], vr[ATTL_BATCH][8];
-#pragma unroll
-        for (int j = 0; j < ATTL_BATCH; j++) {
-            int p = p0 + j;
-            uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
-            uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
-            size_t slot = p < end ? (size_t)table[blk] * bs + in_blk : 0;
-            size_t at = slot * a.kv_dim + kvh * hd + sub * 8;
-            kv_load8((const KV *)a.k_cache + at, p < end, kr[j]);
-            kv_load8((const KV *)a.v_cache + at, p < end, vr[j]);
-        }
+        if (w0 == w_first) /* what this step stored */
+            load_kv(p0, max(begin, settled), end, true);
+        else
+            load_kv(p0, begin, end, false);
 #pragma unroll
         for (int g = 0; g < GSUB; g++) {
             float s[ATTL_BATCH];
