@@ -272,6 +272,9 @@ __device__ __forceinline__ void kv_load8(const __half *p, bool in, float out[8])
     }
 }
 
+/* Brings the line holding p into this SM's L1 (no registers held). */
+__device__ __forceinline__ void prefetch_l1(const void *p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 template <int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][256];
@@ -290,31 +293,27 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
      * division costs more than the rest of a position's addressing) */
     uint32_t bs = a.block_size, bs_shift = __ffs(bs) - 1;
     bool bs_pow2 = (bs & (bs - 1)) == 0;
-    float kr[ATTL_BATCH][8], vr[ATTL_BATCH][8];
-    /* the key and value rows of positions p0 .. p0 + ATTL_BATCH - 1 that lie
-     * in [lo, hi); the others become zeros, or with keep stay as they are */
-    auto load_kv = [&](int p0, int lo, int hi, bool keep) {
-#pragma unroll
-        for (int j = 0; j < ATTL_BATCH; j++) {
-            int p = p0 + j;
-            bool in = p >= lo && p < hi;
-            if (keep && !in)
-                continue;
-            uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
-            uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
-            size_t slot = in ? (size_t)table[blk] * bs + in_blk : 0;
-            size_t at = slot * a.kv_dim + kvh * hd + sub * 8;
-            kv_load8((const KV *)a.k_cache + at, in, kr[j]);
-            kv_load8((const KV *)a.v_cache + at, in, vr[j]);
-        }
+    /* the cache rows of the first batch are fetched into L1 while the
+     * previous kernel (the q|k|v projection, which stores this step's
+     * rows) finishes: no sequence has more than T (gridDim.y) tokens in a
+     * step, so a token's positions before pos + 1 - T were stored by
+     * earlier steps; positions and block tables come from the host.
+     * (Loading them into registers here cost 12 registers, and batch-256
+     * speed.) */
+    auto slot_of = [&](int p) {
+        uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
+        uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
+        return (size_t)table[blk] * bs + in_blk;
     };
-    /* The first batch is loaded while the previous kernel (the q|k|v
-     * projection, which stores this step's rows) finishes: no sequence has
-     * more than T (gridDim.y) tokens in a step, so a token's positions
-     * before pos + 1 - T were stored by earlier steps. Positions and block
-     * tables come from the host; no kernel of the step writes them. */
-    int w_first = begin + (int)warp * per_warp, settled = n_pos - (int)gridDim.y;
-    load_kv(w_first + (int)grp * ATTL_BATCH, begin, min(end, settled), false);
+    int w_first = begin + (int)warp * per_warp, settled = min(end, n_pos - (int)gridDim.y);
+#pragma unroll
+    for (int j = 0; j < ATTL_BATCH; j++) {
+        int p = w_first + (int)grp * ATTL_BATCH + j;
+        if (p < settled) {
+            size_t at = slot_of(p) * a.kv_dim + kvh * hd + sub * 8;
+            prefetch_l1((const KV *)a.k_cache + at), prefetch_l1((const KV *)a.v_cache + at);
+        }
+    }
     pdl_enter();
     float q[GSUB][8], acc[GSUB][8], m[GSUB], l[GSUB];
 #pragma unroll
@@ -326,10 +325,14 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
     }
     for (int w0 = w_first; w0 < end; w0 += stride) {
         int p0 = w0 + (int)grp * ATTL_BATCH;
-        if (w0 == w_first) /* what this step stored */
-            load_kv(p0, max(begin, settled), end, true);
-        else
-            load_kv(p0, begin, end, false);
+        float kr[ATTL_BATCH][8], vr[ATTL_BATCH][8];
+#pragma unroll
+        for (int j = 0; j < ATTL_BATCH; j++) {
+            int p = p0 + j;
+            size_t at = (p < end ? slot_of(p) : 0) * a.kv_dim + kvh * hd + sub * 8;
+            kv_load8((const KV *)a.k_cache + at, p < end, kr[j]);
+            kv_load8((const KV *)a.v_cache + at, p < end, vr[j]);
+        }
 #pragma unroll
         for (int g = 0; g < GSUB; g++) {
             float s[ATTL_BATCH];
@@ -369,32 +372,39 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
     attention_block_finish<GSUB>(a, t, h0, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], 256, weight);
 }
 
-/* Causal attention for prompts (flash-attention style, float32 on the CUDA
+/* Causal attention for prompts (flash-attention style, on the tensor
  * cores): block (kv head, tile) takes a tile of up to ATTP_ROWS / group
  * consecutive tokens of one sequence, with the `group` query heads that
- * share the kv head: ATTP_ROWS query rows. It walks the tile's key
- * positions ATTP_KEYS at a time; the keys and values of those positions
- * are read into shared memory once for all the rows (attention_kernel reads
- * them once per token and head group), and S = Q K^T and O += P V are
- * register-tiled products out of shared memory, with an online softmax
- * per row. A tile with more than ATTP_SLICE_KEYS positions is split into up
- * to gridDim.z slices of them, so that no block walks a long prefix alone
+ * share the kv head: ATTP_ROWS query rows, 16 a warp. It walks the tile's
+ * key positions ATTP_KEYS at a time; the keys and values of those
+ * positions are read into shared memory once for all the rows, and each
+ * warp computes S = Q K^T and O += P V for its rows with mma.sync
+ * (m16n8k16, bf16 in, float32 accumulate), keeping an online softmax per
+ * row in registers. Every operand is split into a bf16 high part and the
+ * bf16 rounding of the remainder, and a product is hi*hi + hi*lo + lo*hi:
+ * ~16 mantissa bits, close to float32 (the GEMMs' split, one more term).
+ * A tile with more than ATTP_SLICE_KEYS positions is split into up to
+ * gridDim.z slices of them, so that no block walks a long prefix alone
  * while others idle: each slice leaves (max, sum, unnormalized output) per
  * row in part, and the last to finish merges them, as attention_kernel.
  * tiles: [n][2] (first token, tokens). Grid (n_kv_heads, n_tiles, slices
  * up to ATTP_MAX_SLICES), block 128, attp_shape<HD>::SMEM bytes of dynamic
- * shared memory. */
-#define ATTP_ROWS       32
+ * shared memory. The H200 at 512 tokens (0.6b): 117 us a layer in float32
+ * on the CUDA cores, bound by shared-memory traffic; 79 us here. */
+#define ATTP_ROWS       64
 #define ATTP_KEYS       32
 #define ATTP_SLICE_KEYS 128
 #define ATTP_MAX_SLICES 4
 
+/* Shared memory: K as [key][dim] and V transposed, [dim][key], each as hi
+ * and lo bf16, rows padded by 8 so that a warp's fragment reads (8 rows,
+ * 4 words each) hit 32 distinct banks; then two buffers of K and V rows as
+ * the cache holds them, filled by cp.async a tile ahead. */
 template <int HD> struct attp_shape {
-    static const int LD = HD + 4; /* row stride of Q, K and V in shared memory: conflict-free float4 reads */
-    static const int DG = HD / 4 < 8 ? HD / 4 : 8; /* O += P V: threads across a row's float4 chunks */
-    static const int RG = 128 / DG;                /* ... and across rows */
-    static const size_t SMEM =
-        ((size_t)(ATTP_ROWS + 2 * ATTP_KEYS) * LD + ATTP_ROWS * (ATTP_KEYS + 1) + 3 * ATTP_ROWS) * 4;
+    static const int KLD = HD + 8, VLD = ATTP_KEYS + 8;
+    static const size_t TILES = (size_t)(2 * ATTP_KEYS * KLD + 2 * HD * VLD) * 2;
+    static const size_t STAGE = (size_t)ATTP_KEYS * HD * 4; /* one buffer's K or V rows as read (float at most) */
+    static const size_t SMEM = TILES + 4 * STAGE;
 };
 
 __device__ __forceinline__ float4 kv_load4(const float *p) { return *(const float4 *)p; }
@@ -404,15 +414,46 @@ __device__ __forceinline__ float4 kv_load4(const __half *p) {
     return make_float4(a.x, a.y, b.x, b.y);
 }
 
+/* (x, y) as packed bf16 pairs: the high parts, and the remainders' (x in the low half, as the fragments want). */
+__device__ __forceinline__ void bf16_split2(float x, float y, uint32_t &hi, uint32_t &lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    float2 hf = __bfloat1622float2(h);
+    __nv_bfloat162 l = __floats2bfloat162_rn(x - hf.x, y - hf.y);
+    hi = *(const uint32_t *)&h, lo = *(const uint32_t *)&l;
+}
+
+/* c += a b for a 16x16 (row) and b 16x8 (column) fragment, bf16 in, float32 accumulate. */
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* 16 bytes global -> shared without registers (sm_80), and the waits. */
+__device__ __forceinline__ void cp_async16(void *smem, const void *global) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),
+                 "l"(global));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+/* A B fragment (2 words) of bf16 pairs at p and p + 8 elements. */
+__device__ __forceinline__ uint2 frag_b(const uint16_t *p) {
+    return make_uint2(*(const uint32_t *)p, *(const uint32_t *)(p + 8));
+}
+
 template <int HD, typename KV>
 __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a, const int32_t *tiles) {
     typedef attp_shape<HD> S;
-    const int SR = ATTP_ROWS / 16, OR = ATTP_ROWS / S::RG, OC = HD / 4 / S::DG, PLD = ATTP_KEYS + 1;
+    const int NK = ATTP_KEYS / 8, ND = HD / 8, KS = HD / 16; /* key chunks, output dim chunks, k16 steps of a dot */
     extern __shared__ float4 smem4[];
-    float *q_s = (float *)smem4, *k_s = q_s + ATTP_ROWS * S::LD, *v_s = k_s + ATTP_KEYS * S::LD;
-    float *p_s = v_s + ATTP_KEYS * S::LD, *m_s = p_s + ATTP_ROWS * PLD, *l_s = m_s + ATTP_ROWS, *c_s = l_s + ATTP_ROWS;
+    uint16_t *k_hi = (uint16_t *)smem4, *k_lo = k_hi + ATTP_KEYS * S::KLD;
+    uint16_t *v_hi = k_lo + ATTP_KEYS * S::KLD, *v_lo = v_hi + HD * S::VLD;
+    char *stage = (char *)smem4 + S::TILES;
     pdl_enter();
-    int tid = threadIdx.x, kvh = blockIdx.x, group = (int)a.group;
+    int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP, g = lane / 4, t4 = lane % 4;
+    int kvh = blockIdx.x, group = (int)a.group;
     int t0 = tiles[2 * blockIdx.y], n_rows = tiles[2 * blockIdx.y + 1] * group;
     const int32_t *table = a.tables + a.table_off[t0];
     int pos_last = a.pos[t0 + n_rows / group - 1], first = 0;
@@ -425,153 +466,185 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
     int begin = first + (int)blockIdx.z * len, end = min(begin + len, pos_last + 1);
     if ((int)blockIdx.z >= slices)
         return;
-    /* row r: token t0 + r / group, query head kvh * group + r % group, scaled */
-    for (int i = tid; i < ATTP_ROWS * HD / 4; i += 128) {
-        int r = i / (HD / 4), c = i % (HD / 4);
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r < n_rows) {
-            v = *(const float4 *)(a.q + (size_t)(t0 + r / group) * a.q_dim + (kvh * group + r % group) * HD + c * 4);
-            v.x *= a.scale, v.y *= a.scale, v.z *= a.scale, v.w *= a.scale;
+    /* this thread's rows: warp * 16 + g (half 0) and + 8 (half 1); row r is token
+     * t0 + r / group, query head kvh * group + r % group */
+    int qrow[2], tok_pos[2], tok_first[2];
+    for (int h = 0; h < 2; h++) {
+        qrow[h] = warp * 16 + g + 8 * h;
+        tok_pos[h] = qrow[h] < n_rows ? a.pos[t0 + qrow[h] / group] : -1;
+        tok_first[h] = a.window && tok_pos[h] + 1 > (int)a.window ? tok_pos[h] + 1 - (int)a.window : 0;
+    }
+    bool busy = warp * 16 < n_rows;
+    /* Q fragments, scaled into log2 units: step s, register i holds row half
+     * i % 2, dims 16 s + 8 (i / 2) + 2 t4 and the next */
+    uint32_t q_hi[KS][4], q_lo[KS][4];
+    for (int s = 0; s < KS; s++)
+        for (int i = 0; i < 4; i++) {
+            int h = i % 2, d = 16 * s + 8 * (i / 2) + 2 * t4;
+            float2 v = make_float2(0.0f, 0.0f);
+            if (qrow[h] < n_rows)
+                v = *(const float2 *)(a.q + (size_t)(t0 + qrow[h] / group) * a.q_dim +
+                                      (kvh * group + qrow[h] % group) * HD + d);
+            bf16_split2(v.x * a.scale * LOG2E, v.y * a.scale * LOG2E, q_hi[s][i], q_lo[s][i]);
         }
-        *(float4 *)(q_s + r * S::LD + c * 4) = v;
-    }
-    for (int r = tid; r < ATTP_ROWS; r += 128)
-        m_s[r] = -INFINITY, l_s[r] = 0.0f;
-    /* S: thread (sg, kg) has rows sg + 16 k and keys kg + 8 i; O: thread (orow, og) has rows
-     * orow + RG k and float4 chunks og + DG i (interleaved, so that a warp's reads hit distinct banks) */
-    int kg = tid % 8, sg = tid / 8, og = tid % S::DG, orow = tid / S::DG;
-    int tok_pos[SR], tok_first[SR];
-#pragma unroll
-    for (int k = 0; k < SR; k++) {
-        int r = sg + 16 * k;
-        tok_pos[k] = r < n_rows ? a.pos[t0 + r / group] : -1;
-        tok_first[k] = a.window && tok_pos[k] + 1 > (int)a.window ? tok_pos[k] + 1 - (int)a.window : 0;
-    }
-    float o[OR][OC][4];
-#pragma unroll
-    for (int k = 0; k < OR; k++)
-#pragma unroll
-        for (int i = 0; i < OC; i++)
-            o[k][i][0] = o[k][i][1] = o[k][i][2] = o[k][i][3] = 0.0f;
-    for (int p0 = begin; p0 < end; p0 += ATTP_KEYS) {
-        __syncthreads(); /* the previous keys, values and P are used up (and Q, m, l are written) */
-        for (int i = tid; i < ATTP_KEYS * HD / 4; i += 128) {
-            int j = i / (HD / 4), c = i % (HD / 4), p = p0 + j;
-            float4 kv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), vv = kv;
-            if (p < end) {
-                size_t at = ((size_t)table[p / a.block_size] * a.block_size + p % a.block_size) * a.kv_dim +
-                            (size_t)kvh * HD + c * 4;
-                kv = kv_load4((const KV *)a.k_cache + at), vv = kv_load4((const KV *)a.v_cache + at);
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int d = 0; d < ND; d++)
+        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    /* tile p0's rows into stage buffer buf: 4 threads a key, 16 bytes each at a time */
+    const int CHUNKS = HD * (int)sizeof(KV) / 16;
+    auto fetch = [&](int p0, int buf) {
+        int j = tid / 4, p = p0 + j;
+        char *ks = stage + ((size_t)buf * 2 * ATTP_KEYS + j) * HD * sizeof(KV), *vs = ks + ATTP_KEYS * HD * sizeof(KV);
+        if (p < end) {
+            size_t at =
+                ((size_t)table[p / a.block_size] * a.block_size + p % a.block_size) * a.kv_dim + (size_t)kvh * HD;
+            const char *kg = (const char *)((const KV *)a.k_cache + at),
+                       *vg = (const char *)((const KV *)a.v_cache + at);
+            for (int c = tid % 4; c < CHUNKS; c += 4)
+                cp_async16(ks + 16 * c, kg + 16 * c), cp_async16(vs + 16 * c, vg + 16 * c);
+        } else
+            for (int c = tid % 4; c < CHUNKS; c += 4)
+                *(uint4 *)(ks + 16 * c) = make_uint4(0, 0, 0, 0), *(uint4 *)(vs + 16 * c) = make_uint4(0, 0, 0, 0);
+        cp_async_commit();
+    };
+    fetch(begin, 0);
+    for (int p0 = begin, buf = 0; p0 < end; p0 += ATTP_KEYS, buf ^= 1) {
+        if (p0 + ATTP_KEYS < end) {
+            fetch(p0 + ATTP_KEYS, buf ^ 1); /* its buffer was converted before the last barrier */
+            cp_async_wait<1>();
+        } else
+            cp_async_wait<0>();
+        __syncthreads(); /* the tile's rows are in, and the previous tile's products are done */
+        const KV *ks = (const KV *)(stage + (size_t)buf * 2 * ATTP_KEYS * HD * sizeof(KV)), *vs = ks + ATTP_KEYS * HD;
+        for (int i = tid; i < ATTP_KEYS * HD / 4; i += 128) { /* K: a key's row, 4 dims a thread */
+            int j = i / (HD / 4), c = (i % (HD / 4)) * 4;
+            float4 kv = kv_load4(ks + j * HD + c);
+            uint32_t h01, l01, h23, l23;
+            bf16_split2(kv.x, kv.y, h01, l01), bf16_split2(kv.z, kv.w, h23, l23);
+            *(uint2 *)(k_hi + j * S::KLD + c) = make_uint2(h01, h23);
+            *(uint2 *)(k_lo + j * S::KLD + c) = make_uint2(l01, l23);
+        }
+        /* V transposed: a thread takes 2 keys at 4 dims and stores a word per
+         * dim; 16 threads span the keys, so a warp's stores hit distinct banks */
+        for (int i = tid; i < ATTP_KEYS / 2 * HD / 4; i += 128) {
+            int j = 2 * (i % (ATTP_KEYS / 2)), c = i / (ATTP_KEYS / 2) * 4;
+            float4 v0 = kv_load4(vs + j * HD + c), v1 = kv_load4(vs + (j + 1) * HD + c);
+            float x0[4] = {v0.x, v0.y, v0.z, v0.w}, x1[4] = {v1.x, v1.y, v1.z, v1.w};
+            for (int e = 0; e < 4; e++) {
+                uint32_t hi, lo;
+                bf16_split2(x0[e], x1[e], hi, lo);
+                *(uint32_t *)(v_hi + (c + e) * S::VLD + j) = hi, *(uint32_t *)(v_lo + (c + e) * S::VLD + j) = lo;
             }
-            *(float4 *)(k_s + j * S::LD + c * 4) = kv, *(float4 *)(v_s + j * S::LD + c * 4) = vv;
         }
         __syncthreads();
-        float sc[SR][4];
-#pragma unroll
-        for (int k = 0; k < SR; k++)
-            sc[k][0] = sc[k][1] = sc[k][2] = sc[k][3] = 0.0f;
-#pragma unroll 4
-        for (int c = 0; c < HD / 4; c++) {
-            float4 qv[SR], kk[4];
-#pragma unroll
-            for (int k = 0; k < SR; k++)
-                qv[k] = *(const float4 *)(q_s + (sg + 16 * k) * S::LD + c * 4);
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                kk[i] = *(const float4 *)(k_s + (kg + 8 * i) * S::LD + c * 4);
-#pragma unroll
-            for (int k = 0; k < SR; k++)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    sc[k][i] += qv[k].x * kk[i].x + qv[k].y * kk[i].y + qv[k].z * kk[i].z + qv[k].w * kk[i].w;
+        if (!busy)
+            continue;
+        /* S = Q K^T: chunk n holds keys p0 + 8 n + 2 t4 (+1), rows of half 0 in [0..1], half 1 in [2..3] */
+        float sc[NK][4] = {};
+        for (int s = 0; s < KS; s++) { /* hi*hi + hi*lo + lo*hi, the NK chunks interleaved */
+            uint2 bh[NK], bl[NK];
+            for (int n = 0; n < NK; n++) {
+                int at = (8 * n + g) * S::KLD + 16 * s + 2 * t4;
+                bh[n] = frag_b(k_hi + at), bl[n] = frag_b(k_lo + at);
+            }
+            for (int n = 0; n < NK; n++)
+                mma_bf16(sc[n], q_hi[s], bh[n].x, bh[n].y);
+            for (int n = 0; n < NK; n++)
+                mma_bf16(sc[n], q_hi[s], bl[n].x, bl[n].y);
+            for (int n = 0; n < NK; n++)
+                mma_bf16(sc[n], q_lo[s], bh[n].x, bh[n].y);
         }
-        /* online softmax: a row's 32 scores lie in 8 consecutive lanes */
-#pragma unroll
-        for (int k = 0; k < SR; k++) {
-            int r = sg + 16 * k;
+        /* online softmax per row: a row's scores lie in the 4 threads of a group */
+        float corr[2];
+        for (int h = 0; h < 2; h++) {
             float mx = -INFINITY;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                int p = p0 + kg + 8 * i;
-                if (p > tok_pos[k] || p < tok_first[k] || p >= end)
-                    sc[k][i] = -INFINITY;
-                mx = fmaxf(mx, sc[k][i]);
-            }
-            for (int w = 1; w < 8; w *= 2)
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, w));
-            float m_old = m_s[r], m_new = fmaxf(m_old, mx), sum = 0.0f;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float pv = m_new == -INFINITY ? 0.0f : expf(sc[k][i] - m_new);
-                p_s[r * PLD + kg + 8 * i] = pv;
-                sum += pv;
-            }
-            for (int w = 1; w < 8; w *= 2)
-                sum += __shfl_xor_sync(0xffffffffu, sum, w);
-            __syncwarp(); /* every lane of the row has read m_s[r] */
-            if (kg == 0) {
-                float corr = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-                c_s[r] = corr, l_s[r] = l_s[r] * corr + sum, m_s[r] = m_new;
-            }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int k = 0; k < OR; k++) {
-            float corr = c_s[orow + S::RG * k];
-#pragma unroll
-            for (int i = 0; i < OC; i++)
-                o[k][i][0] *= corr, o[k][i][1] *= corr, o[k][i][2] *= corr, o[k][i][3] *= corr;
-        }
-#pragma unroll 4
-        for (int j = 0; j < ATTP_KEYS; j++) {
-            float4 vv[OC];
-#pragma unroll
-            for (int i = 0; i < OC; i++)
-                vv[i] = *(const float4 *)(v_s + j * S::LD + (og + S::DG * i) * 4);
-#pragma unroll
-            for (int k = 0; k < OR; k++) {
-                float pr = p_s[(orow + S::RG * k) * PLD + j];
-#pragma unroll
-                for (int i = 0; i < OC; i++) {
-                    o[k][i][0] += pr * vv[i].x, o[k][i][1] += pr * vv[i].y;
-                    o[k][i][2] += pr * vv[i].z, o[k][i][3] += pr * vv[i].w;
+            for (int n = 0; n < NK; n++)
+                for (int e = 0; e < 2; e++) {
+                    int p = p0 + 8 * n + 2 * t4 + e;
+                    float &s = sc[n][2 * h + e];
+                    if (p > tok_pos[h] || p < tok_first[h] || p >= end)
+                        s = -INFINITY;
+                    mx = fmaxf(mx, s);
                 }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            float m_new = fmaxf(m[h], mx);
+            corr[h] = m_new == -INFINITY ? 1.0f : exp2f(m[h] - m_new);
+            float sum = 0.0f;
+            for (int n = 0; n < NK; n++)
+                for (int e = 0; e < 2; e++) {
+                    float &s = sc[n][2 * h + e];
+                    s = m_new == -INFINITY ? 0.0f : exp2f(s - m_new);
+                    sum += s;
+                }
+            l[h] = l[h] * corr[h] + sum; /* this thread's share; the group's are added at the end */
+            m[h] = m_new;
+        }
+        for (int d = 0; d < ND; d++)
+            o[d][0] *= corr[0], o[d][1] *= corr[0], o[d][2] *= corr[1], o[d][3] *= corr[1];
+        /* O += P V: P's A fragment for keys 16 j.. is score chunks 2 j and 2 j + 1 */
+        for (int j = 0; j < NK / 2; j++) {
+            uint32_t p_hi[4], p_lo[4];
+            bf16_split2(sc[2 * j][0], sc[2 * j][1], p_hi[0], p_lo[0]);
+            bf16_split2(sc[2 * j][2], sc[2 * j][3], p_hi[1], p_lo[1]);
+            bf16_split2(sc[2 * j + 1][0], sc[2 * j + 1][1], p_hi[2], p_lo[2]);
+            bf16_split2(sc[2 * j + 1][2], sc[2 * j + 1][3], p_hi[3], p_lo[3]);
+            for (int d = 0; d < ND; d++) {
+                int at = (8 * d + g) * S::VLD + 16 * j + 2 * t4;
+                uint2 vh = frag_b(v_hi + at), vl = frag_b(v_lo + at);
+                mma_bf16(o[d], p_hi, vh.x, vh.y);
+                mma_bf16(o[d], p_hi, vl.x, vl.y);
+                mma_bf16(o[d], p_lo, vh.x, vh.y);
             }
         }
+    }
+    for (int h = 0; h < 2; h++) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
     }
     /* one slice: the result; else this slice's part, and the last slice merges */
     size_t part_stride = (size_t)gridDim.z * (HD + 2);
-#pragma unroll
-    for (int k = 0; k < OR; k++) {
-        int r = orow + S::RG * k;
-        if (r >= n_rows)
+    for (int h = 0; h < 2; h++) {
+        if (qrow[h] >= n_rows)
             continue;
-        size_t row = (size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group;
-        float inv = slices == 1 ? 1.0f / l_s[r] : 1.0f;
-        float *out = slices == 1 ? a.out + row * HD : a.part + row * part_stride + blockIdx.z * (HD + 2) + 2;
-        if (slices > 1 && og == 0)
-            out[-2] = m_s[r], out[-1] = l_s[r];
-#pragma unroll
-        for (int i = 0; i < OC; i++) { /* part rows are 8-byte aligned: two float2 stores */
-            float2 *o2 = (float2 *)(out + (og + S::DG * i) * 4);
-            o2[0] = make_float2(o[k][i][0] * inv, o[k][i][1] * inv);
-            o2[1] = make_float2(o[k][i][2] * inv, o[k][i][3] * inv);
-        }
+        size_t r = (size_t)(t0 + qrow[h] / group) * a.n_heads + kvh * group + qrow[h] % group;
+        float inv = slices == 1 ? 1.0f / l[h] : 1.0f;
+        float *out = slices == 1 ? a.out + r * HD : a.part + r * part_stride + blockIdx.z * (HD + 2) + 2;
+        if (slices > 1 && t4 == 0) /* the maximum back in natural-log units, as attention_merge's */
+            out[-2] = m[h] * LN2, out[-1] = l[h];
+        for (int d = 0; d < ND; d++) /* part rows are 8-byte aligned */
+            *(float2 *)(out + 8 * d + 2 * t4) = make_float2(o[d][2 * h] * inv, o[d][2 * h + 1] * inv);
     }
     if (slices == 1 || !block_is_last(a.done + (size_t)blockIdx.y * gridDim.x + blockIdx.x, (unsigned)slices))
         return;
-    for (int i = tid; i < n_rows * HD; i += 128) {
-        int r = i / HD, d = i % HD;
-        size_t row = (size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group;
-        const float *part = a.part + row * part_stride;
-        float m_all = -INFINITY, l_all = 0.0f, sum = 0.0f;
+    /* each row's slice weights once (e^(m_z - M) / sum_z e^(m_z - M) l_z), then
+     * the outputs two at a time, 8 in flight a thread: the parts are in L2 */
+    __shared__ float weight[ATTP_ROWS][ATTP_MAX_SLICES];
+    for (int r = tid; r < n_rows; r += 128) {
+        const float *part = a.part + ((size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group) * part_stride;
+        float m_all = -INFINITY, l_all = 0.0f;
         for (int z = 0; z < slices; z++)
             m_all = fmaxf(m_all, __ldcg(part + z * (HD + 2)));
         for (int z = 0; z < slices; z++) {
-            float mz = __ldcg(part + z * (HD + 2)), w = mz == -INFINITY ? 0.0f : expf(mz - m_all);
-            l_all += w * __ldcg(part + z * (HD + 2) + 1), sum += w * __ldcg(part + z * (HD + 2) + 2 + d);
+            float mz = __ldcg(part + z * (HD + 2));
+            weight[r][z] = mz == -INFINITY ? 0.0f : expf(mz - m_all);
+            l_all += weight[r][z] * __ldcg(part + z * (HD + 2) + 1);
         }
-        a.out[row * HD + d] = sum / l_all;
+        for (int z = 0; z < slices; z++)
+            weight[r][z] /= l_all;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int i = tid; i < n_rows * HD / 2; i += 128) {
+        int r = i / (HD / 2), d = i % (HD / 2) * 2;
+        size_t row = (size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group;
+        const float *part = a.part + row * part_stride + 2 + d;
+        float2 sum = make_float2(0.0f, 0.0f);
+        for (int z = 0; z < slices; z++) {
+            float2 v = __ldcg((const float2 *)(part + z * (HD + 2)));
+            sum.x += weight[r][z] * v.x, sum.y += weight[r][z] * v.y;
+        }
+        *(float2 *)(a.out + row * HD + d) = sum;
     }
 }
 
