@@ -81,30 +81,20 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-/* N sums over the block at once, one pair of barriers for all
- * (blockDim.x a multiple of 32, at most 1024): each thread gives v[i] and
- * gets the block's total of it back in v[i]. */
-template <int N> __device__ __forceinline__ void block_sums(float v[N]) {
-    __shared__ float partial[N][32];
+/* Sum over the block (blockDim.x a multiple of 32, at most 1024); every
+ * thread gets the total. */
+__device__ __forceinline__ float block_sum(float v) {
+    __shared__ float partial[32];
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
-    for (int i = 0; i < N; i++)
-        v[i] = warp_sum(v[i]);
+    v = warp_sum(v);
     __syncthreads(); /* partial may still be read by a previous call */
     if (lane == 0)
-        for (int i = 0; i < N; i++)
-            partial[i][warp] = v[i];
+        partial[warp] = v;
     __syncthreads();
-    for (int i = 0; i < N; i++) {
-        v[i] = 0.0f;
-        for (int w = 0; w < n_warps; w++)
-            v[i] += partial[i][w];
-    }
-}
-
-/* Sum over the block, as block_sums; every thread gets the total. */
-__device__ __forceinline__ float block_sum(float v) {
-    block_sums<1>(&v);
-    return v;
+    float total = 0.0f;
+    for (int w = 0; w < n_warps; w++)
+        total += partial[w];
+    return total;
 }
 
 /* Counts this block as done in *counter, out of n blocks that share it;
