@@ -86,6 +86,14 @@ for f in tinyA-bf16 tinyA-q8_0; do
         check "memcheck $f $how" $rc
     done
 done
+# a 300-token prompt at head size 128: the warp-per-head RoPE, and the prompt
+# attention's slices and their merge
+compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
+    --model "$work/0.6b-bf16.gguf" --prompt-ids "$(seq -s, 1000 1299)" --max-tokens 2 \
+    >"$OUT/sanitizer-0.6b-bf16-prompt.log" 2>&1
+rc=$?
+grep -E "ERROR SUMMARY" "$OUT/sanitizer-0.6b-bf16-prompt.log"
+check "memcheck 0.6b-bf16 300-token prompt" $rc
 fi
 
 if want 3; then
@@ -97,6 +105,7 @@ for type in bf16 q8_0 q4_k_m qwen2.5-q4_k_m gemma3-270m gemma3-tiny; do
     [[ $type == gemma3-tiny ]] && model=$work/gemma3-tiny.gguf
     lengths="5 100"
     [[ $type == gemma3-270m ]] && lengths="5 100 700" # 700: past the 512-token window
+    [[ $type == bf16 ]] && lengths="5 100 300"        # 300: the prompt attention's slices and their merge
     for n in $lengths; do
         prompt=$(seq -s, 1000 $((999 + n)))
         # the CPU reference: float32 activations, as the GPU keeps them

@@ -390,19 +390,22 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
  * tiles: [n][2] (first token, tokens). Grid (n_kv_heads, n_tiles, slices
  * up to ATTP_MAX_SLICES), block 128, attp_shape<HD>::SMEM bytes of dynamic
  * shared memory. The H200 at 512 tokens (0.6b): 117 us a layer in float32
- * on the CUDA cores, bound by shared-memory traffic; 79 us here. */
+ * on the CUDA cores, bound by shared-memory traffic; 79 us on the tensor
+ * cores; 51-53 us once the Q loads and the merge's loads were issued
+ * together rather than one round trip each, and fragments came by
+ * ldmatrix (V untransposed, .trans). */
 #define ATTP_ROWS       64
 #define ATTP_KEYS       32
 #define ATTP_SLICE_KEYS 128
 #define ATTP_MAX_SLICES 4
 
-/* Shared memory: K as [key][dim] and V transposed, [dim][key], each as hi
- * and lo bf16, rows padded by 8 so that a warp's fragment reads (8 rows,
- * 4 words each) hit 32 distinct banks; then two buffers of K and V rows as
- * the cache holds them, filled by cp.async a tile ahead. */
+/* Shared memory: K and V as [key][dim], each as hi and lo bf16, rows
+ * padded by 8 so that the 8 rows of an ldmatrix hit distinct banks; then
+ * two buffers of K and V rows as the cache holds them, filled by cp.async a
+ * tile ahead. */
 template <int HD> struct attp_shape {
-    static const int KLD = HD + 8, VLD = ATTP_KEYS + 8;
-    static const size_t TILES = (size_t)(2 * ATTP_KEYS * KLD + 2 * HD * VLD) * 2;
+    static const int LD = HD + 8;
+    static const size_t TILES = (size_t)4 * ATTP_KEYS * LD * 2;
     static const size_t STAGE = (size_t)ATTP_KEYS * HD * 4; /* one buffer's K or V rows as read (float at most) */
     static const size_t SMEM = TILES + 4 * STAGE;
 };
@@ -438,9 +441,19 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *global) {
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-/* A B fragment (2 words) of bf16 pairs at p and p + 8 elements. */
-__device__ __forceinline__ uint2 frag_b(const uint16_t *p) {
-    return make_uint2(*(const uint32_t *)p, *(const uint32_t *)(p + 8));
+/* Four 8x8 bf16 matrices from shared memory, lane l giving the address of
+ * row l % 8 of matrix l / 8: r[i] is matrix i, rows g = lane / 4 and
+ * columns 2 (lane % 4) and the next (as a B fragment wants K^T), or with
+ * trans its transpose (as it wants V). */
+__device__ __forceinline__ void ldmatrix4(uint32_t r[4], const uint16_t *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
+}
+__device__ __forceinline__ void ldmatrix4_trans(uint32_t r[4], const uint16_t *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"((uint32_t)__cvta_generic_to_shared(p)));
 }
 
 template <int HD, typename KV>
@@ -448,12 +461,18 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
     typedef attp_shape<HD> S;
     const int NK = ATTP_KEYS / 8, ND = HD / 8, KS = HD / 16; /* key chunks, output dim chunks, k16 steps of a dot */
     extern __shared__ float4 smem4[];
-    uint16_t *k_hi = (uint16_t *)smem4, *k_lo = k_hi + ATTP_KEYS * S::KLD;
-    uint16_t *v_hi = k_lo + ATTP_KEYS * S::KLD, *v_lo = v_hi + HD * S::VLD;
+    uint16_t *k_hi = (uint16_t *)smem4, *k_lo = k_hi + ATTP_KEYS * S::LD;
+    uint16_t *v_hi = k_lo + ATTP_KEYS * S::LD, *v_lo = v_hi + ATTP_KEYS * S::LD;
     char *stage = (char *)smem4 + S::TILES;
-    pdl_enter();
+    /* Up to pdl_enter only what the host staged (tiles, positions, block
+     * tables) is read: the q|k|v kernel before this one is still running. */
     int tid = threadIdx.x, warp = tid / WARP, lane = tid % WARP, g = lane / 4, t4 = lane % 4;
     int kvh = blockIdx.x, group = (int)a.group;
+    /* this lane's row for ldmatrix: K matrices are (keys 8 n.., dims 16 s..) and
+     * (.., 16 s + 8..) for chunks n = 2 n2, 2 n2 + 1; V's (keys 16 j.., dims 8 d..)
+     * and (16 j + 8.., ..) for d = 2 d2, 2 d2 + 1 */
+    int mat = lane / 8, k_lane = (8 * (mat / 2) + lane % 8) * S::LD + 8 * (mat % 2);
+    int v_lane = (8 * (mat % 2) + lane % 8) * S::LD + 8 * (mat / 2);
     int t0 = tiles[2 * blockIdx.y], n_rows = tiles[2 * blockIdx.y + 1] * group;
     const int32_t *table = a.tables + a.table_off[t0];
     int pos_last = a.pos[t0 + n_rows / group - 1], first = 0;
@@ -475,39 +494,55 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
         tok_first[h] = a.window && tok_pos[h] + 1 > (int)a.window ? tok_pos[h] + 1 - (int)a.window : 0;
     }
     bool busy = warp * 16 < n_rows;
-    /* Q fragments, scaled into log2 units: step s, register i holds row half
-     * i % 2, dims 16 s + 8 (i / 2) + 2 t4 and the next */
-    uint32_t q_hi[KS][4], q_lo[KS][4];
-    for (int s = 0; s < KS; s++)
-        for (int i = 0; i < 4; i++) {
-            int h = i % 2, d = 16 * s + 8 * (i / 2) + 2 * t4;
-            float2 v = make_float2(0.0f, 0.0f);
-            if (qrow[h] < n_rows)
-                v = *(const float2 *)(a.q + (size_t)(t0 + qrow[h] / group) * a.q_dim +
-                                      (kvh * group + qrow[h] % group) * HD + d);
-            bf16_split2(v.x * a.scale * LOG2E, v.y * a.scale * LOG2E, q_hi[s][i], q_lo[s][i]);
-        }
-    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    for (int d = 0; d < ND; d++)
-        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+    /* K/V rows: thread tid fetches position p0 + tid / 4 of each tile, its
+     * cache offset looked up a tile ahead */
+    auto kv_at = [&](int p) {
+        return p < end
+                   ? ((size_t)table[p / a.block_size] * a.block_size + p % a.block_size) * a.kv_dim + (size_t)kvh * HD
+                   : 0;
+    };
+    size_t at_next = kv_at(begin + tid / 4);
+    pdl_enter();
     /* tile p0's rows into stage buffer buf: 4 threads a key, 16 bytes each at a time */
     const int CHUNKS = HD * (int)sizeof(KV) / 16;
     auto fetch = [&](int p0, int buf) {
         int j = tid / 4, p = p0 + j;
         char *ks = stage + ((size_t)buf * 2 * ATTP_KEYS + j) * HD * sizeof(KV), *vs = ks + ATTP_KEYS * HD * sizeof(KV);
         if (p < end) {
-            size_t at =
-                ((size_t)table[p / a.block_size] * a.block_size + p % a.block_size) * a.kv_dim + (size_t)kvh * HD;
-            const char *kg = (const char *)((const KV *)a.k_cache + at),
-                       *vg = (const char *)((const KV *)a.v_cache + at);
+            const char *kg = (const char *)((const KV *)a.k_cache + at_next),
+                       *vg = (const char *)((const KV *)a.v_cache + at_next);
             for (int c = tid % 4; c < CHUNKS; c += 4)
                 cp_async16(ks + 16 * c, kg + 16 * c), cp_async16(vs + 16 * c, vg + 16 * c);
         } else
             for (int c = tid % 4; c < CHUNKS; c += 4)
                 *(uint4 *)(ks + 16 * c) = make_uint4(0, 0, 0, 0), *(uint4 *)(vs + 16 * c) = make_uint4(0, 0, 0, 0);
         cp_async_commit();
+        at_next = kv_at(p + ATTP_KEYS);
     };
-    fetch(begin, 0);
+    fetch(begin, 0); /* in flight while Q loads */
+    /* Q fragments, scaled into log2 units: step s, register i holds row half
+     * i % 2, dims 16 s + 8 (i / 2) + 2 t4 and the next. All loads are issued
+     * before the first use (an empty row reads row 0 and is zeroed after), so
+     * they overlap instead of paying an L2 round trip each. */
+    const float *q_row[2];
+    for (int h = 0; h < 2; h++) {
+        int r = qrow[h] < n_rows ? qrow[h] : 0;
+        q_row[h] = a.q + (size_t)(t0 + r / group) * a.q_dim + (kvh * group + r % group) * HD + 2 * t4;
+    }
+    float2 q_raw[KS][4];
+    for (int s = 0; s < KS; s++)
+        for (int i = 0; i < 4; i++)
+            q_raw[s][i] = *(const float2 *)(q_row[i % 2] + 16 * s + 8 * (i / 2));
+    float q_scale[2];
+    for (int h = 0; h < 2; h++)
+        q_scale[h] = qrow[h] < n_rows ? a.scale * LOG2E : 0.0f;
+    uint32_t q_hi[KS][4], q_lo[KS][4];
+    for (int s = 0; s < KS; s++)
+        for (int i = 0; i < 4; i++)
+            bf16_split2(q_raw[s][i].x * q_scale[i % 2], q_raw[s][i].y * q_scale[i % 2], q_hi[s][i], q_lo[s][i]);
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    for (int d = 0; d < ND; d++)
+        o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
     for (int p0 = begin, buf = 0; p0 < end; p0 += ATTP_KEYS, buf ^= 1) {
         if (p0 + ATTP_KEYS < end) {
             fetch(p0 + ATTP_KEYS, buf ^ 1); /* its buffer was converted before the last barrier */
@@ -516,43 +551,31 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
             cp_async_wait<0>();
         __syncthreads(); /* the tile's rows are in, and the previous tile's products are done */
         const KV *ks = (const KV *)(stage + (size_t)buf * 2 * ATTP_KEYS * HD * sizeof(KV)), *vs = ks + ATTP_KEYS * HD;
-        for (int i = tid; i < ATTP_KEYS * HD / 4; i += 128) { /* K: a key's row, 4 dims a thread */
-            int j = i / (HD / 4), c = (i % (HD / 4)) * 4;
-            float4 kv = kv_load4(ks + j * HD + c);
+        for (int i = tid; i < 2 * ATTP_KEYS * HD / 4; i += 128) { /* K, then V: 4 dims of a row a thread */
+            int kv = i / (ATTP_KEYS * HD / 4), j = i / (HD / 4) % ATTP_KEYS, c = (i % (HD / 4)) * 4;
+            float4 x = kv_load4((kv ? vs : ks) + j * HD + c);
             uint32_t h01, l01, h23, l23;
-            bf16_split2(kv.x, kv.y, h01, l01), bf16_split2(kv.z, kv.w, h23, l23);
-            *(uint2 *)(k_hi + j * S::KLD + c) = make_uint2(h01, h23);
-            *(uint2 *)(k_lo + j * S::KLD + c) = make_uint2(l01, l23);
-        }
-        /* V transposed: a thread takes 2 keys at 4 dims and stores a word per
-         * dim; 16 threads span the keys, so a warp's stores hit distinct banks */
-        for (int i = tid; i < ATTP_KEYS / 2 * HD / 4; i += 128) {
-            int j = 2 * (i % (ATTP_KEYS / 2)), c = i / (ATTP_KEYS / 2) * 4;
-            float4 v0 = kv_load4(vs + j * HD + c), v1 = kv_load4(vs + (j + 1) * HD + c);
-            float x0[4] = {v0.x, v0.y, v0.z, v0.w}, x1[4] = {v1.x, v1.y, v1.z, v1.w};
-            for (int e = 0; e < 4; e++) {
-                uint32_t hi, lo;
-                bf16_split2(x0[e], x1[e], hi, lo);
-                *(uint32_t *)(v_hi + (c + e) * S::VLD + j) = hi, *(uint32_t *)(v_lo + (c + e) * S::VLD + j) = lo;
-            }
+            bf16_split2(x.x, x.y, h01, l01), bf16_split2(x.z, x.w, h23, l23);
+            *(uint2 *)((kv ? v_hi : k_hi) + j * S::LD + c) = make_uint2(h01, h23);
+            *(uint2 *)((kv ? v_lo : k_lo) + j * S::LD + c) = make_uint2(l01, l23);
         }
         __syncthreads();
         if (!busy)
             continue;
         /* S = Q K^T: chunk n holds keys p0 + 8 n + 2 t4 (+1), rows of half 0 in [0..1], half 1 in [2..3] */
         float sc[NK][4] = {};
-        for (int s = 0; s < KS; s++) { /* hi*hi + hi*lo + lo*hi, the NK chunks interleaved */
-            uint2 bh[NK], bl[NK];
-            for (int n = 0; n < NK; n++) {
-                int at = (8 * n + g) * S::KLD + 16 * s + 2 * t4;
-                bh[n] = frag_b(k_hi + at), bl[n] = frag_b(k_lo + at);
+        for (int s = 0; s < KS; s++) {     /* hi*hi + hi*lo + lo*hi, the NK chunks interleaved */
+            uint32_t bh[NK][2], bl[NK][2]; /* chunks 2 n2 and 2 n2 + 1 from one ldmatrix each */
+            for (int n2 = 0; n2 < NK / 2; n2++) {
+                int at = k_lane + 16 * n2 * S::LD + 16 * s;
+                ldmatrix4(&bh[2 * n2][0], k_hi + at), ldmatrix4(&bl[2 * n2][0], k_lo + at);
             }
             for (int n = 0; n < NK; n++)
-                mma_bf16(sc[n], q_hi[s], bh[n].x, bh[n].y);
+                mma_bf16(sc[n], q_hi[s], bh[n][0], bh[n][1]);
             for (int n = 0; n < NK; n++)
-                mma_bf16(sc[n], q_hi[s], bl[n].x, bl[n].y);
+                mma_bf16(sc[n], q_hi[s], bl[n][0], bl[n][1]);
             for (int n = 0; n < NK; n++)
-                mma_bf16(sc[n], q_lo[s], bh[n].x, bh[n].y);
+                mma_bf16(sc[n], q_lo[s], bh[n][0], bh[n][1]);
         }
         /* online softmax per row: a row's scores lie in the 4 threads of a group */
         float corr[2];
@@ -589,12 +612,15 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
             bf16_split2(sc[2 * j][2], sc[2 * j][3], p_hi[1], p_lo[1]);
             bf16_split2(sc[2 * j + 1][0], sc[2 * j + 1][1], p_hi[2], p_lo[2]);
             bf16_split2(sc[2 * j + 1][2], sc[2 * j + 1][3], p_hi[3], p_lo[3]);
-            for (int d = 0; d < ND; d++) {
-                int at = (8 * d + g) * S::VLD + 16 * j + 2 * t4;
-                uint2 vh = frag_b(v_hi + at), vl = frag_b(v_lo + at);
-                mma_bf16(o[d], p_hi, vh.x, vh.y);
-                mma_bf16(o[d], p_hi, vl.x, vl.y);
-                mma_bf16(o[d], p_lo, vh.x, vh.y);
+            for (int d2 = 0; d2 < ND / 2; d2++) { /* output chunks 2 d2 and 2 d2 + 1 */
+                uint32_t vh[4], vl[4];
+                int at = v_lane + 16 * j * S::LD + 16 * d2;
+                ldmatrix4_trans(vh, v_hi + at), ldmatrix4_trans(vl, v_lo + at);
+                for (int e = 0; e < 2; e++) {
+                    mma_bf16(o[2 * d2 + e], p_hi, vh[2 * e], vh[2 * e + 1]);
+                    mma_bf16(o[2 * d2 + e], p_hi, vl[2 * e], vl[2 * e + 1]);
+                    mma_bf16(o[2 * d2 + e], p_lo, vh[2 * e], vh[2 * e + 1]);
+                }
             }
         }
     }
@@ -618,33 +644,47 @@ __global__ void __launch_bounds__(128) attention_prefill_kernel(attention_args a
     if (slices == 1 || !block_is_last(a.done + (size_t)blockIdx.y * gridDim.x + blockIdx.x, (unsigned)slices))
         return;
     /* each row's slice weights once (e^(m_z - M) / sum_z e^(m_z - M) l_z), then
-     * the outputs two at a time, 8 in flight a thread: the parts are in L2 */
+     * the outputs two at a time. The parts are in L2: every load of a batch is
+     * issued before the first is used (the compiler cannot move them past the
+     * stores to out, which it must assume alias them), so a batch costs one
+     * round trip. */
     __shared__ float weight[ATTP_ROWS][ATTP_MAX_SLICES];
+    __shared__ size_t row_at[ATTP_ROWS];
     for (int r = tid; r < n_rows; r += 128) {
-        const float *part = a.part + ((size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group) * part_stride;
-        float m_all = -INFINITY, l_all = 0.0f;
-        for (int z = 0; z < slices; z++)
-            m_all = fmaxf(m_all, __ldcg(part + z * (HD + 2)));
-        for (int z = 0; z < slices; z++) {
-            float mz = __ldcg(part + z * (HD + 2));
-            weight[r][z] = mz == -INFINITY ? 0.0f : expf(mz - m_all);
-            l_all += weight[r][z] * __ldcg(part + z * (HD + 2) + 1);
+        size_t row = (size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group;
+        const float *part = a.part + row * part_stride;
+        float mz[ATTP_MAX_SLICES], lz[ATTP_MAX_SLICES], m_all = -INFINITY, l_all = 0.0f;
+        for (int z = 0; z < ATTP_MAX_SLICES; z++) {
+            mz[z] = z < slices ? __ldcg(part + z * (HD + 2)) : -INFINITY;
+            lz[z] = z < slices ? __ldcg(part + z * (HD + 2) + 1) : 0.0f;
         }
-        for (int z = 0; z < slices; z++)
-            weight[r][z] /= l_all;
+        for (int z = 0; z < ATTP_MAX_SLICES; z++)
+            m_all = fmaxf(m_all, mz[z]);
+        for (int z = 0; z < ATTP_MAX_SLICES; z++) {
+            mz[z] = mz[z] == -INFINITY ? 0.0f : expf(mz[z] - m_all);
+            l_all += mz[z] * lz[z];
+        }
+        for (int z = 0; z < ATTP_MAX_SLICES; z++)
+            weight[r][z] = mz[z] / l_all;
+        row_at[r] = row;
     }
     __syncthreads();
-#pragma unroll 8
-    for (int i = tid; i < n_rows * HD / 2; i += 128) {
-        int r = i / (HD / 2), d = i % (HD / 2) * 2;
-        size_t row = (size_t)(t0 + r / group) * a.n_heads + kvh * group + r % group;
-        const float *part = a.part + row * part_stride + 2 + d;
-        float2 sum = make_float2(0.0f, 0.0f);
-        for (int z = 0; z < slices; z++) {
-            float2 v = __ldcg((const float2 *)(part + z * (HD + 2)));
-            sum.x += weight[r][z] * v.x, sum.y += weight[r][z] * v.y;
+    const int BATCH = 4, n_pairs = n_rows * HD / 2;
+    for (int i0 = tid; i0 < n_pairs; i0 += 128 * BATCH) {
+        float2 v[BATCH][ATTP_MAX_SLICES];
+        for (int k = 0; k < BATCH; k++) {
+            int i = min(i0 + 128 * k, n_pairs - 1), r = i / (HD / 2), d = i % (HD / 2) * 2;
+            const float *part = a.part + row_at[r] * part_stride + 2 + d;
+            for (int z = 0; z < ATTP_MAX_SLICES; z++)
+                v[k][z] = z < slices ? __ldcg((const float2 *)(part + z * (HD + 2))) : make_float2(0.0f, 0.0f);
         }
-        *(float2 *)(a.out + row * HD + d) = sum;
+        for (int k = 0; k < BATCH && i0 + 128 * k < n_pairs; k++) {
+            int i = i0 + 128 * k, r = i / (HD / 2), d = i % (HD / 2) * 2;
+            float2 sum = make_float2(0.0f, 0.0f);
+            for (int z = 0; z < ATTP_MAX_SLICES; z++)
+                sum.x += weight[r][z] * v[k][z].x, sum.y += weight[r][z] * v[k][z].y;
+            *(float2 *)(a.out + row_at[r] * HD + d) = sum;
+        }
     }
 }
 

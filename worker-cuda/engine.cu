@@ -520,7 +520,9 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
 
 /* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]), each
  * row first RMS-normalized and scaled by gain when one is given; y has
- * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. */
+ * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. Past the
+ * GEMV sizes a pair's y may be NULL: its result is left split in e->hi and
+ * e->lo, for a next call with x NULL. */
 static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
                   int mode, char *err, size_t errlen) {
     float eps = e->m->rms_eps;
@@ -541,9 +543,11 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
                           dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy));
         return 0;
     }
-    /* tensor cores: x (normalized) as hi + lo bf16, two products summed in float32 */
-    CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), x, (const int32_t *)NULL, gain, eps, w->cols,
-                      (float *)NULL, e->hi, e->lo));
+    /* tensor cores: x (normalized) as hi + lo bf16, two products summed in
+     * float32; x NULL: the previous product's gated_mul_kernel split it */
+    if (x)
+        CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), x, (const int32_t *)NULL, gain, eps, w->cols,
+                          (float *)NULL, e->hi, e->lo));
     const __nv_bfloat16 *wb = w->w;
     if (w->type == DMAT_Q8) {
         size_t n = (size_t)w->rows * w->cols;
@@ -569,7 +573,7 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (pair)
         CUDA_CHECK(launch(e, mode == OUT_GELU_PAIR ? gated_mul_kernel<OUT_GELU_PAIR> : gated_mul_kernel<OUT_SILU_PAIR>,
-                          dim3(T), dim3(256), (const float *)e->gu, rows, y));
+                          dim3(T), dim3(256), (const float *)e->gu, rows, y, y ? NULL : e->hi, y ? NULL : e->lo));
     return 0;
 }
 
@@ -592,7 +596,13 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     }
     if (matmul(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
         return -1;
-    CUDA_CHECK(launch(e, qk_rope_kernel, dim3(heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
+    if (hd == 64 || hd == 128 || hd == 256) {
+        void (*kernel)(rope_args, uint32_t) = hd == 64    ? qk_rope_warp_kernel<2>
+                                              : hd == 128 ? qk_rope_warp_kernel<4>
+                                                          : qk_rope_warp_kernel<8>;
+        CUDA_CHECK(launch(e, kernel, dim3((heads + 7) / 8, T), dim3(256), ra, heads));
+    } else
+        CUDA_CHECK(launch(e, qk_rope_kernel, dim3(heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
     return 0;
 }
 
@@ -650,8 +660,10 @@ static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errle
         if (L->post_attn_norm)
             CUDA_CHECK(launch(e, add_rmsnorm_kernel, dim3(T), dim3(256), e->x, (const float *)e->xn,
                               (const float *)L->post_attn_norm, m->rms_eps, H));
-        if (matmul(e, &L->gate_up, e->x, L->ffn_norm, T, e->act, m->ffn, ffn_mode, err, errlen) ||
-            matmul(e, &L->down, e->act, NULL, T, L->post_ffn_norm ? e->xn : e->x, H,
+        /* prompt steps: the gated product goes to the down product already split */
+        float *act = T > GEMV_MAX_T ? NULL : e->act;
+        if (matmul(e, &L->gate_up, e->x, L->ffn_norm, T, act, m->ffn, ffn_mode, err, errlen) ||
+            matmul(e, &L->down, act, NULL, T, L->post_ffn_norm ? e->xn : e->x, H,
                    L->post_ffn_norm ? OUT_STORE : OUT_ADD, err, errlen))
             return -1;
         if (L->post_ffn_norm)

@@ -158,8 +158,9 @@ __global__ void add_rmsnorm_kernel(float *x, const float *y, const float *gain, 
  * unscaled copy when gain is NULL; written as float32 (out) and/or as a
  * bf16 high part plus the bf16 rounding of the remainder (hi, lo): the two
  * halves carry ~16 mantissa bits into the tensor cores. Grid rows, block 256. */
-__global__ void rmsnorm_kernel(const float *x, const int32_t *src, const float *gain, float eps, uint32_t n, float *out,
-                               __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+__global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *src, const float *gain, float eps,
+                               uint32_t n, float *__restrict__ out, __nv_bfloat16 *__restrict__ hi,
+                               __nv_bfloat16 *__restrict__ lo) {
     pdl_enter();
     int r = blockIdx.x;
     const float *row = x + (size_t)(src ? src[r] : r) * n;
@@ -182,12 +183,25 @@ __global__ void rmsnorm_kernel(const float *x, const int32_t *src, const float *
     }
 }
 
-/* out[t][r] = act(gu[t][r]) * gu[t][ffn + r], MODE OUT_SILU_PAIR or OUT_GELU_PAIR. Grid T, block 256. */
-template <int MODE> __global__ void gated_mul_kernel(const float *gu, uint32_t ffn, float *out) {
+/* act(gu[t][r]) * gu[t][ffn + r], MODE OUT_SILU_PAIR or OUT_GELU_PAIR, into
+ * out[t][r], or (out NULL) split as rmsnorm_kernel splits, into hi and lo:
+ * the input of the next tensor-core product. Grid T, block 256. */
+template <int MODE>
+__global__ void gated_mul_kernel(const float *__restrict__ gu, uint32_t ffn, float *__restrict__ out,
+                                 __nv_bfloat16 *__restrict__ hi, __nv_bfloat16 *__restrict__ lo) {
     pdl_enter();
-    int t = blockIdx.x;
-    for (uint32_t i = threadIdx.x; i < ffn; i += blockDim.x)
-        out[(size_t)t * ffn + i] = gated<MODE>(gu[(size_t)t * 2 * ffn + i], gu[(size_t)t * 2 * ffn + ffn + i]);
+    size_t t = blockIdx.x;
+#pragma unroll 4
+    for (uint32_t i = threadIdx.x; i < ffn; i += blockDim.x) {
+        float v = gated<MODE>(gu[t * 2 * ffn + i], gu[t * 2 * ffn + ffn + i]);
+        if (out) {
+            out[t * ffn + i] = v;
+        } else {
+            __nv_bfloat16 h = __float2bfloat16_rn(v);
+            hi[t * ffn + i] = h;
+            lo[t * ffn + i] = __float2bfloat16_rn(v - __bfloat162float(h));
+        }
+    }
 }
 
 /* A DMAT_Q8 matrix as bf16 (for the tensor-core path). Grid-stride. */
@@ -405,6 +419,58 @@ __global__ void qk_rope_kernel(rope_args a) {
     __shared__ float v[512];
     pdl_enter();
     qkv_head_finish(a, blockIdx.x, blockIdx.y, v);
+}
+
+/* qk_rope_kernel's work with a warp per head (prompt steps, head_dim = 32 E,
+ * E even): lane l holds dims l + 32 k, so RoPE's pairs (i, i + head_dim / 2)
+ * lie in one lane and the norm is a warp sum, with no barrier. Same
+ * arithmetic as qkv_head_finish (only the norm's summation order differs).
+ * Grid (ceil(heads / 8), T), block 256. */
+template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads) {
+    pdl_enter();
+    uint32_t lane = threadIdx.x % WARP, j = blockIdx.x * 8 + threadIdx.x / WARP, t = blockIdx.y;
+    if (j >= heads)
+        return;
+    const uint32_t hd = 32 * E, n_kv = a.kv_dim / hd, width = a.q_dim + 2 * a.kv_dim;
+    bool is_q = j < a.n_heads, is_v = j >= a.n_heads + n_kv;
+    float x[E];
+#pragma unroll
+    for (int k = 0; k < E; k++) {
+        uint32_t col = j * hd + lane + 32 * k;
+        x[k] = a.qkv[(size_t)t * width + col] + (a.bias ? a.bias[col] : 0.0f);
+    }
+    size_t at = (size_t)a.slot[t] * a.kv_dim + (is_v ? j - a.n_heads - n_kv : j - a.n_heads) * hd + lane;
+    if (is_v) {
+#pragma unroll
+        for (int k = 0; k < E; k++)
+            kv_store(a.v_cache, at + 32 * k, x[k], a.kv_f16);
+        return;
+    }
+    const float *gain = is_q ? a.q_gain : a.k_gain;
+    if (gain) {
+        float ss = 0.0f;
+#pragma unroll
+        for (int k = 0; k < E; k++)
+            ss += x[k] * x[k];
+        float scale = rsqrtf(warp_sum(ss) / (float)hd + a.eps);
+#pragma unroll
+        for (int k = 0; k < E; k++)
+            x[k] = x[k] * scale * gain[lane + 32 * k];
+    }
+    float out[E];
+#pragma unroll
+    for (int k = 0; k < E / 2; k++) {
+        float angle = (float)a.pos[t] * a.inv_freq[lane + 32 * k], c = cosf(angle), s = sinf(angle);
+        out[k] = x[k] * c - x[k + E / 2] * s;
+        out[k + E / 2] = x[k] * s + x[k + E / 2] * c;
+    }
+#pragma unroll
+    for (int k = 0; k < E; k++) {
+        if (is_q)
+            a.q[(size_t)t * a.q_dim + j * hd + lane + 32 * k] = out[k];
+        else
+            kv_store(a.k_cache, at + 32 * k, out[k], a.kv_f16);
+    }
 }
 
 /* The q|k|v GEMV of a decode step with qk_rope_kernel's work as its tail:
