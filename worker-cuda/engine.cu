@@ -573,7 +573,8 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (pair)
         CUDA_CHECK(launch(e, mode == OUT_GELU_PAIR ? gated_mul_kernel<OUT_GELU_PAIR> : gated_mul_kernel<OUT_SILU_PAIR>,
-                          dim3(T), dim3(256), (const float *)e->gu, rows, y, y ? NULL : e->hi, y ? NULL : e->lo));
+                          dim3((rows + 1023) / 1024, T), dim3(256), (const float *)e->gu, rows, y, y ? NULL : e->hi,
+                          y ? NULL : e->lo));
     return 0;
 }
 
