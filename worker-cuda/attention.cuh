@@ -417,14 +417,6 @@ __device__ __forceinline__ float4 kv_load4(const __half *p) {
     return make_float4(a.x, a.y, b.x, b.y);
 }
 
-/* (x, y) as packed bf16 pairs: the high parts, and the remainders' (x in the low half, as the fragments want). */
-__device__ __forceinline__ void bf16_split2(float x, float y, uint32_t &hi, uint32_t &lo) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
-    float2 hf = __bfloat1622float2(h);
-    __nv_bfloat162 l = __floats2bfloat162_rn(x - hf.x, y - hf.y);
-    hi = *(const uint32_t *)&h, lo = *(const uint32_t *)&l;
-}
-
 /* c += a b for a 16x16 (row) and b 16x8 (column) fragment, bf16 in, float32 accumulate. */
 __device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "

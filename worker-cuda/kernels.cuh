@@ -161,15 +161,23 @@ __device__ __forceinline__ void bf16_split(float v, __nv_bfloat16 &hi, __nv_bflo
     lo = __float2bfloat16_rn(v - __bfloat162float(hi));
 }
 
+/* bf16_split of (x, y) as packed pairs (x in the low half: memory order,
+ * and as mma fragments want it). */
+__device__ __forceinline__ void bf16_split2(float x, float y, uint32_t &hi, uint32_t &lo) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+    float2 hf = __bfloat1622float2(h);
+    __nv_bfloat162 l = __floats2bfloat162_rn(x - hf.x, y - hf.y);
+    hi = *(const uint32_t *)&h, lo = *(const uint32_t *)&l;
+}
+
 /* Four floats at out[at], or split into hi[at] and lo[at] (8 bytes each). */
 __device__ __forceinline__ void store_row4(float4 v, size_t at, float *out, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
     if (out)
         *(float4 *)(out + at) = v;
     if (hi) {
-        __align__(8) __nv_bfloat16 h[4], l[4];
-        bf16_split(v.x, h[0], l[0]), bf16_split(v.y, h[1], l[1]), bf16_split(v.z, h[2], l[2]);
-        bf16_split(v.w, h[3], l[3]);
-        *(uint2 *)(hi + at) = *(const uint2 *)h, *(uint2 *)(lo + at) = *(const uint2 *)l;
+        uint32_t h01, l01, h23, l23;
+        bf16_split2(v.x, v.y, h01, l01), bf16_split2(v.z, v.w, h23, l23);
+        *(uint2 *)(hi + at) = make_uint2(h01, h23), *(uint2 *)(lo + at) = make_uint2(l01, l23);
     }
 }
 
