@@ -59,7 +59,8 @@ struct cpu_engine {
     float *xs;   /* for the low-bit types: sums of 16 activation quants times their scale, [T][cols / 16] */
     int32_t *tok_seq, *tok_pos;
     int cap_scores;
-    float *scores; /* [n_threads][cap_scores] */
+    float *scores;  /* [n_threads][cap_scores] */
+    float *rope_cs; /* [n_threads][head_dim]: one position's cos then sin */
 };
 
 int cpu_engine_block_size(const cpu_engine *e) { return e->block_size; }
@@ -125,6 +126,8 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
     e->inv_freq = malloc((size_t)m->n_layers * m->head_dim / 2 * sizeof *e->inv_freq);
     size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim;
     bool ok = e->tp && e->k_cache && e->v_cache && e->inv_freq;
+    if (ok)
+        ok = (e->rope_cs = malloc((size_t)threadpool_size(e->tp) * m->head_dim * sizeof *e->rope_cs)) != NULL;
     for (uint32_t l = 0; ok && l < m->n_layers; l++) {
         e->k_cache[l] = calloc(per_layer, sizeof(float));
         e->v_cache[l] = calloc(per_layer, sizeof(float));
@@ -217,6 +220,7 @@ void cpu_engine_free(cpu_engine *e) {
             free(e->v_cache[l]);
     }
     free(e->k_cache), free(e->v_cache), free(e->inv_freq), free(e->scores), free(e->norms), free(e->biases);
+    free(e->rope_cs);
     for (int i = 0; i < e->n_repacked; i++)
         free(e->repacked[i]);
     free(e->repacked), free(e->layers);
@@ -261,7 +265,7 @@ static int reserve(cpu_engine *e, int T, int max_pos) {
     return 0;
 }
 
-/* ---- small row operations (single-threaded: cheap next to the matmuls) ---- */
+/* ---- row operations (per token; for_tokens below spreads a prompt's rows over the threads) ---- */
 
 static void rmsnorm(float *out, const float *x, const float *gain, uint32_t n, float eps) {
     float ss = 0.0f;
@@ -275,14 +279,112 @@ static void rmsnorm(float *out, const float *x, const float *gain, uint32_t n, f
 /* GELU with the tanh approximation (gelu_pytorch_tanh). */
 static float gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608f * (x + 0.044715f * x * x * x))); }
 
+/* RoPE's cos and sin for one position, once for all of its heads: cs[i]
+ * and cs[hd/2 + i] for the pair i. */
+static void rope_table(float *cs, int pos, const float *inv_freq, uint32_t hd) {
+    for (uint32_t i = 0; i < hd / 2; i++) {
+        float angle = (float)pos * inv_freq[i];
+        cs[i] = cosf(angle), cs[hd / 2 + i] = sinf(angle);
+    }
+}
+
 /* NeoX RoPE: element i pairs with i + hd/2. */
-static void rope(float *v, int pos, const float *inv_freq, uint32_t hd) {
+static void rope(float *v, const float *cs, uint32_t hd) {
     uint32_t half = hd / 2;
     for (uint32_t i = 0; i < half; i++) {
-        float angle = (float)pos * inv_freq[i];
-        float c = cosf(angle), s = sinf(angle), a = v[i], b = v[i + half];
+        float c = cs[i], s = cs[half + i], a = v[i], b = v[i + half];
         v[i] = a * c - b * s;
         v[i + half] = a * s + b * c;
+    }
+}
+
+/* ---- work over the batch's tokens, split across the pool ---- */
+
+typedef void (*token_fn)(cpu_engine *e, const void *ctx, int t0, int t1, int ith);
+
+struct token_job {
+    cpu_engine *e;
+    token_fn fn;
+    const void *ctx;
+    int T;
+};
+
+static void token_worker(void *p, int ith, int nth) {
+    const struct token_job *j = p;
+    int per = (j->T + nth - 1) / nth, t0 = ith * per, t1 = t0 + per < j->T ? t0 + per : j->T;
+    if (t0 < t1)
+        j->fn(j->e, j->ctx, t0, t1, ith);
+}
+
+/* fn over tokens [0, T): a prompt's rows split across the threads; a few
+ * rows (decode) cost less on this thread than a fork and join. */
+static void for_tokens(cpu_engine *e, int T, token_fn fn, const void *ctx) {
+    if (T < 4 || threadpool_size(e->tp) == 1) {
+        fn(e, ctx, 0, T, 0);
+        return;
+    }
+    struct token_job j = {e, fn, ctx, T};
+    threadpool_run(e->tp, token_worker, &j);
+}
+
+/* x += xn (gemma3: rmsnorm(xn) * post_gain first) when add, then
+ * xn = rmsnorm(x) * next_gain when next_gain: a residual add fused with
+ * the norm that reads its result. */
+struct residual_args {
+    bool add;
+    const float *post_gain, *next_gain;
+};
+
+static void residual_norm(cpu_engine *e, const void *p, int t0, int t1, int ith) {
+    (void)ith;
+    const struct residual_args *r = p;
+    uint32_t H = e->m->hidden;
+    for (int t = t0; t < t1; t++) {
+        float *x = e->x + (size_t)t * H, *xn = e->xn + (size_t)t * H;
+        if (r->add) {
+            if (r->post_gain)
+                rmsnorm(xn, xn, r->post_gain, H, e->m->rms_eps);
+            add_to(x, xn, H);
+        }
+        if (r->next_gain)
+            rmsnorm(xn, x, r->next_gain, H, e->m->rms_eps);
+    }
+}
+
+/* q, k, v of each token: biases (qwen2), per-head RMSNorm (qwen3, gemma3)
+ * and RoPE on q and k, then k and v into the token's KV slot. */
+struct qkv_args {
+    const engine_batch *b;
+    uint32_t layer;
+};
+
+static void qkv_finish(cpu_engine *e, const void *p, int t0, int t1, int ith) {
+    const struct qkv_args *a = p;
+    const model_desc *m = e->m;
+    uint32_t hd = m->head_dim, l = a->layer;
+    const float *q_gain = e->norms + l * e->norms_stride + m->hidden, *k_gain = q_gain + hd;
+    const float *inv_freq = e->inv_freq + l * (hd / 2);
+    float *cs = e->rope_cs + (size_t)ith * hd;
+    for (int t = t0; t < t1; t++) {
+        float *q = e->q + (size_t)t * e->q_dim, *k = e->kk + (size_t)t * e->kv_dim, *v = e->vv + (size_t)t * e->kv_dim;
+        if (e->biases) {
+            const float *bias = e->biases + l * (e->q_dim + 2 * (size_t)e->kv_dim);
+            add_to(q, bias, e->q_dim);
+            add_to(k, bias + e->q_dim, e->kv_dim);
+            add_to(v, bias + e->q_dim + e->kv_dim, e->kv_dim);
+        }
+        rope_table(cs, e->tok_pos[t], inv_freq, hd);
+        for (uint32_t h = 0; h < m->n_heads + m->n_kv_heads; h++) {
+            float *head = h < m->n_heads ? q + h * hd : k + (h - m->n_heads) * hd;
+            if (e->qk_norm)
+                rmsnorm(head, head, h < m->n_heads ? q_gain : k_gain, hd, m->rms_eps);
+            rope(head, cs, hd);
+        }
+        const engine_seq *s = &a->b->seqs[e->tok_seq[t]];
+        int pos = e->tok_pos[t];
+        size_t slot = (size_t)s->block_table[pos / e->block_size] * e->block_size + pos % e->block_size;
+        memcpy(e->k_cache[l] + slot * e->kv_dim, k, e->kv_dim * sizeof(float));
+        memcpy(e->v_cache[l] + slot * e->kv_dim, v, e->kv_dim * sizeof(float));
     }
 }
 
@@ -296,6 +398,7 @@ struct matmul_job {
     size_t y_stride[3];
     const float *x;
     int T;
+    bool gated; /* y[0] = act(y[0]) * y[1] (SwiGLU), each thread over the rows it computed */
 };
 
 static const kernel_set *kernels_for(const cpu_engine *e, uint32_t type) { return e->k->matmul[type] ? e->k : e->ref; }
@@ -312,12 +415,59 @@ static void matmul_worker(void *p, int ith, int nth) {
             continue;
         matmul_args a = {j->x, j->e->xq, j->e->xu, j->e->xd, j->e->xs, j->T, j->y[i], j->y_stride[i]};
         k->matmul[w->type](w, &a, r0, r1);
+        if (j->gated && i == 1)
+            for (int t = 0; t < j->T; t++) {
+                float *g = j->y[0] + (size_t)t * j->y_stride[0], *u = j->y[1] + (size_t)t * j->y_stride[1];
+                for (uint64_t r = r0; r < r1; r++)
+                    g[r] = (j->e->m->ffn_act == FFN_GELU_TANH ? gelu_tanh(g[r]) : g[r] / (1.0f + expf(-g[r]))) * u[r];
+            }
     }
 }
 
-/* y_i = x W_i^T for up to three weights with the same input (q/k/v, gate/up). */
-static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weight *const *w, float *const *y) {
-    struct matmul_job j = {.e = e, .n = n, .x = x, .T = T};
+/* The activations as the integer kernels read them: Q8_0 blocks, with
+ * sums per 16 for the low-bit types, and offset quants plus float scales
+ * for repacked Q8_0. */
+struct quantize_args {
+    const float *x;
+    uint64_t cols;
+    bool sums, packed;
+};
+
+static void quantize_activations(cpu_engine *e, const void *p, int t0, int t1, int ith) {
+    (void)ith;
+    const struct quantize_args *a = p;
+    uint64_t cols = a->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
+    for (int t = t0; t < t1; t++) {
+        block_q8_0 *q = e->xq + (size_t)t * nb;
+        e->k->quantize_q8_0(a->x + (size_t)t * cols, q, cols);
+        for (uint64_t b = 0; a->sums && b < nb; b++) {
+            float d = fp16_to_f32(q[b].d);
+            for (int h = 0; h < 2; h++) {
+                int sum = 0;
+                for (int k = 0; k < 16; k++)
+                    sum += q[b].qs[16 * h + k];
+                e->xs[(size_t)t * (cols / 16) + 2 * b + h] = d * (float)sum;
+            }
+        }
+        if (!a->packed)
+            continue;
+        uint8_t *u = e->xu + (size_t)t * cols;
+        float *d = e->xd + (size_t)t * xd_stride;
+        for (uint64_t b = 0; b < nb; b++) {
+            d[b] = fp16_to_f32(q[b].d);
+            for (int k = 0; k < 32; k++)
+                u[32 * b + k] = (uint8_t)(q[b].qs[k] ^ 0x80);
+        }
+        for (uint64_t b = nb; b < xd_stride; b++)
+            d[b] = 0.0f;
+    }
+}
+
+/* y_i = x W_i^T for up to three weights with the same input (q/k/v, gate/up);
+ * gated: then y_0 = act(y_0) * y_1. */
+static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weight *const *w, float *const *y,
+                        bool gated) {
+    struct matmul_job j = {.e = e, .n = n, .x = x, .T = T, .gated = gated};
     bool need_q8 = false, need_sums = false, need_packed = false;
     for (int i = 0; i < n; i++) {
         uint32_t type = w[i]->type;
@@ -329,37 +479,14 @@ static void matmul_many(cpu_engine *e, const float *x, int T, int n, const weigh
         need_packed = need_packed || type == TENSOR_Q8_0_PACKED;
     }
     if (need_q8 || need_packed) {
-        uint64_t cols = w[0]->cols, nb = cols / 32, xd_stride = (nb + 15) / 16 * 16;
-        for (int t = 0; t < T; t++) {
-            block_q8_0 *q = e->xq + (size_t)t * nb;
-            e->k->quantize_q8_0(x + (size_t)t * cols, q, cols);
-            for (uint64_t b = 0; need_sums && b < nb; b++) {
-                float d = fp16_to_f32(q[b].d);
-                for (int h = 0; h < 2; h++) {
-                    int sum = 0;
-                    for (int k = 0; k < 16; k++)
-                        sum += q[b].qs[16 * h + k];
-                    e->xs[(size_t)t * (cols / 16) + 2 * b + h] = d * (float)sum;
-                }
-            }
-            if (!need_packed)
-                continue;
-            uint8_t *u = e->xu + (size_t)t * cols;
-            float *d = e->xd + (size_t)t * xd_stride;
-            for (uint64_t b = 0; b < nb; b++) {
-                d[b] = fp16_to_f32(q[b].d);
-                for (int k = 0; k < 32; k++)
-                    u[32 * b + k] = (uint8_t)(q[b].qs[k] ^ 0x80);
-            }
-            for (uint64_t b = nb; b < xd_stride; b++)
-                d[b] = 0.0f;
-        }
+        struct quantize_args qa = {x, w[0]->cols, need_sums, need_packed};
+        for_tokens(e, T, quantize_activations, &qa);
     }
     threadpool_run(e->tp, matmul_worker, &j);
 }
 
 static void matmul1(cpu_engine *e, const float *x, int T, const weight *w, float *y) {
-    matmul_many(e, x, T, 1, &w, &y);
+    matmul_many(e, x, T, 1, &w, &y, false);
 }
 
 /* ---- attention ---- */
@@ -429,63 +556,33 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
         for (size_t i = 0; i < (size_t)T * H; i++)
             e->x[i] *= m->embed_scale;
 
+    struct residual_args first_norm = {false, NULL, e->norms};
+    for_tokens(e, T, residual_norm, &first_norm);
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const layer_weights *L = &e->layers[l];
-        const float *attn_gain = e->norms + l * e->norms_stride, *q_gain = attn_gain + H, *k_gain = q_gain + hd,
-                    *ffn_gain = k_gain + hd, *post_attn_gain = ffn_gain + H, *post_ffn_gain = post_attn_gain + H;
-        const float *inv_freq = e->inv_freq + l * (hd / 2);
-        /* attention */
-        for (int t = 0; t < T; t++)
-            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, attn_gain, H, m->rms_eps);
+        const float *attn_gain = e->norms + l * e->norms_stride, *ffn_gain = attn_gain + H + 2 * hd,
+                    *post_attn_gain = ffn_gain + H, *post_ffn_gain = post_attn_gain + H;
+        /* attention (xn: the normed input) */
         const weight *qkv[3] = {&L->wq, &L->wk, &L->wv};
         float *qkv_out[3] = {e->q, e->kk, e->vv};
-        matmul_many(e, e->xn, T, 3, qkv, qkv_out);
-        for (int t = 0; t < T; t++) {
-            if (e->biases) {
-                const float *bias = e->biases + l * (e->q_dim + 2 * (size_t)e->kv_dim);
-                add_to(e->q + (size_t)t * e->q_dim, bias, e->q_dim);
-                add_to(e->kk + (size_t)t * e->kv_dim, bias + e->q_dim, e->kv_dim);
-                add_to(e->vv + (size_t)t * e->kv_dim, bias + e->q_dim + e->kv_dim, e->kv_dim);
-            }
-            for (uint32_t h = 0; h < m->n_heads; h++) {
-                float *q = e->q + (size_t)t * e->q_dim + h * hd;
-                if (e->qk_norm)
-                    rmsnorm(q, q, q_gain, hd, m->rms_eps);
-                rope(q, e->tok_pos[t], inv_freq, hd);
-            }
-            for (uint32_t h = 0; h < m->n_kv_heads; h++) {
-                float *k = e->kk + (size_t)t * e->kv_dim + h * hd;
-                if (e->qk_norm)
-                    rmsnorm(k, k, k_gain, hd, m->rms_eps);
-                rope(k, e->tok_pos[t], inv_freq, hd);
-            }
-            const engine_seq *s = &b->seqs[e->tok_seq[t]];
-            int pos = e->tok_pos[t];
-            size_t slot = (size_t)s->block_table[pos / e->block_size] * e->block_size + pos % e->block_size;
-            memcpy(e->k_cache[l] + slot * e->kv_dim, e->kk + (size_t)t * e->kv_dim, e->kv_dim * sizeof(float));
-            memcpy(e->v_cache[l] + slot * e->kv_dim, e->vv + (size_t)t * e->kv_dim, e->kv_dim * sizeof(float));
-        }
+        matmul_many(e, e->xn, T, 3, qkv, qkv_out, false);
+        struct qkv_args qa = {b, l};
+        for_tokens(e, T, qkv_finish, &qa);
         struct attention_job aj = {e, b, l, T};
         threadpool_run(e->tp, attention_worker, &aj);
         matmul1(e, e->att, T, &L->wo, e->xn);
-        for (int t = 0; t < T && e->post_norms; t++)
-            rmsnorm(e->xn + (size_t)t * H, e->xn + (size_t)t * H, post_attn_gain, H, m->rms_eps);
-        add_to(e->x, e->xn, (size_t)T * H);
+        struct residual_args attn_out = {true, e->post_norms ? post_attn_gain : NULL, ffn_gain};
+        for_tokens(e, T, residual_norm, &attn_out);
 
         /* feed-forward */
-        for (int t = 0; t < T; t++)
-            rmsnorm(e->xn + (size_t)t * H, e->x + (size_t)t * H, ffn_gain, H, m->rms_eps);
         const weight *gu[2] = {&L->w_gate, &L->w_up};
         float *gu_out[2] = {e->gate, e->up};
-        matmul_many(e, e->xn, T, 2, gu, gu_out);
-        for (size_t i = 0; i < (size_t)T * m->ffn; i++) {
-            float g = e->gate[i];
-            e->gate[i] = (m->ffn_act == FFN_GELU_TANH ? gelu_tanh(g) : g / (1.0f + expf(-g))) * e->up[i];
-        }
+        matmul_many(e, e->xn, T, 2, gu, gu_out, true);
         matmul1(e, e->gate, T, &L->w_down, e->xn);
-        for (int t = 0; t < T && e->post_norms; t++)
-            rmsnorm(e->xn + (size_t)t * H, e->xn + (size_t)t * H, post_ffn_gain, H, m->rms_eps);
-        add_to(e->x, e->xn, (size_t)T * H);
+        /* and the next layer's attention norm */
+        struct residual_args ffn_out = {true, e->post_norms ? post_ffn_gain : NULL,
+                                        l + 1 < m->n_layers ? attn_gain + e->norms_stride : NULL};
+        for_tokens(e, T, residual_norm, &ffn_out);
     }
 
     /* output: final norm and head, only for the rows asked for */
