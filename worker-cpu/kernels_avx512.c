@@ -1,6 +1,5 @@
 /* AVX-512 kernels (16 floats a vector; VNNI int8 dot products for Q8_0). */
 #include <immintrin.h>
-#include <sys/mman.h>
 #include <string.h>
 
 #include "fp16.h"
@@ -177,35 +176,6 @@ KERNEL_TARGET static void axpy_avx512(float *y, float alpha, const float *x, int
 
 /* [cols int8 quants][nb fp16 scales][nb int16 quant sums], padded to 64 */
 static uint64_t packed_row_bytes(uint64_t cols) { return cols + ((cols / 32) * 4 + 63) / 64 * 64; }
-
-/* Room for a weight copy of n bytes. From 2 MiB on, on 2 MiB pages:
- * decode streams these, and 4 KiB pages would cost a TLB miss every 4 KiB.
- * Only the whole 2 MiB pages are advised, and smaller copies come from the
- * heap: khugepaged fills an advised 2 MiB range whatever part of it is
- * used, so a small matrix alone in one (tinyA has 15) would later grow the
- * worker's memory by 2 MiB, long after start. */
-static uint8_t *alloc_weight_copy(size_t n) {
-    const size_t huge = 2u << 20;
-    if (n < huge)
-        return aligned_alloc(64, (n + 63) / 64 * 64);
-    uint8_t *out = aligned_alloc(huge, (n + huge - 1) / huge * huge);
-    if (out)
-        madvise(out, n / huge * huge, MADV_HUGEPAGE);
-    return out;
-}
-
-/* 16-bit weights keep their layout; the copy only moves them onto
- * 2 MiB pages (file-backed mappings use 4 KiB ones). */
-static int copy_to_huge_pages(const weight *src, weight *dst) {
-    size_t n = src->rows * src->row_bytes;
-    uint8_t *out = alloc_weight_copy(n);
-    if (!out)
-        return -1;
-    memcpy(out, src->data, n);
-    *dst = *src;
-    dst->data = out;
-    return 0;
-}
 
 static int repack_weight(const weight *src, weight *dst) {
     if (src->type == TENSOR_F16 || src->type == TENSOR_BF16)

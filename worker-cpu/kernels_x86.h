@@ -108,6 +108,9 @@
 /* F16C from CPUID (leaf 1, ECX bit 29): not every compiler's
  * __builtin_cpu_supports knows the name. */
 #include <cpuid.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 static inline bool cpu_has_f16c(void) {
     unsigned a, b, c, d;
     return __get_cpuid(1, &a, &b, &c, &d) && (c >> 29 & 1);
@@ -127,6 +130,37 @@ static inline float scalar_bf16(const uint8_t *p, uint64_t k) {
     uint16_t h;
     memcpy(&h, p + 2 * k, 2);
     return bf16_to_f32(h);
+}
+
+/* ---- weight copies on 2 MiB pages (the kernel sets' repack) ---- */
+
+/* Room for a weight copy of n bytes. From 2 MiB on, on 2 MiB pages:
+ * decode streams these, and 4 KiB pages would cost a TLB miss every 4 KiB.
+ * Only the whole 2 MiB pages are advised, and smaller copies come from the
+ * heap: khugepaged fills an advised 2 MiB range whatever part of it is
+ * used, so a small matrix alone in one (tinyA has 15) would later grow the
+ * worker's memory by 2 MiB, long after start. */
+static uint8_t *alloc_weight_copy(size_t n) {
+    const size_t huge = 2u << 20;
+    if (n < huge)
+        return aligned_alloc(64, (n + 63) / 64 * 64);
+    uint8_t *out = aligned_alloc(huge, (n + huge - 1) / huge * huge);
+    if (out)
+        madvise(out, n / huge * huge, MADV_HUGEPAGE);
+    return out;
+}
+
+/* 16-bit weights keep their layout; the copy only moves them onto
+ * 2 MiB pages (file-backed mappings use 4 KiB ones). */
+static int copy_to_huge_pages(const weight *src, weight *dst) {
+    size_t n = src->rows * src->row_bytes;
+    uint8_t *out = alloc_weight_copy(n);
+    if (!out)
+        return -1;
+    memcpy(out, src->data, n);
+    *dst = *src;
+    dst->data = out;
+    return 0;
 }
 
 /* Q8_0 activations: the reference quantizer rounds exactly as llama.cpp's. */
