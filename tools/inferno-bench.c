@@ -1,6 +1,6 @@
 /* inferno-bench: engine speed on one model.
  *
- *   inferno-bench --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32]
+ *   inferno-bench --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N]
  *                 [--threads N] [--kernels NAME] [--backend cpu|cuda] [--kv-type f32|f16] [--json]
  *
  * Prefill: one sequence of N prompt tokens in one step. Decode: B sequences
@@ -10,7 +10,9 @@
  * pseudo-random values, so runs are comparable. Steps ask only for each
  * row's argmax, as greedy serving would (on the GPU, the logits then stay
  * there); the first decode step of each batch size is a warm-up (on the
- * GPU, it captures the step's graph) and is not timed. */
+ * GPU, it captures the step's graph) and is not timed. --repeat N times
+ * each measurement N times and reports the median: shared VMs vary by 15%
+ * from one run to the next. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,20 +24,31 @@
 
 #define PROG "inferno-bench"
 
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 static void usage(FILE *out) {
     fprintf(
         out,
-        "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--threads N]\n"
+        "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N] [--threads N]\n"
         "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16] [--json]\n");
 }
 
 int main(int argc, char **argv) {
     const char *path = NULL, *batches = "1,8,32", *kernels = NULL, *backend = "cpu", *kv_type = NULL;
-    int prompt = 128, gen = 32, threads = 2;
+    int prompt = 128, gen = 32, threads = 2, repeat = 1;
     bool json = false;
     const cli_flag flags[] = {{"--model", CLI_STRING, &path},
                               {"--prompt", CLI_INT, &prompt},
                               {"--gen", CLI_INT, &gen},
+                              {"--repeat", CLI_INT, &repeat},
                               {"--batch", CLI_STRING, &batches},
                               {"--threads", CLI_INT, &threads},
                               {"--kernels", CLI_STRING, &kernels},
@@ -46,7 +59,7 @@ int main(int argc, char **argv) {
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
-    if (!path || prompt < 1 || gen < 1 || threads < 1) {
+    if (!path || prompt < 1 || gen < 1 || threads < 1 || repeat < 1 || repeat > 100) {
         usage(stderr);
         return 2;
     }
@@ -88,20 +101,23 @@ int main(int argc, char **argv) {
     int32_t *ids = malloc((size_t)(prompt > max_b ? prompt : max_b) * sizeof *ids);
     double gb = (double)m->weight_bytes / 1e9;
 
-    /* prefill: warm up once, then time one prompt */
+    /* prefill: warm up once, then time the prompt --repeat times (once:
+     * the faster of the warm-up and the timed run) */
     engine_seq s = {0, prompt, 0, tables, per_seq, false};
     engine_batch b = {toks, prompt, &s, 1};
+    double times[100];
     double t0 = clock_now();
     if (engine_step(e, &b, NULL, ids, err, sizeof err)) {
         fprintf(stderr, PROG ": %s\n", err);
         return 1;
     }
     double warm = clock_now() - t0;
-    t0 = clock_now();
-    engine_step(e, &b, NULL, ids, err, sizeof err);
-    double prefill_s = clock_now() - t0;
-    if (warm < prefill_s)
-        prefill_s = warm;
+    for (int r = 0; r < repeat; r++) {
+        t0 = clock_now();
+        engine_step(e, &b, NULL, ids, err, sizeof err);
+        times[r] = clock_now() - t0;
+    }
+    double prefill_s = repeat == 1 && warm < times[0] ? warm : median(times, repeat);
     double prefill_tps = prompt / prefill_s;
 
     double decode_tps[16], decode_gbs[16];
@@ -114,28 +130,32 @@ int main(int argc, char **argv) {
             if (q > 0)
                 engine_step(e, &bp, NULL, ids, err, sizeof err);
         }
-        double start = 0;
-        for (int step = 0; step <= gen; step++) {
-            if (step == 1)
-                start = clock_now();
-            for (int q = 0; q < B; q++)
-                seqs[q] = (engine_seq){q, 1, prompt + step, tables + (size_t)q * per_seq, per_seq, false};
-            engine_batch bd = {toks, B, seqs, B};
-            if (engine_step(e, &bd, NULL, ids, err, sizeof err)) {
-                fprintf(stderr, PROG ": %s\n", err);
-                return 1;
+        /* a repeat rewrites the same positions' KV slots with the same values */
+        for (int r = 0; r < repeat; r++) {
+            double start = 0;
+            for (int step = 0; step <= gen; step++) {
+                if (step == 1)
+                    start = clock_now();
+                for (int q = 0; q < B; q++)
+                    seqs[q] = (engine_seq){q, 1, prompt + step, tables + (size_t)q * per_seq, per_seq, false};
+                engine_batch bd = {toks, B, seqs, B};
+                if (engine_step(e, &bd, NULL, ids, err, sizeof err)) {
+                    fprintf(stderr, PROG ": %s\n", err);
+                    return 1;
+                }
             }
+            times[r] = clock_now() - start;
         }
-        double el = clock_now() - start;
+        double el = median(times, repeat);
         decode_tps[k] = (double)B * gen / el;
         decode_gbs[k] = gb * gen / el;
         free(seqs);
     }
     if (json) {
         printf("{\"model\": \"%s\", \"backend\": \"%s\", \"engine\": \"%s\", \"threads\": %d, \"weight_gb\": %.4f, "
-               "\"prompt\": %d, "
+               "\"prompt\": %d, \"repeat\": %d, "
                "\"prefill_tokens_per_s\": %.2f, \"prefill_gb_per_s\": %.2f, \"decode\": [",
-               path, engine_backend(e), engine_describe(e), threads, gb, prompt, prefill_tps, gb / prefill_s);
+               path, engine_backend(e), engine_describe(e), threads, gb, prompt, repeat, prefill_tps, gb / prefill_s);
         for (int k = 0; k < nb; k++)
             printf("%s{\"batch\": %d, \"tokens_per_s\": %.2f, \"gb_per_s\": %.2f}", k ? ", " : "", bs[k], decode_tps[k],
                    decode_gbs[k]);
