@@ -27,6 +27,9 @@ KERNEL_TARGET static inline __m512 load_bf16(const uint8_t *p, uint64_t c) {
 
 #include "kernels_x86.h"
 
+/* Q8_0 activations: the reference quantizer rounds exactly as llama.cpp's. */
+static void quantize_q8_0_rows(const float *x, block_q8_0 *q, uint64_t n) { tensor_quantize_row(TENSOR_Q8_0, x, q, n); }
+
 DEFINE_FLOAT_TILE(tile_f32, load_f32, scalar_f32, 4)
 DEFINE_FLOAT_TILE(tile_f16, load_f16, scalar_f16, 2)
 DEFINE_FLOAT_TILE(tile_bf16, load_bf16, scalar_bf16, 2)

@@ -162,6 +162,3 @@ static int copy_to_huge_pages(const weight *src, weight *dst) {
     dst->data = out;
     return 0;
 }
-
-/* Q8_0 activations: the reference quantizer rounds exactly as llama.cpp's. */
-static void quantize_q8_0_rows(const float *x, block_q8_0 *q, uint64_t n) { tensor_quantize_row(TENSOR_Q8_0, x, q, n); }

@@ -121,9 +121,48 @@ static void test_every_type_every_set(void **state) {
     }
 }
 
+/* Each set's activation quantizer writes the reference's blocks byte for
+ * byte: random rows, rows whose quants are exact halves (roundf takes them
+ * away from zero, SIMD rounding modes to even), all-zero and tiny rows. */
+static void test_quantize_q8_0_matches_reference(void **state) {
+    (void)state;
+    enum { COLS = 32 * 64 };
+    static float x[COLS];
+    static block_q8_0 want[COLS / 32], got[COLS / 32];
+    uint32_t rng = 7;
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < COLS; i++) {
+            int block = i / 32, k = i % 32;
+            float scale = powf(10.0f, (float)(block % 9) - 4.0f);
+            x[i] = uniform(&rng) * scale;
+            if (block % 8 == 1) /* max 127 -> d = 1: every other value a half */
+                x[i] = k == 0 ? 127.0f : (float)(k - 16) + (k % 2 ? 0.5f : 0.0f);
+            if (block % 8 == 2)
+                x[i] = 0.0f;
+            if (block % 8 == 3) /* tiny; not so tiny that 1 / d overflows (the reference's cast of inf is undefined) */
+                x[i] = uniform(&rng) * 1e-30f;
+            if (block % 8 == 4 && round % 2)
+                x[i] = -x[i];
+        }
+        assert_int_equal(tensor_quantize_row(TENSOR_Q8_0, x, want, COLS), 0);
+        const kernel_set *sets[] = {kernels_reference(), kernels_avx2(), kernels_avx512()};
+        for (size_t s = 0; s < sizeof sets / sizeof sets[0]; s++) {
+            if (!sets[s] || !sets[s]->quantize_q8_0)
+                continue;
+            memset(got, 0xa5, sizeof got);
+            sets[s]->quantize_q8_0(x, got, COLS);
+            for (int b = 0; b < COLS / 32; b++)
+                if (memcmp(&got[b], &want[b], sizeof got[b]))
+                    fail_msg("%s: Q8_0 block %d (round %d) differs from the reference quantizer's", sets[s]->name, b,
+                             round);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_type_every_set),
+        cmocka_unit_test(test_quantize_q8_0_matches_reference),
     };
     return cmocka_run_group_tests_name("kernels", tests, NULL, NULL);
 }
