@@ -80,29 +80,50 @@
         }                                                                                                              \
     }
 
-/* The matmul over rows r0..r1: RB x TB tiles while at least TB activation
- * rows remain, then the row-sequential GEMV for the last 1..TB-1. */
+/* The matmul over rows r0..r1. Fewer than TBV activation rows (decode):
+ * the row-sequential GEMV. Otherwise RB x TBV tiles, rows outer, and the
+ * last 1..TBV-1 activation rows in a narrower tile of the same weight rows
+ * while they are still in L1 (a GEMV pass after the tiles would stream
+ * every weight a second time: batch 8 with 3-wide tiles ran at half speed). */
 #define DEFINE_TILED_MATMUL(NAME, TILE, GEMV) DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TB)
 /* TBV: activation rows per tile (<= TB), smaller where a tile needs more registers. */
 #define DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TBV)                                                                  \
     KERNEL_TARGET static void NAME(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1) {                  \
-        /* rows outer: a tile's weight rows stay in L1 while every token tile uses them */                             \
-        int full = a->T / TBV * TBV;                                                                                   \
+        int full = a->T / TBV * TBV, left = a->T - full;                                                               \
+        if (!full) {                                                                                                   \
+            for (uint64_t g = r0; g < r1; g++)                                                                         \
+                switch (left) {                                                                                        \
+                case 1: GEMV(w, a, g, 0, 1); break;                                                                    \
+                case 2: GEMV(w, a, g, 0, 2); break;                                                                    \
+                default: GEMV(w, a, g, 0, 3); break;                                                                   \
+                }                                                                                                      \
+            return;                                                                                                    \
+        }                                                                                                              \
         uint64_t r = r0;                                                                                               \
-        for (; full && r + RB <= r1; r += RB)                                                                          \
+        for (; r + RB <= r1; r += RB) {                                                                                \
             for (int t = 0; t < full; t += TBV)                                                                        \
                 TILE(w, a, r, t, RB, TBV);                                                                             \
-        for (; full && r < r1; r++)                                                                                    \
+            TILE_TAIL(TILE, TBV, RB);                                                                                  \
+        }                                                                                                              \
+        for (; r < r1; r++) { /* the last rows, one at a time */                                                       \
             for (int t = 0; t < full; t += TBV)                                                                        \
                 TILE(w, a, r, t, 1, TBV);                                                                              \
-        int t = full, left = a->T - full;                                                                              \
-        for (uint64_t g = r0; left > 0 && g < r1; g++) {                                                               \
-            switch (left) {                                                                                            \
-            case 1: GEMV(w, a, g, t, 1); break;                                                                        \
-            case 2: GEMV(w, a, g, t, 2); break;                                                                        \
-            default: GEMV(w, a, g, t, 3); break;                                                                       \
-            }                                                                                                          \
+            TILE_TAIL(TILE, TBV, 1);                                                                                   \
         }                                                                                                              \
+    }
+/* The last `left` (< TBV) activation rows against rows r..r+RBV; constant
+ * TBV, so the impossible cases compile away. */
+#define TILE_TAIL(TILE, TBV, RBV)                                                                                      \
+    switch (left) {                                                                                                    \
+    case 1: TILE(w, a, r, full, RBV, 1); break;                                                                        \
+    case 2:                                                                                                            \
+        if (TBV > 2)                                                                                                   \
+            TILE(w, a, r, full, RBV, 2);                                                                               \
+        break;                                                                                                         \
+    case 3:                                                                                                            \
+        if (TBV > 3)                                                                                                   \
+            TILE(w, a, r, full, RBV, 3);                                                                               \
+        break;                                                                                                         \
     }
 
 /* F16C from CPUID (leaf 1, ECX bit 29): not every compiler's
