@@ -175,9 +175,8 @@ KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n
 }
 
 /* Weights go onto 2 MiB pages, layouts unchanged. On a 2-core Zen 3 VM
- * two threads read 26 GB/s from 2 MiB pages against 20 from 4 KiB ones,
- * and the F16 prompt matmuls ran ~30% faster; decode gained less (its
- * matrices are each read once in short jobs). */
+ * two threads read 26 GB/s from 2 MiB pages against 20 from 4 KiB ones;
+ * F16 prompts ran ~30% faster, decode's GB/s moved less than its noise. */
 static int repack_weight(const weight *src, weight *dst) {
     if (src->type != TENSOR_F16 && src->type != TENSOR_BF16 && src->type != TENSOR_Q8_0)
         return -1;
