@@ -36,6 +36,7 @@ struct cpu_engine {
     /* the matrices as the kernels read them: the model's, or repacked copies */
     layer_weights *layers;
     weight output;
+    weight embd; /* token embeddings as looked up: the model's, or the tied head's copy where its layout is the same */
     void **repacked;
     int n_repacked;
     threadpool *tp;
@@ -149,6 +150,7 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
     }
     memcpy(e->layers, m->layers, m->n_layers * sizeof *e->layers);
     e->output = m->output;
+    e->embd = m->token_embd;
     for (uint32_t l = 0; l <= m->n_layers && e->k->repack; l++) {
         layer_weights *L = &e->layers[l < m->n_layers ? l : 0];
         weight *mats[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
@@ -159,8 +161,12 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
             weight packed;
             if (e->k->repack(mats[i], &packed) == 0) {
                 e->repacked[e->n_repacked++] = (void *)packed.data;
-                /* the embedding table stays in use for token lookups even when tied */
-                if (mats[i]->data != m->token_embd.data)
+                /* a tied head's table is also the embeddings': lookups move to
+                 * the copy when its rows read the same, else keep the original */
+                bool tied = mats[i]->data == m->token_embd.data;
+                if (tied && packed.type == m->token_embd.type && packed.row_bytes == m->token_embd.row_bytes)
+                    e->embd = packed, tied = false;
+                if (!tied)
                     release_original(mats[i]);
                 *mats[i] = packed;
             }
@@ -549,8 +555,7 @@ int cpu_engine_forward(cpu_engine *e, const engine_batch *b, float *logits, char
             e->tok_pos[b->seqs[s].start + i] = b->seqs[s].pos0 + i;
         }
     for (int t = 0; t < T; t++) /* embeddings */
-        tensor_dequantize_row(m->token_embd.type,
-                              (const uint8_t *)m->token_embd.data + (size_t)b->tokens[t] * m->token_embd.row_bytes,
+        tensor_dequantize_row(e->embd.type, (const uint8_t *)e->embd.data + (size_t)b->tokens[t] * e->embd.row_bytes,
                               e->x + (size_t)t * H, H);
     if (m->embed_scale != 1.0f)
         for (size_t i = 0; i < (size_t)T * H; i++)
