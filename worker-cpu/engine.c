@@ -421,12 +421,14 @@ static void matmul_worker(void *p, int ith, int nth) {
             continue;
         matmul_args a = {j->x, j->e->xq, j->e->xu, j->e->xd, j->e->xs, j->T, j->y[i], j->y_stride[i]};
         k->matmul[w->type](w, &a, r0, r1);
-        if (j->gated && i == 1)
+        if (j->gated && i == 1) {
+            bool gelu = j->e->m->ffn_act == FFN_GELU_TANH;
             for (int t = 0; t < j->T; t++) {
                 float *g = j->y[0] + (size_t)t * j->y_stride[0], *u = j->y[1] + (size_t)t * j->y_stride[1];
                 for (uint64_t r = r0; r < r1; r++)
-                    g[r] = (j->e->m->ffn_act == FFN_GELU_TANH ? gelu_tanh(g[r]) : g[r] / (1.0f + expf(-g[r]))) * u[r];
+                    g[r] = (gelu ? gelu_tanh(g[r]) : g[r] / (1.0f + expf(-g[r]))) * u[r];
             }
+        }
     }
 }
 
