@@ -60,14 +60,13 @@ int engine_open(const model_desc *m, const engine_config *cfg, engine **out, cha
     }
     e->m = m;
     const char *kv_type = c.kv_type ? c.kv_type : "f32";
-    if (strcmp(kv_type, "f32") && (strcmp(kv_type, "f16") || strcmp(backend, "cuda"))) {
-        snprintf(err, errlen, "engine: KV type '%s' (the %s backend has f32%s)", kv_type, backend,
-                 strcmp(backend, "cuda") ? "" : " and f16");
+    if (strcmp(kv_type, "f32") && strcmp(kv_type, "f16")) {
+        snprintf(err, errlen, "engine: KV type '%s' (f32 or f16)", kv_type);
         free(e);
         return -1;
     }
     if (!strcmp(backend, "cpu")) {
-        cpu_engine_config cc = {c.n_threads, c.block_size, c.n_blocks, c.kv_tokens, c.kernels};
+        cpu_engine_config cc = {c.n_threads, c.block_size, c.n_blocks, c.kv_tokens, c.kernels, !strcmp(kv_type, "f16")};
         if (cpu_engine_create(m, &cc, &e->cpu, err, errlen)) {
             free(e);
             return -1;

@@ -42,8 +42,9 @@ struct cpu_engine {
     threadpool *tp;
     int block_size, n_blocks;
     uint32_t q_dim, kv_dim;
-    float **k_cache, **v_cache; /* per layer: [n_blocks * block_size][kv_dim] */
-    float *inv_freq;            /* RoPE: per layer [head_dim / 2] */
+    void **k_cache, **v_cache; /* per layer: [n_blocks][kv_heads][block_size][head_dim] (kv_offset) */
+    enum kv_type kv_type;      /* their elements */
+    float *inv_freq;           /* RoPE: per layer [head_dim / 2] */
     /* norm gains as float, once: per layer attn[H], q[hd], k[hd], ffn[H], post_attn[H], post_ffn[H];
      * then output[H] */
     float *norms;
@@ -125,13 +126,14 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
     e->k_cache = calloc(m->n_layers, sizeof *e->k_cache);
     e->v_cache = calloc(m->n_layers, sizeof *e->v_cache);
     e->inv_freq = malloc((size_t)m->n_layers * m->head_dim / 2 * sizeof *e->inv_freq);
-    size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim;
+    e->kv_type = cfg && cfg->kv_f16 ? KV_F16 : KV_F32;
+    size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim, elem = e->kv_type == KV_F16 ? 2 : 4;
     bool ok = e->tp && e->k_cache && e->v_cache && e->inv_freq;
     if (ok)
         ok = (e->rope_cs = malloc((size_t)threadpool_size(e->tp) * m->head_dim * sizeof *e->rope_cs)) != NULL;
     for (uint32_t l = 0; ok && l < m->n_layers; l++) {
-        e->k_cache[l] = calloc(per_layer, sizeof(float));
-        e->v_cache[l] = calloc(per_layer, sizeof(float));
+        e->k_cache[l] = calloc(per_layer, elem);
+        e->v_cache[l] = calloc(per_layer, elem);
         ok = e->k_cache[l] && e->v_cache[l];
     }
     if (!ok) {
@@ -357,6 +359,26 @@ static void residual_norm(cpu_engine *e, const void *p, int t0, int t1, int ith)
     }
 }
 
+/* Where a KV head's row for a position starts in a layer's cache. A head's
+ * rows in a block are consecutive, so attention streams them: with one
+ * [kv_dim] row a position, each head's 512-byte piece sat on a 4 KiB page
+ * of its own, and decode attention waited on a cache miss a position. */
+static size_t kv_offset(const cpu_engine *e, int32_t block, int in_block, uint32_t kv_head) {
+    return (((size_t)block * e->m->n_kv_heads + kv_head) * e->block_size + in_block) * e->m->head_dim;
+}
+
+/* One head's row of keys or values into a cache at element `at`. */
+static void kv_store(const cpu_engine *e, void *cache, size_t at, const float *row) {
+    uint32_t hd = e->m->head_dim;
+    if (e->kv_type == KV_F32) {
+        memcpy((float *)cache + at, row, hd * sizeof *row);
+        return;
+    }
+    uint16_t *half = (uint16_t *)cache + at;
+    for (uint32_t d = 0; d < hd; d++)
+        half[d] = fp16_from_f32(row[d]);
+}
+
 /* q, k, v of each token: biases (qwen2), per-head RMSNorm (qwen3, gemma3)
  * and RoPE on q and k, then k and v into the token's KV slot. */
 struct qkv_args {
@@ -388,9 +410,11 @@ static void qkv_finish(cpu_engine *e, const void *p, int t0, int t1, int ith) {
         }
         const engine_seq *s = &a->b->seqs[e->tok_seq[t]];
         int pos = e->tok_pos[t];
-        size_t slot = (size_t)s->block_table[pos / e->block_size] * e->block_size + pos % e->block_size;
-        memcpy(e->k_cache[l] + slot * e->kv_dim, k, e->kv_dim * sizeof(float));
-        memcpy(e->v_cache[l] + slot * e->kv_dim, v, e->kv_dim * sizeof(float));
+        for (uint32_t h = 0; h < m->n_kv_heads; h++) {
+            size_t at = kv_offset(e, s->block_table[pos / e->block_size], pos % e->block_size, h);
+            kv_store(e, e->k_cache[l], at, k + h * hd);
+            kv_store(e, e->v_cache[l], at, v + h * hd);
+        }
     }
 }
 
@@ -506,35 +530,53 @@ struct attention_job {
     int T;
 };
 
+/* The positions p..last that lie in p's KV block, as a run of consecutive
+ * rows of one KV head: returns the run's length, where it starts in *at. */
+static int kv_run(const cpu_engine *e, const engine_seq *s, int p, int last, uint32_t kv_head, size_t *at) {
+    int in_block = p % e->block_size, n = e->block_size - in_block;
+    *at = kv_offset(e, s->block_table[p / e->block_size], in_block, kv_head);
+    return n < last - p + 1 ? n : last - p + 1;
+}
+
+/* A work unit is one token's KV head: its `group` query heads read the same
+ * K and V rows, which stay in cache from one head to the next. Units are
+ * dealt out in turn, so causal prompts (later tokens see more keys) split
+ * evenly. */
 static void attention_worker(void *p, int ith, int nth) {
     struct attention_job *j = p;
     cpu_engine *e = j->e;
     const model_desc *m = e->m;
     uint32_t hd = m->head_dim, group = m->n_heads / m->n_kv_heads, window = m->layers[j->layer].window;
-    float scale = m->attn_scale, *scores = e->scores + (size_t)ith * e->cap_scores;
-    const float *kc = e->k_cache[j->layer], *vc = e->v_cache[j->layer];
-    for (int i = ith; i < j->T * (int)m->n_heads; i += nth) {
-        int t = i / (int)m->n_heads;
-        uint32_t h = (uint32_t)i % m->n_heads, kvh = h / group;
+    float *scores = e->scores + (size_t)ith * e->cap_scores;
+    for (int u = ith; u < j->T * (int)m->n_kv_heads; u += nth) {
+        int t = u / (int)m->n_kv_heads;
+        uint32_t kvh = (uint32_t)u % m->n_kv_heads;
         const engine_seq *s = &j->b->seqs[e->tok_seq[t]];
-        int pos = e->tok_pos[t];
+        int pos = e->tok_pos[t], n;
         /* causal: every position up to this token's, or the window's latest ones */
         int first = window && pos >= (int)window ? pos - (int)window + 1 : 0;
-        const float *q = e->q + (size_t)t * e->q_dim + h * hd;
-        float max = -INFINITY;
-        for (int p2 = first; p2 <= pos; p2++) {
-            size_t slot = (size_t)s->block_table[p2 / e->block_size] * e->block_size + p2 % e->block_size;
-            scores[p2] = e->k->dot(q, kc + slot * e->kv_dim + kvh * hd, (int)hd) * scale;
-            max = scores[p2] > max ? scores[p2] : max;
-        }
-        float sum = 0.0f;
-        for (int p2 = first; p2 <= pos; p2++)
-            sum += scores[p2] = expf(scores[p2] - max);
-        float *out = e->att + (size_t)t * e->q_dim + h * hd;
-        memset(out, 0, hd * sizeof *out);
-        for (int p2 = first; p2 <= pos; p2++) {
-            size_t slot = (size_t)s->block_table[p2 / e->block_size] * e->block_size + p2 % e->block_size;
-            e->k->axpy(out, scores[p2] / sum, vc + slot * e->kv_dim + kvh * hd, (int)hd);
+        const uint8_t *kc = e->k_cache[j->layer], *vc = e->v_cache[j->layer];
+        size_t elem = e->kv_type == KV_F16 ? 2 : 4;
+        for (uint32_t h = kvh * group; h < (kvh + 1) * group; h++) {
+            const float *q = e->q + (size_t)t * e->q_dim + h * hd;
+            size_t at;
+            for (int p2 = first; p2 <= pos; p2 += n) {
+                n = kv_run(e, s, p2, pos, kvh, &at);
+                e->k->attn_scores[e->kv_type](q, kc + at * elem, n, (int)hd, m->attn_scale, scores + p2);
+            }
+            float max = -INFINITY, sum = 0.0f;
+            for (int p2 = first; p2 <= pos; p2++)
+                max = scores[p2] > max ? scores[p2] : max;
+            for (int p2 = first; p2 <= pos; p2++)
+                sum += scores[p2] = expf(scores[p2] - max);
+            for (int p2 = first; p2 <= pos; p2++)
+                scores[p2] /= sum;
+            float *out = e->att + (size_t)t * e->q_dim + h * hd;
+            memset(out, 0, hd * sizeof *out);
+            for (int p2 = first; p2 <= pos; p2 += n) {
+                n = kv_run(e, s, p2, pos, kvh, &at);
+                e->k->attn_values[e->kv_type](scores + p2, vc + at * elem, n, (int)hd, out);
+            }
         }
     }
 }

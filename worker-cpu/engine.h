@@ -28,6 +28,7 @@ typedef struct {
     int n_blocks;        /* KV pool size; 0: enough for kv_tokens */
     int kv_tokens;       /* with n_blocks 0: positions to hold (default 4096) */
     const char *kernels; /* "reference", "avx2", "avx512", NULL: best available */
+    bool kv_f16;         /* a half-precision KV cache (float32 otherwise) */
 } cpu_engine_config;
 
 int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_engine **out, char *err, size_t errlen);

@@ -41,6 +41,12 @@ static inline bool kernels_low_bit(uint32_t type) {
 
 typedef void (*matmul_fn)(const weight *w, const matmul_args *a, uint64_t r0, uint64_t r1);
 
+/* The KV cache's element type: float, or IEEE half (half the memory and
+ * the bytes decode attention reads; llama.cpp's default). */
+enum kv_type { KV_F32, KV_F16, KV_TYPES };
+typedef void (*attn_scores_fn)(const float *q, const void *k, int n, int dim, float scale, float *scores);
+typedef void (*attn_values_fn)(const float *p, const void *v, int n, int dim, float *out);
+
 typedef struct {
     const char *name;
     matmul_fn matmul[256]; /* by tensor type; NULL: unsupported */
@@ -49,8 +55,10 @@ typedef struct {
     /* Optional: rewrite a weight into a layout (or onto pages) this set streams faster
      * (dst->data is malloc'ed), returning 0; -1 keeps the original. */
     int (*repack)(const weight *src, weight *dst);
-    float (*dot)(const float *a, const float *b, int n);        /* attention scores */
-    void (*axpy)(float *y, float alpha, const float *x, int n); /* attention values: y += alpha x */
+    /* Attention over n consecutive KV rows of dim elements (one run of a KV block), by KV type:
+     * scores[i] = dot(q, k_i) * scale, and out[0..dim) += sum_i p[i] * v_i. */
+    attn_scores_fn attn_scores[KV_TYPES];
+    attn_values_fn attn_values[KV_TYPES];
 } kernel_set;
 
 const kernel_set *kernels_reference(void);

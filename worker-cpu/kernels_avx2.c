@@ -165,15 +165,6 @@ KERNEL_TARGET static float dot_avx2(const float *a, const float *b, int n) {
 #define FLOAT_DOT(a, b, n) dot_avx2(a, b, n)
 #include "kernels_quant.h"
 
-KERNEL_TARGET static void axpy_avx2(float *y, float alpha, const float *x, int n) {
-    __m256 al = _mm256_set1_ps(alpha);
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(al, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; i++)
-        y[i] += alpha * x[i];
-}
-
 /* Weights go onto 2 MiB pages, layouts unchanged. On a 2-core Zen 3 VM
  * two threads read 26 GB/s from 2 MiB pages against 20 from 4 KiB ones;
  * F16 prompts ran ~30% faster, decode's GB/s moved less than its noise. */
@@ -187,8 +178,8 @@ const kernel_set *kernels_avx2(void) {
     static kernel_set k = {.name = "avx2",
                            .q8_activations = true,
                            .quantize_q8_0 = quantize_q8_0_avx2,
-                           .dot = dot_avx2,
-                           .axpy = axpy_avx2};
+                           .attn_scores = {attn_scores_f32, attn_scores_f16},
+                           .attn_values = {attn_values_f32, attn_values_f16}};
     if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())
         return NULL;
     k.matmul[TENSOR_F32] = matmul_f32;

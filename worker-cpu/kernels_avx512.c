@@ -166,15 +166,6 @@ KERNEL_TARGET static float dot_avx512(const float *a, const float *b, int n) {
 #define FLOAT_DOT(a, b, n) dot_avx512(a, b, n)
 #include "kernels_quant.h"
 
-KERNEL_TARGET static void axpy_avx512(float *y, float alpha, const float *x, int n) {
-    __m512 al = _mm512_set1_ps(alpha);
-    int i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(al, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
-    for (; i < n; i++)
-        y[i] += alpha * x[i];
-}
-
 /* ---- Q8_0 repacked: [cols int8 quants][nb fp16 scales, padded to 64 bytes] per row ---- */
 
 /* [cols int8 quants][nb fp16 scales][nb int16 quant sums], padded to 64 */
@@ -327,8 +318,8 @@ const kernel_set *kernels_avx512(void) {
     static kernel_set k = {.name = "avx512",
                            .q8_activations = true,
                            .quantize_q8_0 = quantize_q8_0_rows,
-                           .dot = dot_avx512,
-                           .axpy = axpy_avx512};
+                           .attn_scores = {attn_scores_f32, attn_scores_f16},
+                           .attn_values = {attn_values_f32, attn_values_f16}};
     if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
         !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512vnni") ||
         !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("fma") || !cpu_has_f16c())

@@ -126,6 +126,85 @@
         break;                                                                                                         \
     }
 
+/* ---- attention over one run of consecutive KV rows of dim elements ----
+ * 256-bit in both sets: at the context lengths a decode step sees, these
+ * are bound by loads, not vector width. ELEM is the KV element (float or
+ * half), LOAD8 reads 8 of them as floats, SCALAR one. */
+
+/* attn_scores: four keys at a time, two accumulators each, so no FMA waits
+ * on the one before it (one dot product a call was a 16-deep FMA chain a
+ * key). A partial group repeats its last key, so every score takes the
+ * same arithmetic whichever lane it lands in, and results do not depend on
+ * where the KV blocks split a sequence.
+ * attn_values: out += sum_i p[i] v_i with 64 output dims in registers
+ * across all n keys; each lane adds its keys in order. */
+#define DEFINE_ATTENTION(SCORES, VALUES, ELEM, LOAD8, SCALAR)                                                          \
+    KERNEL_TARGET static void SCORES(const float *q, const void *k, int n, int dim, float scale, float *scores) {      \
+        for (int i = 0; i < n; i += 4) {                                                                               \
+            const ELEM *key[4];                                                                                        \
+            __m256 acc[4][2];                                                                                          \
+            _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {                                                      \
+                key[j] = (const ELEM *)k + (size_t)(i + j < n ? i + j : n - 1) * dim;                                  \
+                acc[j][0] = acc[j][1] = _mm256_setzero_ps();                                                           \
+            }                                                                                                          \
+            int d = 0;                                                                                                 \
+            for (; d + 16 <= dim; d += 16) {                                                                           \
+                __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);                                   \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) {                                                  \
+                    acc[j][0] = _mm256_fmadd_ps(q0, LOAD8(key[j] + d), acc[j][0]);                                     \
+                    acc[j][1] = _mm256_fmadd_ps(q1, LOAD8(key[j] + d + 8), acc[j][1]);                                 \
+                }                                                                                                      \
+            }                                                                                                          \
+            if (d + 8 <= dim) {                                                                                        \
+                __m256 q0 = _mm256_loadu_ps(q + d);                                                                    \
+                _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++) acc[j][0] =                                        \
+                    _mm256_fmadd_ps(q0, LOAD8(key[j] + d), acc[j][0]);                                                 \
+                d += 8;                                                                                                \
+            }                                                                                                          \
+            /* the four horizontal sums at once: lane j of the result is key j's */                                    \
+            __m256 h01 = _mm256_hadd_ps(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]));     \
+            __m256 h23 = _mm256_hadd_ps(_mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1]));     \
+            __m256 h = _mm256_hadd_ps(h01, h23);                                                                       \
+            float sum[4];                                                                                              \
+            _mm_storeu_ps(sum, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));                    \
+            for (int j = 0; j < 4 && i + j < n; j++) {                                                                 \
+                for (int r = d; r < dim; r++)                                                                          \
+                    sum[j] += q[r] * SCALAR(key[j][r]);                                                                \
+                scores[i + j] = sum[j] * scale;                                                                        \
+            }                                                                                                          \
+        }                                                                                                              \
+    }                                                                                                                  \
+    KERNEL_TARGET static void VALUES(const float *p, const void *v, int n, int dim, float *out) {                      \
+        const ELEM *rows = v;                                                                                          \
+        int d = 0;                                                                                                     \
+        for (; d + 64 <= dim; d += 64) {                                                                               \
+            __m256 acc[8];                                                                                             \
+            _Pragma("GCC unroll 8") for (int u = 0; u < 8; u++) acc[u] = _mm256_loadu_ps(out + d + 8 * u);             \
+            for (int i = 0; i < n; i++) {                                                                              \
+                __m256 pi = _mm256_set1_ps(p[i]);                                                                      \
+                const ELEM *row = rows + (size_t)i * dim + d;                                                          \
+                _Pragma("GCC unroll 8") for (int u = 0; u < 8; u++) acc[u] =                                           \
+                    _mm256_fmadd_ps(pi, LOAD8(row + 8 * u), acc[u]);                                                   \
+            }                                                                                                          \
+            _Pragma("GCC unroll 8") for (int u = 0; u < 8; u++) _mm256_storeu_ps(out + d + 8 * u, acc[u]);             \
+        }                                                                                                              \
+        for (; d + 8 <= dim; d += 8) {                                                                                 \
+            __m256 acc = _mm256_loadu_ps(out + d);                                                                     \
+            for (int i = 0; i < n; i++)                                                                                \
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(p[i]), LOAD8(rows + (size_t)i * dim + d), acc);                   \
+            _mm256_storeu_ps(out + d, acc);                                                                            \
+        }                                                                                                              \
+        for (; d < dim; d++)                                                                                           \
+            for (int i = 0; i < n; i++)                                                                                \
+                out[d] += p[i] * SCALAR(rows[(size_t)i * dim + d]);                                                    \
+    }
+
+#define KV_LOAD8_F32(p)  _mm256_loadu_ps(p)
+#define KV_LOAD8_F16(p)  _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define KV_SCALAR_F32(x) (x)
+DEFINE_ATTENTION(attn_scores_f32, attn_values_f32, float, KV_LOAD8_F32, KV_SCALAR_F32)
+DEFINE_ATTENTION(attn_scores_f16, attn_values_f16, uint16_t, KV_LOAD8_F16, fp16_to_f32)
+
 /* F16C from CPUID (leaf 1, ECX bit 29): not every compiler's
  * __builtin_cpu_supports knows the name. */
 #include <cpuid.h>

@@ -31,15 +31,16 @@ static float *read_floats(const char *path, size_t *n) {
 }
 
 /* kernels: a CPU kernel set, NULL for the best one, or "cuda" for the GPU
- * engine ("cuda-f16": with a half-precision KV cache) */
+ * engine; "cpu-f16" and "cuda-f16": the best CPU set or the GPU engine with
+ * a half-precision KV cache */
 static engine *make_engine(const model_desc *m, const char *kernels, int threads, int block_size) {
-    bool cuda = kernels && !strncmp(kernels, "cuda", 4);
+    bool cuda = kernels && !strncmp(kernels, "cuda", 4), kv_f16 = kernels && strstr(kernels, "-f16");
     engine_config cfg = {.backend = cuda ? "cuda" : "cpu",
                          .n_threads = threads,
                          .block_size = block_size,
                          .n_blocks = 128,
-                         .kernels = cuda ? NULL : kernels,
-                         .kv_type = cuda && !strcmp(kernels, "cuda-f16") ? "f16" : NULL};
+                         .kernels = cuda || kv_f16 ? NULL : kernels,
+                         .kv_type = kv_f16 ? "f16" : NULL};
     engine *e;
     char err[512];
     if (engine_open(m, &cfg, &e, err, sizeof err))
@@ -163,8 +164,8 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
 }
 
 /* The CPU kernel sets, then the CUDA engine as one more "kernel set". */
-static const char *kernel_sets[] = {"reference", "avx2", "avx512", "cuda", "cuda-f16"};
-#define N_KERNEL_SETS 5
+static const char *kernel_sets[] = {"reference", "avx2", "avx512", "cpu-f16", "cuda", "cuda-f16"};
+#define N_KERNEL_SETS 6
 
 /* The GPU engine where it can start (libinferno-cuda.so built, a device
  * present); said once, so that a run without a GPU shows what it skipped. */
@@ -188,7 +189,7 @@ static bool have_cuda(void) {
 }
 
 static bool have(const char *k) {
-    return !strcmp(k, "reference") || (!strcmp(k, "avx2") && kernels_avx2()) ||
+    return !strcmp(k, "reference") || !strcmp(k, "cpu-f16") || (!strcmp(k, "avx2") && kernels_avx2()) ||
            (!strcmp(k, "avx512") && kernels_avx512()) || (!strncmp(k, "cuda", 4) && have_cuda());
 }
 
@@ -202,7 +203,7 @@ static void test_reference_f32_bf16(void **state) {
     for (int k = 0; k < N_KERNEL_SETS; k++) {
         if (!have(kernel_sets[k]))
             continue;
-        struct tolerance tol = strcmp(kernel_sets[k], "cuda-f16") ? exact : kv_f16;
+        struct tolerance tol = strstr(kernel_sets[k], "-f16") ? kv_f16 : exact;
         check_reference("tinyA-f32.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], tol);
         check_reference("tinyA-bf16.gguf", "tinyA-exact.ref.json", "tinyA-exact.logits.f32", kernel_sets[k], tol);
     }
@@ -228,10 +229,10 @@ static void test_reference_q8_0(void **state) {
  * the float32 one, so there the bounds are those paths' difference. */
 static void test_batch_and_paging_invariance(void **state) {
     (void)state;
-    for (int run = 0; run < 6; run++) {
+    for (int run = 0; run < 8; run++) {
         int file = run % 2;
-        const char *kernels = run < 2 ? NULL : run < 4 ? "cuda" : "cuda-f16";
-        float tolerance = run < 2 ? 1e-4f : file ? 0.1f : 2e-3f;
+        const char *kernels = run < 2 ? NULL : run < 4 ? "cpu-f16" : run < 6 ? "cuda" : "cuda-f16";
+        float tolerance = run < 4 ? 1e-4f : file ? 0.1f : 2e-3f;
         if (kernels && !have(kernels))
             continue;
         char err[512];

@@ -14,6 +14,7 @@
 
 #include <cmocka.h>
 
+#include "fp16.h"
 #include "kernels.h"
 
 enum { ROWS = 37, MAX_T = 17 };
@@ -159,10 +160,69 @@ static void test_quantize_q8_0_matches_reference(void **state) {
     }
 }
 
+/* Each set's attention kernels, both KV types, against double precision on
+ * the same (rounded) keys and values: run lengths 1..9 (partial groups of
+ * four keys) and head sizes with 16-, 8- and 1-wide remainders. A key's
+ * score must be bit-identical whether scored alone or inside a run, which
+ * is what lets a sequence's logits ignore where its KV blocks split. */
+static void test_attention_kernels(void **state) {
+    (void)state;
+    enum { MAX_N = 9, MAX_DIM = 140 };
+    static float q[MAX_DIM], p[MAX_N], kf[MAX_N * MAX_DIM], vf[MAX_N * MAX_DIM], out[MAX_DIM];
+    static uint16_t kh[MAX_N * MAX_DIM], vh[MAX_N * MAX_DIM];
+    const int dims[] = {16, 72, 128, 140, 3};
+    const kernel_set *sets[] = {kernels_reference(), kernels_avx2(), kernels_avx512()};
+    uint32_t rng = 11;
+    for (size_t di = 0; di < sizeof dims / sizeof dims[0]; di++) {
+        int dim = dims[di];
+        for (int i = 0; i < dim; i++)
+            q[i] = uniform(&rng);
+        for (int i = 0; i < MAX_N * dim; i++) {
+            kh[i] = fp16_from_f32(uniform(&rng)), vh[i] = fp16_from_f32(uniform(&rng));
+            kf[i] = fp16_to_f32(kh[i]), vf[i] = fp16_to_f32(vh[i]); /* the same values in both types */
+        }
+        for (int i = 0; i < MAX_N; i++)
+            p[i] = uniform(&rng);
+        for (size_t si = 0; si < sizeof sets / sizeof sets[0]; si++)
+            for (int type = 0; type < KV_TYPES && sets[si]; type++)
+                for (int n = 1; n <= MAX_N; n++) {
+                    const void *k = type == KV_F16 ? (const void *)kh : kf, *v = type == KV_F16 ? (const void *)vh : vf;
+                    float scores[MAX_N], alone;
+                    sets[si]->attn_scores[type](q, k, n, dim, 0.5f, scores);
+                    for (int i = 0; i < n; i++) {
+                        double want = 0.0;
+                        for (int d = 0; d < dim; d++)
+                            want += (double)q[d] * kf[i * dim + d];
+                        want *= 0.5;
+                        if (fabs(scores[i] - want) > 1e-5 * (1.0 + fabs(want)))
+                            fail_msg("%s kv type %d dim %d n %d: score %d is %g, want %g", sets[si]->name, type, dim, n,
+                                     i, scores[i], want);
+                        sets[si]->attn_scores[type](q, (const uint8_t *)k + (size_t)i * dim * (type ? 2 : 4), 1, dim,
+                                                    0.5f, &alone);
+                        if (memcmp(&alone, &scores[i], sizeof alone))
+                            fail_msg("%s kv type %d dim %d: key %d scores %a alone, %a in a run of %d", sets[si]->name,
+                                     type, dim, i, alone, scores[i], n);
+                    }
+                    for (int d = 0; d < dim; d++)
+                        out[d] = (float)d; /* values add to what is there */
+                    sets[si]->attn_values[type](p, v, n, dim, out);
+                    for (int d = 0; d < dim; d++) {
+                        double want = d;
+                        for (int i = 0; i < n; i++)
+                            want += (double)p[i] * vf[i * dim + d];
+                        if (fabs(out[d] - want) > 1e-5 * (1.0 + fabs(want)))
+                            fail_msg("%s kv type %d dim %d n %d: out[%d] is %g, want %g", sets[si]->name, type, dim, n,
+                                     d, out[d], want);
+                    }
+                }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_type_every_set),
         cmocka_unit_test(test_quantize_q8_0_matches_reference),
+        cmocka_unit_test(test_attention_kernels),
     };
     return cmocka_run_group_tests_name("kernels", tests, NULL, NULL);
 }
