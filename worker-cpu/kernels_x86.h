@@ -12,6 +12,11 @@
 /* Software prefetch distance for weight streams, in bytes: rows are short
  * (1-6 KB), too short for the hardware prefetcher to ramp up on its own. */
 #define PREFETCH_BYTES 4096
+/* Prompt matmuls pass every token tile over a block of weight rows this
+ * big while it sits in L2, rather than every token over 4 rows at a time,
+ * which re-read all the activations from L3 for each 4 rows (F16 6144 x
+ * 1024, 128 tokens, 2 threads: median 54 -> 60 GMAC/s; Q8_0 unchanged). */
+#define ROW_BLOCK_BYTES (160u << 10)
 
 /* One tile: rows r..r+rb, tokens t..t+tb (rb <= RB, tb <= TB, constants after inlining). */
 #define DEFINE_FLOAT_TILE(NAME, LOAD, SCALAR, ELEM)                                                                    \
@@ -81,10 +86,11 @@
     }
 
 /* The matmul over rows r0..r1. Fewer than TBV activation rows (decode):
- * the row-sequential GEMV. Otherwise RB x TBV tiles, rows outer, and the
- * last 1..TBV-1 activation rows in a narrower tile of the same weight rows
- * while they are still in L1 (a GEMV pass after the tiles would stream
- * every weight a second time: batch 8 with 3-wide tiles ran at half speed). */
+ * the row-sequential GEMV. Otherwise RB x TBV tiles over one block of rows
+ * (ROW_BLOCK_BYTES) at a time, every token tile in turn, then the last
+ * 1..TBV-1 activation rows in a narrower tile over the same block while it
+ * is still in L2 (a GEMV pass after the tiles would stream every weight a
+ * second time: batch 8 with 3-wide tiles ran at half speed). */
 #define DEFINE_TILED_MATMUL(NAME, TILE, GEMV) DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TB)
 /* TBV: activation rows per tile (<= TB), smaller where a tile needs more registers. */
 #define DEFINE_TILED_MATMUL_TB(NAME, TILE, GEMV, TBV)                                                                  \
@@ -99,12 +105,17 @@
                 }                                                                                                      \
             return;                                                                                                    \
         }                                                                                                              \
-        uint64_t r = r0;                                                                                               \
-        for (; r + RB <= r1; r += RB) {                                                                                \
+        uint64_t r = r0, block = ROW_BLOCK_BYTES / w->row_bytes / RB * RB;                                             \
+        block = block < RB ? RB : block;                                                                               \
+        for (uint64_t b0 = r0; b0 + RB <= r1; b0 += block) {                                                           \
+            uint64_t b1 = b0 + block < r1 ? b0 + block : r1 - (r1 - b0) % RB;                                          \
             for (int t = 0; t < full; t += TBV)                                                                        \
-                TILE(w, a, r, t, RB, TBV);                                                                             \
-            TILE_TAIL(TILE, TBV, RB);                                                                                  \
+                for (r = b0; r < b1; r += RB)                                                                          \
+                    TILE(w, a, r, t, RB, TBV);                                                                         \
+            for (r = b0; r < b1; r += RB)                                                                              \
+                TILE_TAIL(TILE, TBV, RB);                                                                              \
         }                                                                                                              \
+        r = r1 - (r1 - r0) % RB;                                                                                       \
         for (; r < r1; r++) { /* the last rows, one at a time */                                                       \
             for (int t = 0; t < full; t += TBV)                                                                        \
                 TILE(w, a, r, t, 1, TBV);                                                                              \

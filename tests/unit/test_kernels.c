@@ -2,8 +2,9 @@
  * product of the dequantized weights: every kernel set this CPU has, the
  * quantized types with 8-bit activations (so the expected value uses the
  * same quantized activations and the kernel must agree to float rounding),
- * odd row counts, row ranges that start and end mid-tile, and token counts
- * that exercise both the tiles and the leftover GEMV. */
+ * odd row counts, row ranges that start and end mid-tile, rows long enough
+ * to split a range into several L2 row blocks, and token counts that
+ * exercise both the tiles and the leftover GEMV. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -116,6 +117,8 @@ static void test_every_type_every_set(void **state) {
                 checked += 2;
                 if (types[i] != TENSOR_Q4_K && types[i] != TENSOR_Q6_K) /* rows of 9 blocks of 32 */
                     check_kernel(sets[s], types[i], 288, token_counts[n], 1, ROWS), checked++;
+                /* rows long enough that a prompt matmul's L2 row blocks (ROW_BLOCK_BYTES) hold a few each */
+                check_kernel(sets[s], types[i], 16384, token_counts[n], 2, ROWS), checked++;
             }
         }
         print_message("%s: %d matmuls checked\n", sets[s]->name, checked);
