@@ -44,6 +44,7 @@ struct cpu_engine {
     uint32_t q_dim, kv_dim;
     void **k_cache, **v_cache; /* per layer: [n_blocks][kv_heads][block_size][head_dim] (kv_offset) */
     enum kv_type kv_type;      /* their elements */
+    size_t kv_elem;            /* bytes an element: 4 or 2 */
     float *inv_freq;           /* RoPE: per layer [head_dim / 2] */
     /* norm gains as float, once: per layer attn[H], q[hd], k[hd], ffn[H], post_attn[H], post_ffn[H];
      * then output[H] */
@@ -127,13 +128,14 @@ int cpu_engine_create(const model_desc *m, const cpu_engine_config *cfg, cpu_eng
     e->v_cache = calloc(m->n_layers, sizeof *e->v_cache);
     e->inv_freq = malloc((size_t)m->n_layers * m->head_dim / 2 * sizeof *e->inv_freq);
     e->kv_type = cfg && cfg->kv_f16 ? KV_F16 : KV_F32;
-    size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim, elem = e->kv_type == KV_F16 ? 2 : 4;
+    e->kv_elem = e->kv_type == KV_F16 ? 2 : 4;
+    size_t per_layer = (size_t)e->n_blocks * e->block_size * e->kv_dim;
     bool ok = e->tp && e->k_cache && e->v_cache && e->inv_freq;
     if (ok)
         ok = (e->rope_cs = malloc((size_t)threadpool_size(e->tp) * m->head_dim * sizeof *e->rope_cs)) != NULL;
     for (uint32_t l = 0; ok && l < m->n_layers; l++) {
-        e->k_cache[l] = calloc(per_layer, elem);
-        e->v_cache[l] = calloc(per_layer, elem);
+        e->k_cache[l] = calloc(per_layer, e->kv_elem);
+        e->v_cache[l] = calloc(per_layer, e->kv_elem);
         ok = e->k_cache[l] && e->v_cache[l];
     }
     if (!ok) {
@@ -548,6 +550,7 @@ static void attention_worker(void *p, int ith, int nth) {
     const model_desc *m = e->m;
     uint32_t hd = m->head_dim, group = m->n_heads / m->n_kv_heads, window = m->layers[j->layer].window;
     float *scores = e->scores + (size_t)ith * e->cap_scores;
+    const uint8_t *kc = e->k_cache[j->layer], *vc = e->v_cache[j->layer];
     for (int u = ith; u < j->T * (int)m->n_kv_heads; u += nth) {
         int t = u / (int)m->n_kv_heads;
         uint32_t kvh = (uint32_t)u % m->n_kv_heads;
@@ -555,14 +558,12 @@ static void attention_worker(void *p, int ith, int nth) {
         int pos = e->tok_pos[t], n;
         /* causal: every position up to this token's, or the window's latest ones */
         int first = window && pos >= (int)window ? pos - (int)window + 1 : 0;
-        const uint8_t *kc = e->k_cache[j->layer], *vc = e->v_cache[j->layer];
-        size_t elem = e->kv_type == KV_F16 ? 2 : 4;
         for (uint32_t h = kvh * group; h < (kvh + 1) * group; h++) {
             const float *q = e->q + (size_t)t * e->q_dim + h * hd;
             size_t at;
             for (int p2 = first; p2 <= pos; p2 += n) {
                 n = kv_run(e, s, p2, pos, kvh, &at);
-                e->k->attn_scores[e->kv_type](q, kc + at * elem, n, (int)hd, m->attn_scale, scores + p2);
+                e->k->attn_scores[e->kv_type](q, kc + at * e->kv_elem, n, (int)hd, m->attn_scale, scores + p2);
             }
             float max = -INFINITY, sum = 0.0f;
             for (int p2 = first; p2 <= pos; p2++)
@@ -575,7 +576,7 @@ static void attention_worker(void *p, int ith, int nth) {
             memset(out, 0, hd * sizeof *out);
             for (int p2 = first; p2 <= pos; p2 += n) {
                 n = kv_run(e, s, p2, pos, kvh, &at);
-                e->k->attn_values[e->kv_type](scores + p2, vc + at * elem, n, (int)hd, out);
+                e->k->attn_values[e->kv_type](scores + p2, vc + at * e->kv_elem, n, (int)hd, out);
             }
         }
     }
