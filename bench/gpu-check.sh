@@ -86,6 +86,13 @@ for f in tinyA-bf16 tinyA-q8_0; do
         check "memcheck $f $how" $rc
     done
 done
+# the persistent decode kernel (opt-in), greedy on tinyA
+INFERNO_CUDA_PERSISTENT=1 compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
+    --model "$INFERNO_REFERENCE_DIR/tinyA-bf16.gguf" --prompt-ids "$ids" --max-tokens 12 --print-ids \
+    >"$OUT/sanitizer-tinyA-bf16-persistent.log" 2>&1
+rc=$?
+grep -E "ERROR SUMMARY" "$OUT/sanitizer-tinyA-bf16-persistent.log"
+check "memcheck tinyA-bf16 persistent decode" $rc
 # a 300-token prompt at head size 128: the warp-per-head RoPE, and the prompt
 # attention's slices and their merge
 compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
@@ -141,6 +148,9 @@ build/bin/inferno-bench --backend cuda --model "$work/gemma3-270m-q4_k_m.gguf" -
 echo "-- bf16 with a half-precision KV cache (--kv-type f16)"
 build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch "$BATCHES" | tee "$OUT/bench-bf16-kvf16.txt"
+echo "-- bf16 with the persistent decode kernel (INFERNO_CUDA_PERSISTENT=1)"
+INFERNO_CUDA_PERSISTENT=1 build/bin/inferno-bench --backend cuda --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
+    --batch 1,2,4,8 | tee "$OUT/bench-bf16-persistent.txt"
 echo "-- bf16 without programmatic dependent launch (INFERNO_CUDA_PDL=0), for comparison"
 INFERNO_CUDA_PDL=0 build/bin/inferno-bench --backend cuda --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch 1,8 | tee "$OUT/bench-bf16-nopdl.txt"

@@ -75,17 +75,18 @@ struct attention_args {
  * sum_z e^(m_z - M) l_z. The first warp weighs the slices (one a lane, so
  * at most 32), then every thread sums its elements over them. weight: 32
  * floats of shared memory. Other blocks wrote part: read with __ldcg. */
+template <bool NAMED = false>
 __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h, uint32_t slices, float *weight) {
     uint32_t hd = a.head_dim, lane = threadIdx.x % WARP;
     const float *part = a.part + ((size_t)t * a.n_heads + h) * slices * (hd + 2);
-    __syncthreads(); /* weight may still be read for the previous head */
+    block_sync<NAMED>(); /* weight may still be read for the previous head */
     if (threadIdx.x < WARP) {
         float mz = lane < slices ? __ldcg(part + lane * (hd + 2)) : -INFINITY;
         float m_all = warp_max(mz), w = mz == -INFINITY ? 0.0f : expf(mz - m_all);
         float l_all = warp_sum(lane < slices ? w * __ldcg(part + lane * (hd + 2) + 1) : 0.0f);
         weight[lane] = w / l_all;
     }
-    __syncthreads();
+    block_sync<NAMED>();
     for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
         float o = 0.0f;
         for (uint32_t z = 0; z < slices; z++)
@@ -94,34 +95,34 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
     }
 }
 
-/* The end of a decode attention block: merges its warps' (max, sum,
- * output) for each of its GSUB heads (m_w, l_w: [ATTN_WARPS][GSUB]; acc_w:
- * [ATTN_WARPS][GSUB][acc_ld], in shared memory, written before the call)
- * into the output, or with several slices into part, where the last
- * slice's block merges them. */
-template <int GSUB>
-__device__ void attention_block_finish(const attention_args &a, uint32_t t, uint32_t h0, const float *m_w,
-                                       const float *l_w, const float *acc_w, uint32_t acc_ld, float *weight) {
-    uint32_t hd = a.head_dim, slices = gridDim.z;
-    __syncthreads();
-#pragma unroll
-    for (int g = 0; g < GSUB; g++) {
+/* The end of a decode attention block (WARPS warps): merges its warps'
+ * (max, sum, output) for each of its gsub heads h0.. (m_w, l_w:
+ * [WARPS][gsub]; acc_w: [WARPS][gsub][acc_ld], in shared memory, written
+ * before the call) into the output, or with several slices into part as
+ * slice z, where the last slice to finish (counted in *done) merges them. */
+template <int WARPS, bool NAMED = false>
+__device__ void attention_block_finish(const attention_args &a, uint32_t t, uint32_t h0, uint32_t gsub,
+                                       const float *m_w, const float *l_w, const float *acc_w, uint32_t acc_ld,
+                                       float *weight, uint32_t z, uint32_t slices, unsigned *done) {
+    uint32_t hd = a.head_dim;
+    block_sync<NAMED>();
+    for (uint32_t g = 0; g < gsub; g++) {
         float m_all = -INFINITY, l_all = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            m_all = fmaxf(m_all, m_w[w * GSUB + g]);
+        for (int w = 0; w < WARPS; w++)
+            m_all = fmaxf(m_all, m_w[w * gsub + g]);
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++)
-            l_all += m_w[w * GSUB + g] == -INFINITY ? 0.0f : l_w[w * GSUB + g] * expf(m_w[w * GSUB + g] - m_all);
+        for (int w = 0; w < WARPS; w++)
+            l_all += m_w[w * gsub + g] == -INFINITY ? 0.0f : l_w[w * gsub + g] * expf(m_w[w * gsub + g] - m_all);
         uint32_t h = h0 + g;
-        float *part = a.part + (((size_t)t * a.n_heads + h) * slices + blockIdx.z) * (hd + 2);
+        float *part = a.part + (((size_t)t * a.n_heads + h) * slices + z) * (hd + 2);
         for (uint32_t i = threadIdx.x; i < hd; i += blockDim.x) {
             float o = 0.0f;
 #pragma unroll
-            for (int w = 0; w < ATTN_WARPS; w++)
-                o += m_w[w * GSUB + g] == -INFINITY
+            for (int w = 0; w < WARPS; w++)
+                o += m_w[w * gsub + g] == -INFINITY
                          ? 0.0f
-                         : acc_w[(w * GSUB + g) * acc_ld + i] * expf(m_w[w * GSUB + g] - m_all);
+                         : acc_w[(w * gsub + g) * acc_ld + i] * expf(m_w[w * gsub + g] - m_all);
             if (slices == 1)
                 a.out[(size_t)t * a.q_dim + h * hd + i] = o / l_all;
             else
@@ -130,10 +131,10 @@ __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint
         if (slices > 1 && threadIdx.x == 0)
             part[0] = m_all, part[1] = l_all;
     }
-    if (slices == 1 || !block_is_last(a.done + (size_t)t * gridDim.x + blockIdx.x, slices))
+    if (slices == 1 || !block_is_last<NAMED>(done, slices))
         return;
-    for (int g = 0; g < GSUB; g++)
-        attention_merge(a, t, h0 + g, slices, weight);
+    for (uint32_t g = 0; g < gsub; g++)
+        attention_merge<NAMED>(a, t, h0 + g, slices, weight);
 }
 
 /* One online-softmax step of a head over B positions: their scores s
@@ -236,7 +237,8 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
         for (int i = 0; i < EPL; i++)
             acc_w[warp][g][lane * EPL + i] = acc[g][i];
     }
-    attention_block_finish<GSUB>(a, t, h0, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], EPL * WARP, weight);
+    attention_block_finish<ATTN_WARPS>(a, t, h0, GSUB, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], EPL * WARP, weight,
+                                       blockIdx.z, gridDim.z, a.done + (size_t)t * gridDim.x + blockIdx.x);
 }
 
 /* attention_kernel for head sizes 16, 32, 64 and 128 (256 works, but was
@@ -274,6 +276,41 @@ __device__ __forceinline__ void kv_load8(const __half *p, bool in, float out[8])
 
 /* Brings the line holding p into this SM's L1 (no registers held). */
 __device__ __forceinline__ void prefetch_l1(const void *p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
+/* One head's scores of ATTL_BATCH positions (lane groups of `lanes` lanes,
+ * 8 elements a lane, summed by shuffles; q pre-scaled into powers of 2) and
+ * its online-softmax step over them (n_in of them real). */
+__device__ __forceinline__ void lanes_softmax_step(const float (&q)[8], const float (&kr)[ATTL_BATCH][8],
+                                                   const float (&vr)[ATTL_BATCH][8], uint32_t lanes, int n_in, float &m,
+                                                   float &l, float (&acc)[8]) {
+    float s[ATTL_BATCH];
+#pragma unroll
+    for (int j = 0; j < ATTL_BATCH; j++) {
+        s[j] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            s[j] += q[i] * kr[j][i];
+        for (uint32_t o = lanes / 2; o > 0; o /= 2)
+            s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
+    }
+    softmax_step<ATTL_BATCH, 8, true>(s, n_in, vr, m, l, acc);
+}
+
+/* The lane groups of a warp into one, for one head: every lane ends with
+ * the warp's maximum (powers of 2), sum and its 8 output elements. */
+__device__ __forceinline__ void lanes_merge_groups(uint32_t lanes, float &m, float &l, float (&acc)[8]) {
+    for (uint32_t o = lanes; o < WARP; o *= 2) {
+        float m_o = __shfl_xor_sync(0xffffffffu, m, o), l_o = __shfl_xor_sync(0xffffffffu, l, o);
+        float m_all = fmaxf(m, m_o);
+        float mine = m == -INFINITY ? 0.0f : exp2f(m - m_all);
+        float theirs = m_o == -INFINITY ? 0.0f : exp2f(m_o - m_all);
+        l = l * mine + l_o * theirs;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            acc[i] = acc[i] * mine + __shfl_xor_sync(0xffffffffu, acc[i], o) * theirs;
+        m = m_all;
+    }
+}
 
 template <int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(attention_args a) {
@@ -334,34 +371,13 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
             kv_load8((const KV *)a.v_cache + at, p < end, vr[j]);
         }
 #pragma unroll
-        for (int g = 0; g < GSUB; g++) {
-            float s[ATTL_BATCH];
-#pragma unroll
-            for (int j = 0; j < ATTL_BATCH; j++) {
-                s[j] = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++)
-                    s[j] += q[g][i] * kr[j][i];
-                for (uint32_t o = lanes / 2; o > 0; o /= 2)
-                    s[j] += __shfl_xor_sync(0xffffffffu, s[j], o);
-            }
-            softmax_step<ATTL_BATCH, 8, true>(s, end - p0, vr, m[g], l[g], acc[g]);
-        }
+        for (int g = 0; g < GSUB; g++)
+            lanes_softmax_step(q[g], kr, vr, lanes, end - p0, m[g], l[g], acc[g]);
     }
     /* the lane groups of the warp into one */
 #pragma unroll
     for (int g = 0; g < GSUB; g++) {
-        for (uint32_t o = lanes; o < WARP; o *= 2) {
-            float m_o = __shfl_xor_sync(0xffffffffu, m[g], o), l_o = __shfl_xor_sync(0xffffffffu, l[g], o);
-            float m_all = fmaxf(m[g], m_o);
-            float mine = m[g] == -INFINITY ? 0.0f : exp2f(m[g] - m_all);
-            float theirs = m_o == -INFINITY ? 0.0f : exp2f(m_o - m_all);
-            l[g] = l[g] * mine + l_o * theirs;
-#pragma unroll
-            for (int i = 0; i < 8; i++)
-                acc[g][i] = acc[g][i] * mine + __shfl_xor_sync(0xffffffffu, acc[g][i], o) * theirs;
-            m[g] = m_all;
-        }
+        lanes_merge_groups(lanes, m[g], l[g], acc[g]);
         if (lane == 0) /* the maximum back in natural-log units, as attention_block_finish's */
             m_w[warp][g] = m[g] * LN2, l_w[warp][g] = l[g];
         if (grp == 0)
@@ -369,7 +385,8 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
             for (int i = 0; i < 8; i++)
                 acc_w[warp][g][sub * 8 + i] = acc[g][i];
     }
-    attention_block_finish<GSUB>(a, t, h0, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], 256, weight);
+    attention_block_finish<ATTN_WARPS>(a, t, h0, GSUB, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], 256, weight, blockIdx.z,
+                                       gridDim.z, a.done + (size_t)t * gridDim.x + blockIdx.x);
 }
 
 /* Causal attention for prompts (flash-attention style, on the tensor

@@ -47,6 +47,7 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "kernels.cuh"
 #include "attention.cuh"
 #include "sample.cuh"
+#include "persistent.cuh"
 
 #define GEMV_MAX_T      8
 #define GRAPH_MAX_T     GEMV_MAX_T
@@ -111,6 +112,17 @@ struct cuda_engine {
     /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any
      * length fit) */
     cudaGraphExec_t graph[GRAPH_MAX_T + 1];
+    /* the persistent decode kernel (persistent.cuh), per token bucket (1, 2, 4, 8); persist false: none */
+    bool persist;
+    persist_layer *persist_layers; /* device, [n_layers] */
+    unsigned *grid_bar;
+    unsigned long long *trace; /* INFERNO_CUDA_TRACE (persist_trace_report) */
+    int trace_steps;
+    struct {
+        void (*kernel)(const persist_args);
+        uint32_t ring_bytes, piece_bytes, stage_bytes;
+        size_t smem;
+    } persist_nt[4];
 };
 
 /* ---- errors ---- */
@@ -202,8 +214,12 @@ static attention_prefill_fn attention_prefill_for(uint32_t head_dim, bool kv_f16
 
 /* ---- loading weights ---- */
 
+/* The allocation is padded to the next 16 bytes and 16 more (zeros): the
+ * persistent kernel's bulk copies read whole 16-byte units. */
 static int upload(void **dev, const void *host, size_t bytes, char *err, size_t errlen) {
-    CUDA_CHECK(cudaMalloc(dev, bytes));
+    size_t padded = (bytes + 31) & ~(size_t)15;
+    CUDA_CHECK(cudaMalloc(dev, padded));
+    CUDA_CHECK(cudaMemset(*dev, 0, padded));
     CUDA_CHECK(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice));
     return 0;
 }
@@ -322,6 +338,7 @@ static void cuda_destroy(cuda_engine *e) {
         free_matrix(&e->output);
     free_matrix(&e->embd);
     cudaFree(e->output_norm), cudaFree(e->inv_freq), cudaFree(e->wscratch), cudaFree(e->in.dev), cudaFree(e->qkv_done);
+    cudaFree(e->persist_layers), cudaFree(e->grid_bar), cudaFree(e->trace);
     cudaFreeHost(e->in.host);
     cudaFree(e->smp.dev), cudaFreeHost(e->smp.host), free(e->smp.row);
     free_activations(e);
@@ -379,6 +396,184 @@ static int load_layers(cuda_engine *e, char *err, size_t errlen) {
         CUDA_CHECK(cudaMemset(L->k_cache, 0, kv_bytes));
         CUDA_CHECK(cudaMemset(L->v_cache, 0, kv_bytes));
     }
+    return 0;
+}
+
+/* ---- the persistent decode kernel ---- */
+
+/* Sets up decode_persistent_kernel when INFERNO_CUDA_PERSISTENT=1 asks for
+ * it and the model and device allow it (sm_90 bulk copies, cooperative
+ * launch; Qwen-style layers: no post norms, SwiGLU, head_dim a power of 2
+ * from 16 to 256, at most 8 query heads a KV head); e->persist stays false
+ * otherwise, and decode steps take the kernel-per-stage path. Not the
+ * default: it is slower yet (README, CUDA engine). */
+static int persist_setup(cuda_engine *e, const cudaDeviceProp *prop, char *err, size_t errlen) {
+    const model_desc *m = e->m;
+    const char *env = getenv("INFERNO_CUDA_PERSISTENT");
+    uint32_t hd = m->head_dim, G = m->n_heads / m->n_kv_heads;
+    bool ok = prop->major >= 9 && prop->cooperativeLaunch && env && !strcmp(env, "1") && m->ffn_act != FFN_GELU_TANH &&
+              hd >= 16 && hd <= 256 && (hd & (hd - 1)) == 0 && G <= 8;
+    for (uint32_t l = 0; ok && l < m->n_layers; l++)
+        ok = !e->layers[l].post_attn_norm && !e->layers[l].post_ffn_norm;
+    if (!ok)
+        return 0;
+    size_t widest = m->ffn > m->hidden ? m->ffn : m->hidden;
+    widest = widest > e->q_dim ? widest : e->q_dim;
+    int gmax = G <= 2 ? 2 : 8;
+    static void (*const kernels[4][2])(const persist_args) = {
+        {decode_persistent_kernel<1, 2>, decode_persistent_kernel<1, 8>},
+        {decode_persistent_kernel<2, 2>, decode_persistent_kernel<2, 8>},
+        {decode_persistent_kernel<4, 2>, decode_persistent_kernel<4, 8>},
+        {decode_persistent_kernel<8, 2>, decode_persistent_kernel<8, 8>}};
+    /* the largest row set a piece must hold: a gate|up pair, or a row of the widest matrix */
+    size_t largest_set = 0;
+    const dmat *all[4] = {&e->layers[0].qkv, &e->layers[0].wo, &e->layers[0].gate_up, &e->layers[0].down};
+    for (int i = 0; i < 4; i++) {
+        size_t row = all[i]->type == DMAT_BF16 ? (size_t)all[i]->cols * 2 : all[i]->cols + all[i]->cols / 4 + 64;
+        row *= i == 2 ? 2 : 1;
+        largest_set = row > largest_set ? row : largest_set;
+    }
+    for (int b = 0; b < 4; b++) {
+        int nt = 1 << b;
+        void (*kernel)(const persist_args) = kernels[b][gmax == 8];
+        cudaFuncAttributes attr;
+        CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+        size_t stage = (persist_stage_floats(nt, gmax, (uint32_t)widest, hd) * 4 + 15) & ~(size_t)15;
+        size_t layers = m->n_layers * sizeof(persist_layer),
+               avail = prop->sharedMemPerBlockOptin - attr.sharedSizeBytes;
+        if (avail < stage + layers + 4 * largest_set)
+            return 0;
+        size_t ring = (avail - stage - layers) & ~(size_t)127;
+        int blocks = 0;
+        CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(ring + stage + layers)));
+        CUDA_CHECK(
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, PK_THREADS + WARP, ring + stage + layers));
+        if (blocks < 1)
+            return 0;
+        e->persist_nt[b].kernel = kernel;
+        e->persist_nt[b].ring_bytes = (uint32_t)ring;
+        /* pieces of ~48 KiB: big enough that a warp gets two row sets of the small matrices, small enough that
+         * the ring holds several */
+        e->persist_nt[b].piece_bytes = (uint32_t)(ring / 4 < 49152 ? ring / 4 : 49152);
+        e->persist_nt[b].stage_bytes = (uint32_t)stage;
+        e->persist_nt[b].smem = ring + stage + layers;
+    }
+    persist_layer *host = (persist_layer *)calloc(m->n_layers, sizeof *host);
+    if (!host)
+        return fail(err, errlen, "cuda engine: out of host memory");
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const dlayer *L = &e->layers[l];
+        host[l] = (persist_layer){L->qkv,      L->wo,      L->gate_up,         L->down,     L->attn_norm,
+                                  L->ffn_norm, L->q_norm,  L->k_norm,          L->qkv_bias, e->inv_freq + l * (hd / 2),
+                                  L->k_cache,  L->v_cache, m->layers[l].window};
+    }
+    int rc = upload((void **)&e->persist_layers, host, m->n_layers * sizeof *host, err, errlen);
+    free(host);
+    if (rc)
+        return -1;
+    CUDA_CHECK(cudaMalloc((void **)&e->grid_bar, sizeof *e->grid_bar));
+    const char *trace = getenv("INFERNO_CUDA_TRACE");
+    if (trace && !strcmp(trace, "1")) {
+        size_t n = (size_t)(3 + 5 * m->n_layers) * (e->n_sm + 1);
+        CUDA_CHECK(cudaMallocManaged((void **)&e->trace, n * sizeof *e->trace));
+        CUDA_CHECK(cudaMemset(e->trace, 0, n * sizeof *e->trace));
+    }
+    e->persist = true;
+    return 0;
+}
+
+/* INFERNO_CUDA_TRACE: the phases of the last persistent step, every 8th
+ * step, on stderr: per kind of phase (averaged over layers), the slowest
+ * block's time from the barrier before to its arrival, and the barrier's
+ * own time (last arrival to block 0's exit); the head, from its barrier to
+ * the last block's end. Decode steps then run without graphs (each is
+ * enqueued, so each can be read). */
+static void persist_trace_report(cuda_engine *e) {
+    if (e->trace_steps++ % 8 != 7)
+        return;
+    cudaStreamSynchronize(e->stream);
+    int nb = e->n_sm, L = (int)e->m->n_layers, P = 1 + 5 * L;
+    const unsigned long long *tr = e->trace;
+    double work[6] = {0}, wait[6] = {0};
+    unsigned long long prev = tr[(size_t)P * (nb + 1)], end = 0;
+    for (int p = 0; p < P; p++) {
+        const unsigned long long *row = tr + (size_t)p * (nb + 1);
+        unsigned long long last = 0;
+        for (int b = 0; b < nb; b++)
+            last = row[b] > last ? row[b] : last;
+        int k = p == 0 ? 0 : 1 + (p - 1) % 5;
+        work[k] += (double)(last - prev) / (k ? L : 1), wait[k] += (double)(row[nb] - last) / (k ? L : 1);
+        prev = row[nb];
+    }
+    for (int b = 0; b < nb; b++)
+        end = tr[(size_t)(P + 1) * (nb + 1) + b] > end ? tr[(size_t)(P + 1) * (nb + 1) + b] : end;
+    static const char *kinds[6] = {"embed", "qkv", "attn", "o", "ffn", "down"};
+    fprintf(stderr, "persistent step: %.1f us, head %.1f us; per phase (us, slowest block / barrier):",
+            (double)(end - tr[(size_t)P * (nb + 1)]) / 1e3, (double)(end - prev) / 1e3);
+    for (int k = 0; k < 6; k++)
+        fprintf(stderr, " %s %.2f / %.2f", kinds[k], work[k] / 1e3, wait[k] / 1e3);
+    fprintf(stderr, "\n");
+}
+
+/* A decode step (T <= 8 sequences, one token each) as one persistent
+ * kernel; inputs staged as enqueue_step's. */
+static int persist_enqueue(cuda_engine *e, int T, char *err, size_t errlen) {
+    const model_desc *m = e->m;
+    int b = T <= 1 ? 0 : T <= 2 ? 1 : T <= 4 ? 2 : 3;
+    const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
+                  *tables = table_off + T + T; /* after out_src, T rows */
+    uint32_t slices = (uint32_t)e->n_sm / ((uint32_t)T * m->n_kv_heads);
+    slices = slices < 1 ? 1 : slices > ATTN_MAX_SLICES ? ATTN_MAX_SLICES : slices;
+    persist_args a = {e->persist_layers,
+                      e->embd,
+                      e->output,
+                      e->output_norm,
+                      tokens,
+                      pos,
+                      slot,
+                      table_off,
+                      tables,
+                      e->x,
+                      e->qkv,
+                      e->att,
+                      e->act,
+                      e->part,
+                      e->logits,
+                      e->attn_done,
+                      e->grid_bar,
+                      (uint32_t)T,
+                      m->n_layers,
+                      m->hidden,
+                      m->ffn,
+                      m->vocab,
+                      m->n_heads,
+                      m->n_kv_heads,
+                      m->head_dim,
+                      e->q_dim,
+                      e->kv_dim,
+                      (uint32_t)e->block_size,
+                      slices,
+                      e->persist_nt[b].ring_bytes,
+                      e->persist_nt[b].piece_bytes,
+                      e->persist_nt[b].stage_bytes,
+                      m->rms_eps,
+                      m->embed_scale,
+                      m->attn_scale,
+                      e->kv_f16,
+                      NULL};
+    if (e->trace) {
+        persist_trace_report(e);
+        a.trace = e->trace;
+    }
+    CUDA_CHECK(cudaMemsetAsync(e->grid_bar, 0, sizeof *e->grid_bar, e->stream));
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(e->n_sm), cfg.blockDim = dim3(PK_THREADS + WARP), cfg.dynamicSmemBytes = e->persist_nt[b].smem;
+    cfg.stream = e->stream, cfg.attrs = &attr, cfg.numAttrs = 1;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, e->persist_nt[b].kernel, a));
     return 0;
 }
 
@@ -460,6 +655,10 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         return -1;
     }
     e->n_sm = prop.multiProcessorCount;
+    if (persist_setup(e, &prop, err, errlen)) {
+        cuda_destroy(e);
+        return -1;
+    }
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     /* how the GPU holds the weights (the first layer's q), and from which type */
@@ -469,8 +668,8 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         snprintf(held, sizeof held, "%s", e->layers[0].qkv.type == DMAT_BF16 ? "bf16" : "q8_0");
     else
         snprintf(held, sizeof held, "%s as 8-bit", tensor_type_name(wtype));
-    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s", prop.name, held, e->kv_f16 ? "f16" : "f32",
-             e->pdl ? ", PDL" : "");
+    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s", prop.name, held,
+             e->kv_f16 ? "f16" : "f32", e->pdl ? ", PDL" : "", e->persist ? ", persistent decode" : "");
     *out = e;
     return 0;
 }
@@ -608,8 +807,11 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
 }
 
 /* Every kernel of one step, on e->stream, reading the inputs already in
- * e->in.dev. Captured as a graph for decode steps. */
-static int enqueue_step(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
+ * e->in.dev; persistent: the step is single tokens of up to 8 sequences,
+ * for decode_persistent_kernel. Captured as a graph for decode steps. */
+static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *err, size_t errlen) {
+    if (persistent)
+        return persist_enqueue(e, T, err, errlen);
     const model_desc *m = e->m;
     const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
                   *out_src = table_off + T, *tables = out_src + rows;
@@ -743,11 +945,12 @@ static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t err
     if (reserve(e, T, rows, err, errlen) || stage_inputs(e, b, rows, err, errlen))
         return -1;
     /* decode steps replay one graph per T: every launch shape depends on T alone */
-    bool decode = T == rows && T == b->n_seqs && T <= GRAPH_MAX_T && e->use_graphs;
+    bool one_each = T == rows && T == b->n_seqs, persistent = e->persist && one_each && T <= 8;
+    bool decode = one_each && T <= GRAPH_MAX_T && e->use_graphs && !(persistent && e->trace);
     if (decode && !e->graph[T]) {
         cudaGraph_t g;
         CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
-        int rc = enqueue_step(e, T, rows, err, errlen);
+        int rc = enqueue_step(e, T, rows, persistent, err, errlen);
         cudaError_t end = cudaStreamEndCapture(e->stream, &g);
         if (rc)
             return -1;
@@ -760,7 +963,7 @@ static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t err
     }
     if (decode)
         CUDA_CHECK(cudaGraphLaunch(e->graph[T], e->stream));
-    else if (enqueue_step(e, T, rows, err, errlen))
+    else if (enqueue_step(e, T, rows, persistent, err, errlen))
         return -1;
     return 0;
 }

@@ -97,20 +97,31 @@ __device__ __forceinline__ float block_sum(float v) {
     return total;
 }
 
+/* The block's barrier: __syncthreads, or (NAMED) barrier 1 over the first
+ * NAMED_SYNC_THREADS threads: the persistent decode kernel's compute
+ * threads, whose copy warp never joins a barrier. */
+#define NAMED_SYNC_THREADS 256
+template <bool NAMED> __device__ __forceinline__ void block_sync() {
+    if (NAMED)
+        asm volatile("bar.sync 1, %0;" ::"n"(NAMED_SYNC_THREADS) : "memory");
+    else
+        __syncthreads();
+}
+
 /* Counts this block as done in *counter, out of n blocks that share it;
  * true, in every thread, for the last to arrive, which resets the counter
  * for the next kernel and may then read what the others wrote (with
  * __ldcg). Every thread must call it after its last store. */
-__device__ __forceinline__ bool block_is_last(unsigned *counter, unsigned n) {
+template <bool NAMED = false> __device__ __forceinline__ bool block_is_last(unsigned *counter, unsigned n) {
     __shared__ bool last;
     __threadfence(); /* this block's stores are visible before it is counted */
-    __syncthreads();
+    block_sync<NAMED>();
     if (threadIdx.x == 0) {
         last = atomicAdd(counter, 1u) == n - 1;
         if (last)
             *counter = 0;
     }
-    __syncthreads();
+    block_sync<NAMED>();
     if (last)
         __threadfence();
     return last;

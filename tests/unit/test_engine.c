@@ -32,7 +32,8 @@ static float *read_floats(const char *path, size_t *n) {
 
 /* kernels: a CPU kernel set, NULL for the best one, or "cuda" for the GPU
  * engine; "cpu-f16" and "cuda-f16": the best CPU set or the GPU engine with
- * a half-precision KV cache */
+ * a half-precision KV cache; "cuda-persistent": the GPU engine with its
+ * persistent decode kernel */
 static engine *make_engine(const model_desc *m, const char *kernels, int threads, int block_size) {
     bool cuda = kernels && !strncmp(kernels, "cuda", 4), kv_f16 = kernels && strstr(kernels, "-f16");
     engine_config cfg = {.backend = cuda ? "cuda" : "cpu",
@@ -43,7 +44,14 @@ static engine *make_engine(const model_desc *m, const char *kernels, int threads
                          .kv_type = kv_f16 ? "f16" : NULL};
     engine *e;
     char err[512];
-    if (engine_open(m, &cfg, &e, err, sizeof err))
+    /* "cuda-persistent": the persistent decode kernel, as an operator turns it on */
+    bool persistent = kernels && strstr(kernels, "-persistent");
+    if (persistent)
+        setenv("INFERNO_CUDA_PERSISTENT", "1", 1);
+    int rc = engine_open(m, &cfg, &e, err, sizeof err);
+    if (persistent)
+        unsetenv("INFERNO_CUDA_PERSISTENT");
+    if (rc)
         fail_msg("%s", err);
     return e;
 }
@@ -164,8 +172,8 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
 }
 
 /* The CPU kernel sets, then the CUDA engine as one more "kernel set". */
-static const char *kernel_sets[] = {"reference", "avx2", "avx512", "cpu-f16", "cuda", "cuda-f16"};
-#define N_KERNEL_SETS 6
+static const char *kernel_sets[] = {"reference", "avx2", "avx512", "cpu-f16", "cuda", "cuda-f16", "cuda-persistent"};
+#define N_KERNEL_SETS 7
 
 /* The GPU engine where it can start (libinferno-cuda.so built, a device
  * present); said once, so that a run without a GPU shows what it skipped. */
@@ -229,9 +237,10 @@ static void test_reference_q8_0(void **state) {
  * the float32 one, so there the bounds are those paths' difference. */
 static void test_batch_and_paging_invariance(void **state) {
     (void)state;
-    for (int run = 0; run < 8; run++) {
+    static const char *by_run[] = {NULL, "cpu-f16", "cuda", "cuda-f16", "cuda-persistent"};
+    for (int run = 0; run < 10; run++) {
         int file = run % 2;
-        const char *kernels = run < 2 ? NULL : run < 4 ? "cpu-f16" : run < 6 ? "cuda" : "cuda-f16";
+        const char *kernels = by_run[run / 2];
         float tolerance = run < 4 ? 1e-4f : file ? 0.1f : 2e-3f;
         if (kernels && !have(kernels))
             continue;
