@@ -425,13 +425,15 @@ static int persist_setup(cuda_engine *e, const cudaDeviceProp *prop, char *err, 
         {decode_persistent_kernel<2, 2>, decode_persistent_kernel<2, 8>},
         {decode_persistent_kernel<4, 2>, decode_persistent_kernel<4, 8>},
         {decode_persistent_kernel<8, 2>, decode_persistent_kernel<8, 8>}};
-    /* the largest row set a piece must hold: a gate|up pair, or a row of the widest matrix */
-    size_t largest_set = 0;
-    const dmat *all[4] = {&e->layers[0].qkv, &e->layers[0].wo, &e->layers[0].gate_up, &e->layers[0].down};
-    for (int i = 0; i < 4; i++) {
-        size_t row = all[i]->type == DMAT_BF16 ? (size_t)all[i]->cols * 2 : all[i]->cols + all[i]->cols / 4 + 64;
-        row *= i == 2 ? 2 : 1;
-        largest_set = row > largest_set ? row : largest_set;
+    /* the largest row set a piece may hold (a gate|up pair, or a row; 8-bit: quants, scales and offsets at
+     * the finest group, 16, and their copies' alignment): the ring must take it whole */
+    size_t largest_set = (size_t)e->output.cols * 2 + e->output.cols / 2 + 64;
+    for (uint32_t l = 0; l < m->n_layers; l++) {
+        const dmat *all[4] = {&e->layers[l].qkv, &e->layers[l].wo, &e->layers[l].gate_up, &e->layers[l].down};
+        for (int i = 0; i < 4; i++) {
+            size_t row = ((size_t)all[i]->cols * 2 + all[i]->cols / 2 + 64) * (i == 2 ? 2 : 1);
+            largest_set = row > largest_set ? row : largest_set;
+        }
     }
     for (int b = 0; b < 4; b++) {
         int nt = 1 << b;

@@ -148,7 +148,7 @@ struct pk_piece {
 };
 
 /* Where this block's row sets of matrix mi begin and end, and a walk over
- * its pieces (both the consumers and thread 0's copies walk it). */
+ * its pieces (the computing threads and the copy warp each walk it). */
 struct pk_cursor {
     uint32_t mi, r, r_end, n; /* matrix, next row set, end; pieces passed */
     uint64_t lin_end;         /* the ring's linear byte count after the last piece */
@@ -253,8 +253,8 @@ __device__ void pk_produce(const persist_args &a, unsigned char *ring, uint64_t 
 
 /* Into L2, the cache rows that this block's attention units of layer L
  * will read and that earlier steps wrote (positions before pos[t]): the
- * attention phase then waits on L2, not DRAM. By the threads other than
- * thread 0, while it waits at a barrier. */
+ * attention phase then waits on L2, not DRAM. By the computing threads
+ * past the first warp, while thread 0 waits at a barrier. */
 __device__ void pk_prefetch_kv(const persist_args &a, const persist_layer &L) {
     uint32_t S = a.slices, units = a.T * a.n_kv_heads * S, elem = a.kv_f16 ? 2 : 4;
     uint32_t lines = a.head_dim * elem / 128 ? a.head_dim * elem / 128 : 1, line_elems = 128 / elem;
