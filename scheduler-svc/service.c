@@ -696,6 +696,15 @@ void sched_service_free(sched_service *s) {
         for (int i = 0; i < SVC_FRONT_CONTEXTS; i++)
             if (s->front[i].aio)
                 nng_aio_stop(s->front[i].aio);
+        /* a callback that was packing a reply as its aio stopped started a
+         * send that nng refused without calling back: the reply is still
+         * ours (a send that ran, or failed, left FRONT_SEND) */
+        for (int i = 0; i < SVC_FRONT_CONTEXTS; i++)
+            if (s->front[i].aio && s->front[i].state == FRONT_SEND) {
+                nng_msg *unsent = nng_aio_get_msg(s->front[i].aio);
+                if (unsent)
+                    nng_msg_free(unsent);
+            }
         nng_close(s->sock);
         for (int i = 0; i < SVC_FRONT_CONTEXTS; i++)
             if (s->front[i].aio)
