@@ -219,7 +219,7 @@ static attention_prefill_fn attention_prefill_for(uint32_t head_dim, bool kv_f16
 static int upload(void **dev, const void *host, size_t bytes, char *err, size_t errlen) {
     size_t padded = (bytes + 31) & ~(size_t)15;
     CUDA_CHECK(cudaMalloc(dev, padded));
-    CUDA_CHECK(cudaMemset(*dev, 0, padded));
+    CUDA_CHECK(cudaMemset((char *)*dev + bytes, 0, padded - bytes));
     CUDA_CHECK(cudaMemcpy(*dev, host, bytes, cudaMemcpyHostToDevice));
     return 0;
 }

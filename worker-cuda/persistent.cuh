@@ -50,6 +50,7 @@
 #define PK_THREADS    (PK_WARPS * WARP) /* compute threads; one more warp issues the ring's copies */
 #define PK_BARS       16                /* pieces in flight at most */
 #define PK_PIECE_SETS (2 * PK_WARPS)
+static_assert(PK_THREADS == NAMED_SYNC_THREADS, "block_sync<true> counts the computing threads");
 
 struct persist_layer {
     dmat qkv, wo, gate_up, down;
@@ -251,6 +252,24 @@ __device__ void pk_produce(const persist_args &a, unsigned char *ring, uint64_t 
     }
 }
 
+/* An attention unit u of layer L: token t, KV head kvh, slice z of the
+ * token's positions, which starts at begin and takes len of them (ending
+ * at the token's position + 1 at most). */
+struct pk_unit {
+    uint32_t t, kvh, z;
+    int pos, begin, len;
+};
+
+__device__ __forceinline__ pk_unit pk_unit_at(const persist_args &a, const persist_layer &L, uint32_t u) {
+    uint32_t S = a.slices;
+    pk_unit un;
+    un.t = u / (a.n_kv_heads * S), un.kvh = u / S % a.n_kv_heads, un.z = u % S;
+    un.pos = __ldg(a.pos + un.t);
+    int n_pos = un.pos + 1, first = L.window && n_pos > (int)L.window ? n_pos - (int)L.window : 0;
+    un.len = (n_pos - first + (int)S - 1) / (int)S, un.begin = first + (int)un.z * un.len;
+    return un;
+}
+
 /* Into L2, the cache rows that this block's attention units of layer L
  * will read and that earlier steps wrote (positions before pos[t]): the
  * attention phase then waits on L2, not DRAM. By the computing threads
@@ -259,10 +278,9 @@ __device__ void pk_prefetch_kv(const persist_args &a, const persist_layer &L) {
     uint32_t S = a.slices, units = a.T * a.n_kv_heads * S, elem = a.kv_f16 ? 2 : 4;
     uint32_t lines = a.head_dim * elem / 128 ? a.head_dim * elem / 128 : 1, line_elems = 128 / elem;
     for (uint32_t u = blockIdx.x; u < units; u += gridDim.x) {
-        uint32_t t = u / (a.n_kv_heads * S), kvh = u / S % a.n_kv_heads, z = u % S;
-        int pos = __ldg(a.pos + t), n_pos = pos + 1;
-        int first = L.window && n_pos > (int)L.window ? n_pos - (int)L.window : 0;
-        int len = (n_pos - first + (int)S - 1) / (int)S, begin = first + (int)z * len, end = min(begin + len, pos);
+        pk_unit un = pk_unit_at(a, L, u);
+        uint32_t t = un.t, kvh = un.kvh;
+        int begin = un.begin, end = min(begin + un.len, un.pos); /* not the new position: this step writes it */
         const int32_t *table = a.tables + __ldg(a.table_off + t);
         uint32_t n = end > begin ? (uint32_t)(end - begin) * 2 * lines : 0;
         for (uint32_t i = threadIdx.x - WARP; i < n; i += PK_THREADS - WARP) {
@@ -519,11 +537,10 @@ template <int GMAX> __device__ void pk_attention(const persist_args &a, const pe
                          a.q_dim, a.kv_dim,  a.block_size, L.window,  a.attn_scale};
     uint32_t units = a.T * a.n_kv_heads * S;
     for (uint32_t u = blockIdx.x; u < units; u += gridDim.x) {
-        uint32_t t = u / (a.n_kv_heads * S), kvh = u / S % a.n_kv_heads, z = u % S;
-        int n_pos = a.pos[t] + 1, first = L.window && n_pos > (int)L.window ? n_pos - (int)L.window : 0;
-        int len = (n_pos - first + (int)S - 1) / (int)S;
-        int begin = first + (int)z * len, end = min(begin + len, n_pos);
-        bool owner = a.pos[t] >= begin && a.pos[t] < begin + len; /* holds the new position */
+        pk_unit un = pk_unit_at(a, L, u);
+        uint32_t t = un.t, kvh = un.kvh, z = un.z;
+        int begin = un.begin, end = min(begin + un.len, un.pos + 1);
+        bool owner = un.pos < begin + un.len && un.pos >= begin; /* holds the new position */
         for (uint32_t job = warp; job < G + (owner ? 2 : 0); job += PK_WARPS)
             pk_head(a, L, t, kvh, job, G, q_s, scratch + warp * hd);
         block_sync<true>(); /* q_s, and the new position's k and v, for every warp */
