@@ -12,7 +12,8 @@
 #   4. inferno-bench --backend cuda on them;
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
-#   6. with PROFILE=1, ncu kernel times of a batch-1 decode step;
+#   6. with PROFILE=1, ncu kernel times of a batch-1 decode step, and a
+#      batch-256 step's time by kernel;
 #   7. the serving benchmark (bench/loadgen.py) against one
 #      inferno-worker-cuda: closed loop at 1 to 256 clients, and the
 #      shared-prefix multi-turn chat workload; JSON in $OUT.
@@ -200,6 +201,25 @@ for line in open(sys.argv[1]):
     m = re.search(r"(gpu__time_duration.sum|dram__throughput\S*)\s+(\S+)\s+([\d.,]+)", line)
     if m:
         print(f"  {m.group(3):>8s} {m.group(2)}", end="" if m.group(1).startswith("dram") else "\n")
+PY
+    echo "== 6. ncu: where a batch-256 decode step goes (bf16, f16 KV; INFERNO_CUDA_PROFILE_DECODE)"
+    INFERNO_CUDA_PROFILE_DECODE=2 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \
+        build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 4 \
+        --batch 256 >"$OUT/ncu-b256.txt" 2>&1
+    python3 - "$OUT/ncu-b256.txt" <<'PY'
+import collections, re, sys
+name, total, count = None, collections.Counter(), collections.Counter()
+for line in open(sys.argv[1]):
+    m = re.match(r"  (?:void )?([\w:]+(?:<[^>]*>)?).*Context", line)
+    if m:
+        name = m.group(1)[:60]
+    m = re.search(r"gpu__time_duration.sum\s+(\S+)\s+([\d.,]+)", line)
+    if m and name:
+        total[name] += float(m.group(2).replace(",", "")) * {"ns": 1e-3, "us": 1, "ms": 1e3}[m.group(1)]
+        count[name] += 1
+for k, v in total.most_common():
+    print(f"  {v:9.1f} us {count[k]:4d}x  {k}")
+print(f"  {sum(total.values()):9.1f} us in all")
 PY
 fi
 

@@ -247,13 +247,13 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
  * value row (one 16-byte load of half, two of float), so a warp takes
  * 32 * 8 / head_dim positions at once and a score needs log2(head_dim / 8)
  * shuffles, where attention_kernel spends 5 on each. Each lane group
- * keeps its own online softmax over ATTL_BATCH positions at a time (in
- * powers of 2); the
- * groups of a warp merge at the end, then the warps and slices as in
- * attention_kernel (same grid, block and part protocol). The H200 at 256
- * sequences of 512 positions: float KV at the memory's speed either way,
- * half KV was bound by instructions: 404 us a layer with attention_kernel,
- * 192 us with this one. */
+ * keeps its own online softmax over a batch of positions at a time (in
+ * powers of 2); the groups of a warp merge at the end, then the warps and
+ * slices as in attention_kernel (same grid, block and part protocol). The
+ * H200 at 256 sequences of 512 positions, half KV: 404 us a layer with
+ * attention_kernel (bound by instructions), 192 us with this one at 4
+ * positions a batch, 146 us (78% of the memory's peak) at 8 positions,
+ * held as loaded, 4 blocks an SM. Float KV: ~270 us, 83% of peak. */
 #define ATTL_BATCH 4
 #define LOG2E      1.4426950408889634f
 #define LN2        0.6931471805599453f
@@ -312,8 +312,95 @@ __device__ __forceinline__ void lanes_merge_groups(uint32_t lanes, float &m, flo
     }
 }
 
+/* A lane's 8 elements of a key or value row as loaded: one 16-byte word
+ * of half, two of float; kv_unpack8 converts them where they are used. */
+template <typename KV> struct kv_raw8 { uint4 w[sizeof(KV) / 2]; };
+
+__device__ __forceinline__ void kv_unpack8(const kv_raw8<__half> &r, float (&out)[8]) {
+    const __half2 *h = (const __half2 *)&r.w[0];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x, out[2 * i + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ void kv_unpack8(const kv_raw8<float> &r, float (&out)[8]) {
+    const float *f = (const float *)&r.w[0];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        out[i] = f[i];
+}
+
+/* The online-softmax step of GSUB heads over B positions of a lane group
+ * (n_in of them real), from the rows as loaded: all the scores first, so
+ * that the shuffles of every head and position are in flight together,
+ * then each value row is converted once for all the heads. q is
+ * pre-scaled into powers of 2. */
+template <int GSUB, int B, typename KV>
+__device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], const kv_raw8<KV> (&k)[B],
+                                                   const kv_raw8<KV> (&v)[B], uint32_t lanes, int n_in,
+                                                   float (&m)[GSUB], float (&l)[GSUB], float (&acc)[GSUB][8]) {
+    float s[GSUB][B];
+#pragma unroll
+    for (int j = 0; j < B; j++) {
+        float kf[8];
+        kv_unpack8(k[j], kf);
+#pragma unroll
+        for (int g = 0; g < GSUB; g++) {
+            s[g][j] = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                s[g][j] += q[g][i] * kf[i];
+        }
+    }
+    for (uint32_t o = lanes / 2; o > 0; o /= 2)
+#pragma unroll
+        for (int j = 0; j < B; j++)
+#pragma unroll
+            for (int g = 0; g < GSUB; g++)
+                s[g][j] += __shfl_xor_sync(0xffffffffu, s[g][j], o);
+#pragma unroll
+    for (int g = 0; g < GSUB; g++) { /* s becomes the positions' weights */
+        float m_new = m[g];
+#pragma unroll
+        for (int j = 0; j < B; j++)
+            if (j < n_in)
+                m_new = fmaxf(m_new, s[g][j]);
+        float corr = m_new == -INFINITY ? 1.0f : exp2f(m[g] - m_new);
+        l[g] *= corr;
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            acc[g][i] *= corr;
+#pragma unroll
+        for (int j = 0; j < B; j++) {
+            s[g][j] = j < n_in && m_new != -INFINITY ? exp2f(s[g][j] - m_new) : 0.0f;
+            l[g] += s[g][j];
+        }
+        m[g] = m_new;
+    }
+#pragma unroll
+    for (int j = 0; j < B; j++) {
+        float vf[8];
+        kv_unpack8(v[j], vf);
+#pragma unroll
+        for (int g = 0; g < GSUB; g++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                acc[g][i] += s[g][j] * vf[i];
+    }
+}
+
+/* Up to 2 heads a block: 4 blocks an SM (at most 128 registers); the
+ * H200 at 256 sequences, half KV: 166 registers and 3 blocks an SM took
+ * 162 us a layer, 128 and 4 take 146 (78% of the memory's peak). */
 template <int GSUB, typename KV>
-__global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(attention_args a) {
+__global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB <= 2 ? 4 : 1) attention_lanes_kernel(attention_args a) {
+    /* positions a lane group takes at once: 8 of half, 4 of float (the
+     * same 256 bytes of loads in flight a lane, and registers; half KV
+     * with 4 took 252 us a layer, the H200 at 256 sequences); 4 of half
+     * past 2 heads a block, whose scores and outputs need the registers */
+    constexpr int B = sizeof(KV) == 2 && GSUB <= 2 ? 2 * ATTL_BATCH : ATTL_BATCH;
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][256];
     __shared__ float weight[WARP];
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
@@ -323,9 +410,9 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
     int n_pos = a.pos[t] + 1, first = a.window && n_pos > (int)a.window ? n_pos - (int)a.window : 0;
     int len = (n_pos - first + (int)slices - 1) / (int)slices;
     int begin = first + (int)blockIdx.z * len, end = min(begin + len, n_pos);
-    /* the warp's lane groups take ATTL_BATCH consecutive positions each; the
-     * loop test is the warp's, so that every lane reaches the shuffles */
-    int per_warp = (int)n_grp * ATTL_BATCH, stride = ATTN_WARPS * per_warp;
+    /* the warp's lane groups take B consecutive positions each; the loop
+     * test is the warp's, so that every lane reaches the shuffles */
+    int per_warp = (int)n_grp * B, stride = ATTN_WARPS * per_warp;
     /* a position's slot: shifts for the usual power-of-two block size (a
      * division costs more than the rest of a position's addressing) */
     uint32_t bs = a.block_size, bs_shift = __ffs(bs) - 1;
@@ -344,8 +431,8 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
     };
     int w_first = begin + (int)warp * per_warp, settled = min(end, n_pos - (int)gridDim.y);
 #pragma unroll
-    for (int j = 0; j < ATTL_BATCH; j++) {
-        int p = w_first + (int)grp * ATTL_BATCH + j;
+    for (int j = 0; j < B; j++) {
+        int p = w_first + (int)grp * B + j;
         if (p < settled) {
             size_t at = slot_of(p) * a.kv_dim + kvh * hd + sub * 8;
             prefetch_l1((const KV *)a.k_cache + at), prefetch_l1((const KV *)a.v_cache + at);
@@ -361,18 +448,20 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_lanes_kernel(atten
             q[g][i] = a.q[(size_t)t * a.q_dim + (h0 + g) * hd + sub * 8 + i] * a.scale * LOG2E, acc[g][i] = 0.0f;
     }
     for (int w0 = w_first; w0 < end; w0 += stride) {
-        int p0 = w0 + (int)grp * ATTL_BATCH;
-        float kr[ATTL_BATCH][8], vr[ATTL_BATCH][8];
+        int p0 = w0 + (int)grp * B;
+        kv_raw8<KV> kr[B], vr[B];
 #pragma unroll
-        for (int j = 0; j < ATTL_BATCH; j++) {
+        for (int j = 0; j < B; j++) {
             int p = p0 + j;
             size_t at = (p < end ? slot_of(p) : 0) * a.kv_dim + kvh * hd + sub * 8;
-            kv_load8((const KV *)a.k_cache + at, p < end, kr[j]);
-            kv_load8((const KV *)a.v_cache + at, p < end, vr[j]);
-        }
+            const uint4 *k = (const uint4 *)((const KV *)a.k_cache + at),
+                        *v = (const uint4 *)((const KV *)a.v_cache + at);
 #pragma unroll
-        for (int g = 0; g < GSUB; g++)
-            lanes_softmax_step(q[g], kr, vr, lanes, end - p0, m[g], l[g], acc[g]);
+            for (int i = 0; i < (int)(sizeof(KV) / 2); i++)
+                kr[j].w[i] = p < end ? k[i] : make_uint4(0, 0, 0, 0),
+                vr[j].w[i] = p < end ? v[i] : make_uint4(0, 0, 0, 0);
+        }
+        lanes_softmax_rows<GSUB, B, KV>(q, kr, vr, lanes, end - p0, m, l, acc);
     }
     /* the lane groups of the warp into one */
 #pragma unroll

@@ -32,6 +32,7 @@
  *
  * Threading: one stream, one step at a time (the caller's thread). */
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdarg.h>
@@ -118,6 +119,9 @@ struct cuda_engine {
     unsigned *grid_bar;
     unsigned long long *trace; /* INFERNO_CUDA_TRACE (persist_trace_report) */
     int trace_steps;
+    /* INFERNO_CUDA_PROFILE_DECODE=N: the Nth decode step runs between
+     * cudaProfilerStart and Stop, for `ncu --profile-from-start off` */
+    int profile_decode, decode_steps;
     struct {
         void (*kernel)(const persist_args);
         uint32_t ring_bytes, piece_bytes, stage_bytes;
@@ -661,6 +665,8 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
+    const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
+    e->profile_decode = profile ? atoi(profile) : 0;
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
     /* how the GPU holds the weights (the first layer's q), and from which type */
@@ -949,6 +955,10 @@ static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t err
     /* decode steps replay one graph per T: every launch shape depends on T alone */
     bool one_each = T == rows && T == b->n_seqs, persistent = e->persist && one_each && T <= 8;
     bool decode = one_each && T <= GRAPH_MAX_T && e->use_graphs && !(persistent && e->trace);
+    if (e->profile_decode && e->decode_steps == e->profile_decode)
+        CUDA_CHECK(cudaProfilerStop());
+    if (one_each && ++e->decode_steps == e->profile_decode)
+        CUDA_CHECK(cudaProfilerStart());
     if (decode && !e->graph[T]) {
         cudaGraph_t g;
         CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
