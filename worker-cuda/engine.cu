@@ -53,6 +53,9 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #define GEMV_MAX_T      8
 #define GRAPH_MAX_T     GEMV_MAX_T
 #define ATTN_MAX_SLICES 32
+/* tensor-core products of up to this many tokens take [hi; lo] as one
+ * operand of 2T columns (one product; the halves summed after) */
+#define STACK_MAX_T 512
 
 typedef struct {
     dmat qkv, wo, gate_up, down;
@@ -105,7 +108,14 @@ struct cuda_engine {
     float *part;         /* attention slices: [T * slices][n_heads][head_dim + 2], T * slices <= 4 T + 256 */
     unsigned *attn_done; /* attention slices finished, [T][n_heads] (attention_args.done) */
     unsigned *qkv_done;  /* q|k|v GEMV blocks finished per head, [n_heads + 2 n_kv_heads] (gemv_qkv_kernel) */
-    __nv_bfloat16 *hi, *lo, *wscratch; /* wscratch: a Q8_0 matrix as bf16 */
+    /* the tensor-core products' operand: hi [T][cols], then lo [T][cols] */
+    __nv_bfloat16 *hi, *wscratch; /* wscratch: a Q8_0 matrix as bf16 */
+    float *stack;                 /* a stacked product's result: [2 min(cap, STACK_MAX_T)][stack_rows] */
+    uint32_t stack_rows;          /* the most rows of a layer matrix */
+    /* a stacked product's halves (at x_owed and x_owed + x_owed_lo) not yet
+     * added to x: the next rmsnorm_kernel of x adds them, saving a pass */
+    const float *x_owed;
+    size_t x_owed_lo;
     size_t wscratch_elems;
     int32_t *ids;
     step_inputs in;
@@ -309,11 +319,11 @@ static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->
 
 static void free_activations(cuda_engine *e) {
     cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
-    cudaFree(e->act), cudaFree(e->hi), cudaFree(e->lo), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
+    cudaFree(e->act), cudaFree(e->hi), cudaFree(e->stack), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
     cudaFree(e->attn_done);
     e->attn_done = NULL;
     e->x = e->xn = e->qkv = e->q = e->att = e->gu = e->act = e->logits = e->part = NULL;
-    e->hi = e->lo = NULL, e->ids = NULL;
+    e->hi = NULL, e->stack = NULL, e->ids = NULL;
 }
 
 static void drop_graphs(cuda_engine *e) {
@@ -701,8 +711,11 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
         CUDA_CHECK(cudaMalloc((void **)&e->att, (size_t)cap * e->q_dim * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->gu, (size_t)cap * 2 * m->ffn * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->act, (size_t)cap * m->ffn * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->hi, (size_t)cap * widest * 2));
-        CUDA_CHECK(cudaMalloc((void **)&e->lo, (size_t)cap * widest * 2));
+        CUDA_CHECK(cudaMalloc((void **)&e->hi, (size_t)2 * cap * widest * 2));
+        uint32_t rows = e->qkv_dim > 2 * m->ffn ? e->qkv_dim : 2 * m->ffn;
+        e->stack_rows = rows > m->hidden ? rows : m->hidden;
+        CUDA_CHECK(
+            cudaMalloc((void **)&e->stack, (size_t)2 * (cap < STACK_MAX_T ? cap : STACK_MAX_T) * e->stack_rows * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->logits, (size_t)cap_rows * m->vocab * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->ids, (size_t)cap_rows * 4));
         CUDA_CHECK(
@@ -728,10 +741,10 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
 /* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]), each
  * row first RMS-normalized and scaled by gain when one is given; y has
  * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. Past the
- * GEMV sizes a pair's y may be NULL: its result is left split in e->hi and
- * e->lo, for a next call with x NULL. */
-static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
-                  int mode, char *err, size_t errlen) {
+ * GEMV sizes a pair's y may be NULL: its result is left split in e->hi
+ * (hi, then lo), for a next call with x NULL. */
+static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y,
+                         uint32_t ldy, int mode, const float **halves, char *err, size_t errlen) {
     float eps = e->m->rms_eps;
     bool pair = mode == OUT_SILU_PAIR || mode == OUT_GELU_PAIR;
     uint32_t rows = pair ? w->rows / 2 : w->rows;
@@ -751,10 +764,17 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
         return 0;
     }
     /* tensor cores: x (normalized) as hi + lo bf16, two products summed in
-     * float32; x NULL: the previous product's gated_mul_kernel split it */
-    if (x)
-        CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), x, (const int32_t *)NULL, gain, eps, w->cols,
-                          (float *)NULL, e->hi, e->lo));
+     * float32; x NULL: the previous product's gated_mul_kernel split it.
+     * Up to STACK_MAX_T tokens, one product over [hi; lo] (small products
+     * take about as long at 2T columns as at T: H200, 256 tokens) */
+    __nv_bfloat16 *hi = e->hi, *lo = e->hi + (size_t)T * w->cols;
+    if (x == e->x && e->x_owed) { /* the residual still owed to x, added on the way */
+        CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), e->x, e->x_owed, e->x_owed_lo, (const int32_t *)NULL,
+                          gain, eps, w->cols, (float *)NULL, hi, lo));
+        e->x_owed = NULL;
+    } else if (x)
+        CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), (float *)x, (const float *)NULL, (size_t)0,
+                          (const int32_t *)NULL, gain, eps, w->cols, (float *)NULL, hi, lo));
     const __nv_bfloat16 *wb = w->w;
     if (w->type == DMAT_Q8) {
         size_t n = (size_t)w->rows * w->cols;
@@ -768,21 +788,37 @@ static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *ga
         CUDA_CHECK(launch(e, dequant_q8_kernel, dim3(1024), dim3(256), *w, e->wscratch));
         wb = e->wscratch;
     }
-    float *out = pair ? e->gu : y;
-    uint32_t ldo = pair ? w->rows : ldy;
-    float one = 1.0f, beta0 = mode == OUT_ADD ? 1.0f : 0.0f;
+    bool stacked = T <= STACK_MAX_T && w->rows <= e->stack_rows;
+    float *out = stacked ? e->stack : pair ? e->gu : y;
+    uint32_t ldo = stacked || pair ? w->rows : ldy;
+    float one = 1.0f, beta0 = mode == OUT_ADD && !stacked ? 1.0f : 0.0f;
     /* column-major view: out^T [rows][T] = W [rows][cols] . x^T [cols][T] */
-    CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
-                              (int)w->cols, e->hi, CUDA_R_16BF, (int)w->cols, &beta0, out, CUDA_R_32F, (int)ldo,
-                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb, CUDA_R_16BF,
-                              (int)w->cols, e->lo, CUDA_R_16BF, (int)w->cols, &one, out, CUDA_R_32F, (int)ldo,
-                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    if (pair)
+    CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, stacked ? 2 * T : T, (int)w->cols, &one,
+                              wb, CUDA_R_16BF, (int)w->cols, hi, CUDA_R_16BF, (int)w->cols, &beta0, out, CUDA_R_32F,
+                              (int)ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (!stacked)
+        CUBLAS_CHECK(cublasGemmEx(e->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, T, (int)w->cols, &one, wb,
+                                  CUDA_R_16BF, (int)w->cols, lo, CUDA_R_16BF, (int)w->cols, &one, out, CUDA_R_32F,
+                                  (int)ldo, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    const float *lo_half = stacked ? out + (size_t)T * ldo : NULL;
+    if (pair) /* y NULL: split for the next product, whose cols are these rows */
         CUDA_CHECK(launch(e, mode == OUT_GELU_PAIR ? gated_mul_kernel<OUT_GELU_PAIR> : gated_mul_kernel<OUT_SILU_PAIR>,
-                          dim3((rows + 1023) / 1024, T), dim3(256), (const float *)e->gu, rows, y, y ? NULL : e->hi,
-                          y ? NULL : e->lo));
+                          dim3((rows + 1023) / 1024, T), dim3(256), (const float *)out, lo_half, rows, y,
+                          y ? NULL : e->hi, y ? NULL : e->hi + (size_t)T * rows));
+    else if (stacked && mode == OUT_ADD && y == e->x && ldy == w->rows)
+        e->x_owed = out, e->x_owed_lo = (size_t)T * ldo; /* for the next norm of x */
+    else if (stacked && halves)
+        *halves = out; /* the caller sums them */
+    else if (stacked)
+        CUDA_CHECK(launch(e, mode == OUT_ADD ? stacked_sum_kernel<true> : stacked_sum_kernel<false>,
+                          dim3((w->rows + 1023) / 1024, T), dim3(256), (const float *)out, w->rows, y, ldy));
     return 0;
+}
+
+/* y (=, +=, silu-pair) x W^T, as matmul_halves, the result always in y. */
+static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
+                  int mode, char *err, size_t errlen) {
+    return matmul_halves(e, w, x, gain, T, y, ldy, mode, NULL, err, errlen);
 }
 
 /* q, k, v = rmsnorm(x) * gain Wqkv^T, then per head: bias, q/k norm,
@@ -802,15 +838,19 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
                           (const float *)e->x, gain, e->m->rms_eps, e->qkv, ra, e->qkv_done));
         return 0;
     }
-    if (matmul(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, err, errlen))
+    const float *halves = NULL;
+    if (matmul_halves(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, &halves, err, errlen))
         return -1;
+    rope_args rh = ra; /* a stacked product: its halves, summed as they are read */
+    if (halves)
+        rh.qkv = halves, rh.qkv2 = halves + (size_t)T * e->qkv_dim;
     if (hd == 64 || hd == 128 || hd == 256) {
         void (*kernel)(rope_args, uint32_t) = hd == 64    ? qk_rope_warp_kernel<2>
                                               : hd == 128 ? qk_rope_warp_kernel<4>
                                                           : qk_rope_warp_kernel<8>;
-        CUDA_CHECK(launch(e, kernel, dim3((heads + 7) / 8, T), dim3(256), ra, heads));
+        CUDA_CHECK(launch(e, kernel, dim3((heads + 7) / 8, T), dim3(256), rh, heads));
     } else
-        CUDA_CHECK(launch(e, qk_rope_kernel, dim3(heads, T), dim3((hd + WARP - 1) / WARP * WARP), ra));
+        CUDA_CHECK(launch(e, qk_rope_kernel, dim3(heads, T), dim3((hd + WARP - 1) / WARP * WARP), rh));
     return 0;
 }
 
@@ -824,6 +864,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
     const int32_t *tokens = e->in.dev, *pos = tokens + T, *slot = pos + T, *table_off = slot + T,
                   *out_src = table_off + T, *tables = out_src + rows;
     uint32_t H = m->hidden, hd = m->head_dim;
+    e->x_owed = NULL;
     CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, m->embed_scale, e->x));
     int ffn_mode = m->ffn_act == FFN_GELU_TANH ? OUT_GELU_PAIR : OUT_SILU_PAIR;
     for (uint32_t l = 0; l < m->n_layers; l++) {
@@ -881,7 +922,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
             CUDA_CHECK(launch(e, add_rmsnorm_kernel, dim3(T), dim3(256), e->x, (const float *)e->xn,
                               (const float *)L->post_ffn_norm, m->rms_eps, H));
     }
-    CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(rows), dim3(256), (const float *)e->x, out_src,
+    CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(rows), dim3(256), e->x, e->x_owed, e->x_owed_lo, out_src,
                       (const float *)e->output_norm, m->rms_eps, H, e->xn, (__nv_bfloat16 *)NULL,
                       (__nv_bfloat16 *)NULL));
     if (matmul(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, err, errlen))

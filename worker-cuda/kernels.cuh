@@ -194,16 +194,26 @@ __device__ __forceinline__ void store_row4(float4 v, size_t at, float *out, __nv
 
 /* out[r] = x[src ? src[r] : r] * rsqrt(mean(x^2) + eps) * gain, or an
  * unscaled copy when gain is NULL; written as float32 (out) and/or split
- * into hi and lo (bf16_split). Rows of up to 16 floats a thread, 16-byte
+ * into hi and lo (bf16_split). add (or NULL): the hi and lo halves of a
+ * stacked product owed to x's rows (add[row] + add[add_lo + row], rows of
+ * n), added into x first. Rows of up to 16 floats a thread, 16-byte
  * aligned, are loaded once, as float4s, and kept in registers; others take
  * the scalar loop. Grid rows, block 256. */
-__global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *src, const float *gain, float eps,
-                               uint32_t n, float *__restrict__ out, __nv_bfloat16 *__restrict__ hi,
+__global__ void rmsnorm_kernel(float *x, const float *add, size_t add_lo, const int32_t *src, const float *gain,
+                               float eps, uint32_t n, float *__restrict__ out, __nv_bfloat16 *__restrict__ hi,
                                __nv_bfloat16 *__restrict__ lo) {
     pdl_enter();
-    size_t r = blockIdx.x;
-    const float *row = x + (size_t)(src ? src[r] : r) * n;
-    if (n % 4 == 0 && n <= 16 * blockDim.x && ((uintptr_t)row | (uintptr_t)gain) % 16 == 0) {
+    size_t r = blockIdx.x, at = (size_t)(src ? src[r] : r) * n;
+    float *row = x + at;
+    const float *add_hi = add ? add + at : NULL, *add_lo_row = add ? add + add_lo + at : NULL;
+    bool vec = n % 4 == 0 && n <= 16 * blockDim.x &&
+               ((uintptr_t)row | (uintptr_t)gain | (uintptr_t)add_hi | (uintptr_t)add_lo_row) % 16 == 0;
+    if (add && !vec) {
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+            row[i] += add_hi[i] + add_lo_row[i];
+        __syncthreads();
+    }
+    if (vec) {
         uint32_t n4 = n / 4;
         float4 v[4];
         float ss = 0.0f;
@@ -211,6 +221,12 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *src, 
         for (int k = 0; k < 4; k++) {
             uint32_t i = threadIdx.x + k * blockDim.x;
             v[k] = i < n4 ? ((const float4 *)row)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (add && i < n4) {
+                float4 a = ((const float4 *)add_hi)[i], b = ((const float4 *)add_lo_row)[i];
+                v[k] =
+                    make_float4(v[k].x + (a.x + b.x), v[k].y + (a.y + b.y), v[k].z + (a.z + b.z), v[k].w + (a.w + b.w));
+                ((float4 *)row)[i] = v[k];
+            }
             ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
         }
         float scale = gain ? rsqrtf(block_sum(ss) / (float)n + eps) : 1.0f;
@@ -246,31 +262,64 @@ __global__ void rmsnorm_kernel(const float *__restrict__ x, const int32_t *src, 
 
 /* act(gu[t][r]) * gu[t][ffn + r], MODE OUT_SILU_PAIR or OUT_GELU_PAIR, into
  * out[t][r], or (out NULL) split into hi and lo: the input of the next
- * tensor-core product. Four outputs a thread (float4s when ffn % 4 == 0),
- * so that every load of the grid is in flight at once. Grid
- * (ceil(ffn / 1024), T), block 256. */
+ * tensor-core product. gu2 (or NULL): a second product's rows, added to
+ * gu's first (the lo half of a stacked product). Four outputs a thread
+ * (float4s when ffn % 4 == 0), so that every load of the grid is in flight
+ * at once. Grid (ceil(ffn / 1024), T), block 256. */
 template <int MODE>
-__global__ void gated_mul_kernel(const float *__restrict__ gu, uint32_t ffn, float *__restrict__ out,
-                                 __nv_bfloat16 *__restrict__ hi, __nv_bfloat16 *__restrict__ lo) {
+__global__ void gated_mul_kernel(const float *__restrict__ gu, const float *__restrict__ gu2, uint32_t ffn,
+                                 float *__restrict__ out, __nv_bfloat16 *__restrict__ hi,
+                                 __nv_bfloat16 *__restrict__ lo) {
     pdl_enter();
     size_t t = blockIdx.y, i = 4 * ((size_t)blockIdx.x * blockDim.x + threadIdx.x);
     if (i >= ffn)
         return;
     const float *g = gu + t * 2 * ffn + i, *u = g + ffn;
+    const float *g2 = gu2 ? gu2 + t * 2 * ffn + i : NULL, *u2 = g2 ? g2 + ffn : NULL;
     if (ffn % 4 == 0) {
         float4 g4 = *(const float4 *)g, u4 = *(const float4 *)u;
+        if (g2) {
+            float4 a = *(const float4 *)g2, b = *(const float4 *)u2;
+            g4 = make_float4(g4.x + a.x, g4.y + a.y, g4.z + a.z, g4.w + a.w);
+            u4 = make_float4(u4.x + b.x, u4.y + b.y, u4.z + b.z, u4.w + b.w);
+        }
         float4 v = make_float4(gated<MODE>(g4.x, u4.x), gated<MODE>(g4.y, u4.y), gated<MODE>(g4.z, u4.z),
                                gated<MODE>(g4.w, u4.w));
         store_row4(v, t * ffn + i, out, hi, lo);
         return;
     }
     for (size_t k = 0; k < 4 && i + k < ffn; k++) {
-        float v = gated<MODE>(g[k], u[k]);
+        float v = g2 ? gated<MODE>(g[k] + g2[k], u[k] + u2[k]) : gated<MODE>(g[k], u[k]);
         if (out)
             out[t * ffn + i + k] = v;
         else
             bf16_split(v, hi[t * ffn + i + k], lo[t * ffn + i + k]);
     }
+}
+
+/* y[t] = (or +=, ADD) two[t] + two[T + t] for rows of n floats: the hi and
+ * lo halves of a stacked product (two: [2T][n]) summed. Grid
+ * (ceil(n / 1024), T), block 256. */
+template <bool ADD>
+__global__ void stacked_sum_kernel(const float *__restrict__ two, uint32_t n, float *__restrict__ y, uint32_t ldy) {
+    pdl_enter();
+    size_t t = blockIdx.y, i = 4 * ((size_t)blockIdx.x * blockDim.x + threadIdx.x);
+    const float *a = two + t * n, *b = two + (gridDim.y + t) * n;
+    float *out = y + t * ldy;
+    if (n % 4 == 0 && ldy % 4 == 0) {
+        if (i >= n)
+            return;
+        float4 x = *(const float4 *)(a + i), z = *(const float4 *)(b + i);
+        float4 v = make_float4(x.x + z.x, x.y + z.y, x.z + z.z, x.w + z.w);
+        if (ADD) {
+            float4 o = *(const float4 *)(out + i);
+            v = make_float4(o.x + v.x, o.y + v.y, o.z + v.z, o.w + v.w);
+        }
+        *(float4 *)(out + i) = v;
+        return;
+    }
+    for (size_t k = i; k < i + 4 && k < n; k++)
+        out[k] = (ADD ? out[k] : 0.0f) + (a[k] + b[k]);
 }
 
 /* A DMAT_Q8 matrix as bf16 (for the tensor-core path). Grid-stride. */
@@ -441,6 +490,7 @@ struct rope_args {
     uint32_t n_heads, head_dim, q_dim, kv_dim;
     float eps;
     int kv_f16;
+    const float *qkv2; /* or NULL: rows added to qkv's (the lo half of a stacked product) */
 };
 
 /* A KV cache element as float, and back. */
@@ -460,7 +510,9 @@ __device__ void qkv_head_finish(const rope_args &a, uint32_t j, uint32_t t, floa
     uint32_t i = threadIdx.x, hd = a.head_dim, half = hd / 2, n_kv = a.kv_dim / hd;
     uint32_t width = a.q_dim + 2 * a.kv_dim, col = j * hd + i; /* q, k and v heads are hd rows each, in order */
     bool active = i < hd, is_q = j < a.n_heads, is_v = j >= a.n_heads + n_kv;
-    float x = active ? __ldcg(a.qkv + (size_t)t * width + col) + (a.bias ? a.bias[col] : 0.0f) : 0.0f;
+    float x = active ? __ldcg(a.qkv + (size_t)t * width + col) + (a.qkv2 ? a.qkv2[(size_t)t * width + col] : 0.0f) +
+                           (a.bias ? a.bias[col] : 0.0f)
+                     : 0.0f;
     size_t at = (size_t)a.slot[t] * a.kv_dim + (is_v ? j - a.n_heads - n_kv : j - a.n_heads) * hd + i;
     if (is_v) {
         if (active)
@@ -506,7 +558,8 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
 #pragma unroll
     for (int k = 0; k < E; k++) {
         uint32_t col = j * hd + lane + 32 * k;
-        x[k] = a.qkv[(size_t)t * width + col] + (a.bias ? a.bias[col] : 0.0f);
+        x[k] = a.qkv[(size_t)t * width + col] + (a.qkv2 ? a.qkv2[(size_t)t * width + col] : 0.0f) +
+               (a.bias ? a.bias[col] : 0.0f);
     }
     size_t at = (size_t)a.slot[t] * a.kv_dim + (is_v ? j - a.n_heads - n_kv : j - a.n_heads) * hd + lane;
     if (is_v) {
