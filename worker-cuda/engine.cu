@@ -23,8 +23,10 @@
  *     The float32 activations go in as two bf16 matrices, hi = bf16(x) and
  *     lo = bf16(x - hi), and two products are summed: ~16 mantissa bits of
  *     activation, so the result stays within the reference tolerances that
- *     plain bf16 activations break. 8-bit weights are expanded to a bf16
- *     scratch matrix first.
+ *     plain bf16 activations break. Up to STACK_MAX_T tokens the two are one
+ *     product over [hi; lo] (a small product takes about as long at 2T
+ *     columns as at T), whose halves the next kernel sums as it reads them.
+ *     8-bit weights are expanded to a bf16 scratch matrix first.
  *
  * Decode steps (every sequence one token, T <= GEMV_MAX_T) replay a CUDA
  * graph captured once per batch size: the step's inputs live in fixed
