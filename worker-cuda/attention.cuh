@@ -397,9 +397,10 @@ __device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], co
 template <int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB <= 2 ? 4 : 1) attention_lanes_kernel(attention_args a) {
     /* positions a lane group takes at once: 8 of half, 4 of float (the
-     * same 256 bytes of loads in flight a lane, and registers; half KV
-     * with 4 took 252 us a layer, the H200 at 256 sequences); 4 of half
-     * past 2 heads a block, whose scores and outputs need the registers */
+     * same 256 bytes of loads in flight a lane, and registers; the H200
+     * at 256 sequences, half KV: 146 us a layer with 8, 152 with 4); 4 of
+     * half past 2 heads a block, whose scores and outputs need the
+     * registers */
     constexpr int B = sizeof(KV) == 2 && GSUB <= 2 ? 2 * ATTL_BATCH : ATTL_BATCH;
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][256];
     __shared__ float weight[WARP];

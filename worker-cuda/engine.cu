@@ -774,7 +774,7 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
         CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), e->x, e->x_owed, e->x_owed_lo, (const int32_t *)NULL,
                           gain, eps, w->cols, (float *)NULL, hi, lo));
         e->x_owed = NULL;
-    } else if (x)
+    } else if (x) /* rmsnorm_kernel writes x only when it adds to it */
         CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(T), dim3(256), (float *)x, (const float *)NULL, (size_t)0,
                           (const int32_t *)NULL, gain, eps, w->cols, (float *)NULL, hi, lo));
     const __nv_bfloat16 *wb = w->w;
@@ -1000,7 +1000,7 @@ static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t err
     bool decode = one_each && T <= GRAPH_MAX_T && e->use_graphs && !(persistent && e->trace);
     if (e->profile_decode && e->decode_steps == e->profile_decode)
         CUDA_CHECK(cudaProfilerStop());
-    if (one_each && ++e->decode_steps == e->profile_decode)
+    if (e->profile_decode && one_each && ++e->decode_steps == e->profile_decode)
         CUDA_CHECK(cudaProfilerStart());
     if (decode && !e->graph[T]) {
         cudaGraph_t g;
