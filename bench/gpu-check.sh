@@ -5,7 +5,7 @@
 # tests` and ../shared are enough):
 #   1. test_engine: the tinyA reference checks on the CPU and CUDA engines;
 #   2. compute-sanitizer memcheck over prefill (tensor-core path) and
-#      decode (GEMV path, CUDA graphs) on tinyA;
+#      decode (GEMV path, CUDA graphs) on tinyA, and with f16 and fp8 KV;
 #   3. 0.6b-shaped models (BF16, Q8_0, Q4_K_M), a Qwen2.5-0.5B-shaped
 #      Q4_K_M one, a Gemma-3-270M-shaped Q4_K_M one and a tiny gemma3 with a
 #      sliding window of 4: GPU logits against the CPU engine's;
@@ -13,7 +13,7 @@
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
 #   6. with PROFILE=1, ncu kernel times of a batch-1 decode step, and a
-#      batch-256 step's time by kernel;
+#      batch-256 step's time by kernel (KV_TYPE=fp8: with that KV cache);
 #   7. the serving benchmark (bench/loadgen.py) against one
 #      inferno-worker-cuda: closed loop at 1 to 256 clients, and the
 #      shared-prefix multi-turn chat workload; JSON in $OUT.
@@ -102,6 +102,19 @@ compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --
 rc=$?
 grep -E "ERROR SUMMARY" "$OUT/sanitizer-0.6b-bf16-prompt.log"
 check "memcheck 0.6b-bf16 300-token prompt" $rc
+# the KV cache in half precision and in fp8: the prompt attention's staged
+# rows, and decode attention's batches of 8 positions (0.6b: head size 128)
+for kv in f16 fp8; do
+    for model in "$INFERNO_REFERENCE_DIR/tinyA-bf16.gguf" "$work/0.6b-bf16.gguf"; do
+        name=$(basename "$model" .gguf)-$kv
+        compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda --kv-type $kv \
+            --model "$model" --prompt-ids "$(seq -s, 1000 1139)" --max-tokens 6 --print-ids \
+            >"$OUT/sanitizer-$name.log" 2>&1
+        rc=$?
+        grep -E "ERROR SUMMARY" "$OUT/sanitizer-$name.log"
+        check "memcheck $name KV" $rc
+    done
+done
 fi
 
 if want 3; then
@@ -149,6 +162,9 @@ build/bin/inferno-bench --backend cuda --model "$work/gemma3-270m-q4_k_m.gguf" -
 echo "-- bf16 with a half-precision KV cache (--kv-type f16)"
 build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch "$BATCHES" | tee "$OUT/bench-bf16-kvf16.txt"
+echo "-- bf16 with an fp8 KV cache (--kv-type fp8)"
+build/bin/inferno-bench --backend cuda --kv-type fp8 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
+    --batch "$BATCHES" | tee "$OUT/bench-bf16-kvfp8.txt"
 echo "-- bf16 with the persistent decode kernel (INFERNO_CUDA_PERSISTENT=1)"
 INFERNO_CUDA_PERSISTENT=1 build/bin/inferno-bench --backend cuda --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch 1,2,4,8 | tee "$OUT/bench-bf16-persistent.txt"
@@ -202,9 +218,9 @@ for line in open(sys.argv[1]):
     if m:
         print(f"  {m.group(3):>8s} {m.group(2)}", end="" if m.group(1).startswith("dram") else "\n")
 PY
-    echo "== 6. ncu: where a batch-256 decode step goes (bf16, f16 KV; INFERNO_CUDA_PROFILE_DECODE)"
+    echo "== 6. ncu: where a batch-256 decode step goes (bf16, ${KV_TYPE:-f16} KV; INFERNO_CUDA_PROFILE_DECODE)"
     INFERNO_CUDA_PROFILE_DECODE=2 ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \
-        build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 4 \
+        build/bin/inferno-bench --backend cuda --kv-type "${KV_TYPE:-f16}" --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 4 \
         --batch 256 >"$OUT/ncu-b256.txt" 2>&1
     python3 - "$OUT/ncu-b256.txt" <<'PY'
 import collections, re, sys

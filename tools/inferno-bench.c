@@ -1,7 +1,7 @@
 /* inferno-bench: engine speed on one model.
  *
  *   inferno-bench --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N]
- *                 [--threads N] [--kernels NAME] [--backend cpu|cuda] [--kv-type f32|f16] [--json]
+ *                 [--threads N] [--kernels NAME] [--backend cpu|cuda] [--kv-type f32|f16|fp8] [--json]
  *
  * Prefill: one sequence of N prompt tokens in one step. Decode: B sequences
  * (each with an N-token prompt already in the cache) step together, one
@@ -38,7 +38,7 @@ static void usage(FILE *out) {
     fprintf(
         out,
         "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N] [--threads N]\n"
-        "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16] [--json]\n");
+        "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16|fp8] [--json]\n");
 }
 
 int main(int argc, char **argv) {

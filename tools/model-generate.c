@@ -33,7 +33,7 @@ static void usage(FILE *out) {
                  "  --threads N            CPU threads (default 2)\n"
                  "  --kernels NAME         reference, avx2 or avx512 (default: best available)\n"
                  "  --backend NAME         cpu (default) or cuda\n"
-                 "  --kv-type TYPE         KV cache precision: f32 (default) or f16\n"
+                 "  --kv-type TYPE         KV cache precision: f32 (default), f16, or fp8 (cuda)\n"
                  "  --print-ids            print the generated ids, comma separated, on one line\n"
                  "  --dump-logits FILE     write the float32 logits of the last prompt position\n"
                  "  --ignore-eos           keep generating past end-of-sequence tokens\n");

@@ -60,8 +60,9 @@ int engine_open(const model_desc *m, const engine_config *cfg, engine **out, cha
     }
     e->m = m;
     const char *kv_type = c.kv_type ? c.kv_type : "f32";
-    if (strcmp(kv_type, "f32") && strcmp(kv_type, "f16")) {
-        snprintf(err, errlen, "engine: KV type '%s' (f32 or f16)", kv_type);
+    bool cuda = !strcmp(backend, "cuda");
+    if (strcmp(kv_type, "f32") && strcmp(kv_type, "f16") && (strcmp(kv_type, "fp8") || !cuda)) {
+        snprintf(err, errlen, "engine: KV type '%s' (f32 or f16%s)", kv_type, cuda ? ", or fp8" : "; fp8 on cuda");
         free(e);
         return -1;
     }
@@ -85,7 +86,8 @@ int engine_open(const model_desc *m, const engine_config *cfg, engine **out, cha
             engine_close(e);
             return -1;
         }
-        cuda_engine_config cc = {c.device, c.block_size, c.n_blocks, c.kv_tokens, c.graphs, !strcmp(kv_type, "f16")};
+        int kv = !strcmp(kv_type, "f16") ? CUDA_KV_F16 : !strcmp(kv_type, "fp8") ? CUDA_KV_FP8 : CUDA_KV_F32;
+        cuda_engine_config cc = {c.device, c.block_size, c.n_blocks, c.kv_tokens, c.graphs, kv};
         if (e->api->create(m, &cc, &e->cuda, err, errlen)) {
             engine_close(e);
             return -1;

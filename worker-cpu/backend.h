@@ -26,7 +26,7 @@ typedef struct {
     const char *kernels; /* cpu: kernel set, NULL for the best available */
     int device;          /* cuda: device ordinal */
     int graphs;          /* cuda: -1 to run decode steps without CUDA graphs */
-    const char *kv_type; /* the KV cache: "f32", or "f16"; NULL for the backend's default */
+    const char *kv_type; /* the KV cache: "f32", "f16" or (cuda) "fp8"; NULL for the backend's default */
 } engine_config;
 
 int engine_open(const model_desc *m, const engine_config *cfg, engine **out, char *err, size_t errlen);

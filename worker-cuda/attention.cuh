@@ -59,9 +59,18 @@ template <int EPL> __device__ __forceinline__ void kv_load_row(const __half *p, 
     }
 }
 
+/* Four fp8 (e4m3) KV elements, packed in a word, as floats: two
+ * conversions to half pairs (one instruction each on sm_89 and later). */
+__device__ __forceinline__ float4 fp8x4_to_float4(uint32_t w) {
+    __half2 lo = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3));
+    __half2 hi = __half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> 16), __NV_E4M3));
+    float2 a = __half22float2(lo), b = __half22float2(hi);
+    return make_float4(a.x, a.y, b.x, b.y);
+}
+
 struct attention_args {
     const float *q;                          /* [T][q_dim] */
-    const void *k_cache, *v_cache;           /* [slots][kv_dim] of KV (float or half) */
+    const void *k_cache, *v_cache;           /* [slots][kv_dim] of KV (float, half or fp8) */
     const int32_t *pos, *table_off, *tables; /* per token: position, its table in tables */
     float *out;                              /* [T][q_dim] */
     float *part;                             /* [T][n_heads][slices][head_dim + 2] */
@@ -244,16 +253,19 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_a
 /* attention_kernel for head sizes 16, 32, 64 and 128 (256 works, but was
  * slower than attention_kernel on Gemma 3's shapes), with a group of
  * head_dim / 8 lanes per position: each lane holds 8 elements of a key or
- * value row (one 16-byte load of half, two of float), so a warp takes
- * 32 * 8 / head_dim positions at once and a score needs log2(head_dim / 8)
- * shuffles, where attention_kernel spends 5 on each. Each lane group
+ * value row (one 16-byte load of half, two of float, an 8-byte one of
+ * fp8), so a warp takes 32 * 8 / head_dim positions at once and a score
+ * needs log2(head_dim / 8) shuffles, where attention_kernel spends 5 on
+ * each. Each lane group
  * keeps its own online softmax over a batch of positions at a time (in
  * powers of 2); the groups of a warp merge at the end, then the warps and
  * slices as in attention_kernel (same grid, block and part protocol). The
  * H200 at 256 sequences of 512 positions, half KV: 404 us a layer with
  * attention_kernel (bound by instructions), 192 us with this one at 4
  * positions a batch, 146 us (78% of the memory's peak) at 8 positions,
- * held as loaded, 4 blocks an SM. Float KV: ~270 us, 83% of peak. */
+ * held as loaded, 4 blocks an SM; 141 us (81%) with batches that lie in
+ * one KV block. Float KV: 247 us, 91% of peak; fp8: 117 us, bound by
+ * issue. */
 #define ATTL_BATCH 4
 #define LOG2E      1.4426950408889634f
 #define LN2        0.6931471805599453f
@@ -313,8 +325,23 @@ __device__ __forceinline__ void lanes_merge_groups(uint32_t lanes, float &m, flo
 }
 
 /* A lane's 8 elements of a key or value row as loaded: one 16-byte word
- * of half, two of float; kv_unpack8 converts them where they are used. */
-template <typename KV> struct kv_raw8 { uint4 w[sizeof(KV) / 2]; };
+ * of half, two of float, one 8-byte word of fp8; kv_unpack8 converts them
+ * where they are used. */
+template <typename KV> struct kv_raw8 {
+    typedef uint4 word;
+    static const int N = sizeof(KV) / 2;
+    word w[N];
+};
+template <> struct kv_raw8<__nv_fp8_e4m3> {
+    typedef uint2 word;
+    static const int N = 1;
+    word w[N];
+};
+
+__device__ __forceinline__ void kv_unpack8(const kv_raw8<__nv_fp8_e4m3> &r, float (&out)[8]) {
+    float4 a = fp8x4_to_float4(r.w[0].x), b = fp8x4_to_float4(r.w[0].y);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
 
 __device__ __forceinline__ void kv_unpack8(const kv_raw8<__half> &r, float (&out)[8]) {
     const __half2 *h = (const __half2 *)&r.w[0];
@@ -339,7 +366,7 @@ __device__ __forceinline__ void kv_unpack8(const kv_raw8<float> &r, float (&out)
  * pre-scaled into powers of 2. */
 template <int GSUB, int B, typename KV>
 __device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], const kv_raw8<KV> (&k)[B],
-                                                   const kv_raw8<KV> (&v)[B], uint32_t lanes, int n_in,
+                                                   const kv_raw8<KV> (&v)[B], uint32_t lanes, int lo, int hi,
                                                    float (&m)[GSUB], float (&l)[GSUB], float (&acc)[GSUB][8]) {
     float s[GSUB][B];
 #pragma unroll
@@ -365,7 +392,7 @@ __device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], co
         float m_new = m[g];
 #pragma unroll
         for (int j = 0; j < B; j++)
-            if (j < n_in)
+            if (j >= lo && j < hi)
                 m_new = fmaxf(m_new, s[g][j]);
         float corr = m_new == -INFINITY ? 1.0f : exp2f(m[g] - m_new);
         l[g] *= corr;
@@ -374,13 +401,15 @@ __device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], co
             acc[g][i] *= corr;
 #pragma unroll
         for (int j = 0; j < B; j++) {
-            s[g][j] = j < n_in && m_new != -INFINITY ? exp2f(s[g][j] - m_new) : 0.0f;
+            s[g][j] = j >= lo && j < hi && m_new != -INFINITY ? exp2f(s[g][j] - m_new) : 0.0f;
             l[g] += s[g][j];
         }
         m[g] = m_new;
     }
 #pragma unroll
     for (int j = 0; j < B; j++) {
+        if (j < lo || j >= hi) /* rows outside the range may be stale cache rows: not even 0 x them */
+            continue;
         float vf[8];
         kv_unpack8(v[j], vf);
 #pragma unroll
@@ -391,17 +420,20 @@ __device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], co
     }
 }
 
-/* Up to 2 heads a block: 4 blocks an SM (at most 128 registers); the
- * H200 at 256 sequences, half KV: 166 registers and 3 blocks an SM took
- * 162 us a layer, 128 and 4 take 146 (78% of the memory's peak). */
+/* Up to 2 heads a block: 4 blocks an SM (at most 128 registers), 5 for
+ * fp8 (102); the H200 at 256 sequences, half KV: 166 registers and 3
+ * blocks an SM took 162 us a layer, 128 and 4 take 146 (78% of the
+ * memory's peak); fp8: 129 us at 4 blocks, 123 at 5. */
 template <int GSUB, typename KV>
-__global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB <= 2 ? 4 : 1) attention_lanes_kernel(attention_args a) {
-    /* positions a lane group takes at once: 8 of half, 4 of float (the
-     * same 256 bytes of loads in flight a lane, and registers; the H200
-     * at 256 sequences, half KV: 146 us a layer with 8, 152 with 4); 4 of
-     * half past 2 heads a block, whose scores and outputs need the
-     * registers */
-    constexpr int B = sizeof(KV) == 2 && GSUB <= 2 ? 2 * ATTL_BATCH : ATTL_BATCH;
+__global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
+                                                    : sizeof(KV) == 1 ? 5
+                                                                      : 4) attention_lanes_kernel(attention_args a) {
+    /* positions a lane group takes at once: 8 of half or fp8, 4 of float
+     * (the same 256 bytes of loads in flight a lane, and registers; the
+     * H200 at 256 sequences, half KV: 146 us a layer with 8, 152 with 4;
+     * fp8 at 16 took 145 us against 128 at 8); 4 past 2 heads a block,
+     * whose scores and outputs need the registers */
+    constexpr int B = sizeof(KV) <= 2 && GSUB <= 2 ? 2 * ATTL_BATCH : ATTL_BATCH;
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][256];
     __shared__ float weight[WARP];
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
@@ -411,13 +443,52 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB <= 2 ? 4 : 1) attention
     int n_pos = a.pos[t] + 1, first = a.window && n_pos > (int)a.window ? n_pos - (int)a.window : 0;
     int len = (n_pos - first + (int)slices - 1) / (int)slices;
     int begin = first + (int)blockIdx.z * len, end = min(begin + len, n_pos);
-    /* the warp's lane groups take B consecutive positions each; the loop
-     * test is the warp's, so that every lane reaches the shuffles */
+    /* the warp's lane groups take B consecutive positions each, batches
+     * starting at multiples of B (positions before begin are left out like
+     * those from end on); the loop test is the warp's, so that every lane
+     * reaches the shuffles */
     int per_warp = (int)n_grp * B, stride = ATTN_WARPS * per_warp;
     /* a position's slot: shifts for the usual power-of-two block size (a
      * division costs more than the rest of a position's addressing) */
     uint32_t bs = a.block_size, bs_shift = __ffs(bs) - 1;
     bool bs_pow2 = (bs & (bs - 1)) == 0;
+    auto slot_of = [&](int p) {
+        uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
+        uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
+        return (size_t)table[blk] * bs + in_blk;
+    };
+    /* With a power-of-two block size of at least B, a batch lies in one
+     * block: one table lookup and rows kv_dim apart, all of them loaded
+     * (the block is the sequence's, or block 0 for a batch wholly past
+     * end) and the ones outside [begin, end) left out of the sums. Half
+     * the instructions of a position went on its own addressing and
+     * bounds (ncu, fp8 KV: issue-bound, 72% of issue slots busy). */
+    bool one_block = bs_pow2 && bs >= (uint32_t)B;
+    int w_first = (begin & ~(B - 1)) + (int)warp * per_warp;
+    typedef typename kv_raw8<KV>::word word;
+    auto fetch = [&](int p0, kv_raw8<KV>(&kr)[B], kv_raw8<KV>(&vr)[B]) {
+        if (one_block) {
+            size_t at = (p0 < end ? slot_of(p0) : 0) * a.kv_dim + kvh * hd + sub * 8;
+            const KV *k = (const KV *)a.k_cache + at, *v = (const KV *)a.v_cache + at;
+#pragma unroll
+            for (int j = 0; j < B; j++)
+#pragma unroll
+                for (int i = 0; i < kv_raw8<KV>::N; i++)
+                    kr[j].w[i] = ((const word *)(k + (size_t)j * a.kv_dim))[i],
+                    vr[j].w[i] = ((const word *)(v + (size_t)j * a.kv_dim))[i];
+            return;
+        }
+#pragma unroll
+        for (int j = 0; j < B; j++) {
+            int p = p0 + j;
+            bool in = p >= begin && p < end;
+            size_t at = (in ? slot_of(p) : 0) * a.kv_dim + kvh * hd + sub * 8;
+            const word *k = (const word *)((const KV *)a.k_cache + at), *v = (const word *)((const KV *)a.v_cache + at);
+#pragma unroll
+            for (int i = 0; i < kv_raw8<KV>::N; i++)
+                kr[j].w[i] = in ? k[i] : word{}, vr[j].w[i] = in ? v[i] : word{};
+        }
+    };
     /* the cache rows of the first batch are fetched into L1 while the
      * previous kernel (the q|k|v projection, which stores this step's
      * rows) finishes: no sequence has more than T (gridDim.y) tokens in a
@@ -425,16 +496,11 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB <= 2 ? 4 : 1) attention
      * earlier steps; positions and block tables come from the host.
      * (Loading them into registers here cost 12 registers, and batch-256
      * speed.) */
-    auto slot_of = [&](int p) {
-        uint32_t blk = bs_pow2 ? (uint32_t)p >> bs_shift : (uint32_t)p / bs;
-        uint32_t in_blk = bs_pow2 ? (uint32_t)p & (bs - 1) : (uint32_t)p % bs;
-        return (size_t)table[blk] * bs + in_blk;
-    };
-    int w_first = begin + (int)warp * per_warp, settled = min(end, n_pos - (int)gridDim.y);
+    int settled = min(end, n_pos - (int)gridDim.y);
 #pragma unroll
     for (int j = 0; j < B; j++) {
         int p = w_first + (int)grp * B + j;
-        if (p < settled) {
+        if (p >= begin && p < settled) {
             size_t at = slot_of(p) * a.kv_dim + kvh * hd + sub * 8;
             prefetch_l1((const KV *)a.k_cache + at), prefetch_l1((const KV *)a.v_cache + at);
         }
@@ -451,18 +517,8 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB <= 2 ? 4 : 1) attention
     for (int w0 = w_first; w0 < end; w0 += stride) {
         int p0 = w0 + (int)grp * B;
         kv_raw8<KV> kr[B], vr[B];
-#pragma unroll
-        for (int j = 0; j < B; j++) {
-            int p = p0 + j;
-            size_t at = (p < end ? slot_of(p) : 0) * a.kv_dim + kvh * hd + sub * 8;
-            const uint4 *k = (const uint4 *)((const KV *)a.k_cache + at),
-                        *v = (const uint4 *)((const KV *)a.v_cache + at);
-#pragma unroll
-            for (int i = 0; i < (int)(sizeof(KV) / 2); i++)
-                kr[j].w[i] = p < end ? k[i] : make_uint4(0, 0, 0, 0),
-                vr[j].w[i] = p < end ? v[i] : make_uint4(0, 0, 0, 0);
-        }
-        lanes_softmax_rows<GSUB, B, KV>(q, kr, vr, lanes, end - p0, m, l, acc);
+        fetch(p0, kr, vr);
+        lanes_softmax_rows<GSUB, B, KV>(q, kr, vr, lanes, begin - p0, end - p0, m, l, acc);
     }
     /* the lane groups of the warp into one */
 #pragma unroll
@@ -518,6 +574,7 @@ template <int HD> struct attp_shape {
 };
 
 __device__ __forceinline__ float4 kv_load4(const float *p) { return *(const float4 *)p; }
+__device__ __forceinline__ float4 kv_load4(const __nv_fp8_e4m3 *p) { return fp8x4_to_float4(*(const uint32_t *)p); }
 __device__ __forceinline__ float4 kv_load4(const __half *p) {
     uint2 raw = *(const uint2 *)p;
     float2 a = __half22float2(*(const __half2 *)&raw.x), b = __half22float2(*(const __half2 *)&raw.y);

@@ -6,6 +6,7 @@
  *     xn  = rmsnorm(x) * attn_norm
  *     qkv = xn Wqkv^T             (q|k|v stacked: [q_dim + 2 kv_dim][hidden])
  *     q, k, v: + bias, per-head RMSNorm, RoPE (the layer's base); k, v -> the KV blocks
+ *              (float32, f16 or fp8 e4m3: --kv-type)
  *     att = causal softmax(q K^T / sqrt(hd)) V over each sequence's blocks
  *           (or the layer's sliding window of them)
  *     x  += att Wo^T                        (gemma3: rmsnorm(att Wo^T) * post_attn_norm)
@@ -88,7 +89,7 @@ struct cuda_engine {
     int n_sm; /* multiprocessors */
     bool use_graphs;
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
-    bool kv_f16; /* the KV cache in half precision, else float */
+    int kv_type; /* the KV cache's elements: CUDA_KV_F32, _F16 or _FP8 */
     uint32_t q_dim, kv_dim, qkv_dim;
     uint32_t gsub;                     /* query heads per attention block: the largest divisor of the group up to 8 */
     void (*attention)(attention_args); /* attention_kernel for this head size, or NULL */
@@ -98,7 +99,7 @@ struct cuda_engine {
     int n_tiles;     /* this step's tiles (0: attention_kernel), at in.dev + tiles_at */
     int tile_slices; /* attention_prefill_kernel's gridDim.z */
     size_t tiles_at;
-    char describe[256];
+    char describe[320];
     cudaStream_t stream;
     cublasHandle_t blas;
     dlayer *layers;
@@ -185,6 +186,11 @@ static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 
     return launch_shared(e, kernel, grid, block, 0, args...);
 }
 
+static size_t kv_elem_bytes(int kv_type) { return kv_type == CUDA_KV_FP8 ? 1 : kv_type == CUDA_KV_F16 ? 2 : 4; }
+static const char *kv_type_name(int kv_type) {
+    return kv_type == CUDA_KV_FP8 ? "fp8 (e4m3)" : kv_type == CUDA_KV_F16 ? "f16" : "f32";
+}
+
 /* The attention kernel for this head size and heads per block; NULL when none is built. */
 typedef void (*attention_fn)(attention_args);
 static attention_fn attention_kernel_for(const cuda_engine *e) {
@@ -194,15 +200,20 @@ static attention_fn attention_kernel_for(const cuda_engine *e) {
     if (hd >= 16 && hd <= 128 && (hd & (hd - 1)) == 0)
         switch (e->gsub) {
 #define ATTL_CASE(G)                                                                                                   \
-    case G: return e->kv_f16 ? attention_lanes_kernel<G, __half> : attention_lanes_kernel<G, float>;
+    case G:                                                                                                            \
+        return e->kv_type == CUDA_KV_FP8   ? attention_lanes_kernel<G, __nv_fp8_e4m3>                                  \
+               : e->kv_type == CUDA_KV_F16 ? attention_lanes_kernel<G, __half>                                         \
+                                           : attention_lanes_kernel<G, float>;
             ATTL_CASE(1) ATTL_CASE(2) ATTL_CASE(4) ATTL_CASE(7) ATTL_CASE(8)
 #undef ATTL_CASE
         }
+    if (e->kv_type == CUDA_KV_FP8) /* fp8 rows only in attention_lanes_kernel (cuda_create says so) */
+        return NULL;
     int epl = (int)(hd + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
     switch (key) {
 #define ATTN_CASE(EPL, G)                                                                                              \
     case EPL * 16 + G:                                                                                                 \
-        return e->kv_f16 ? attention_kernel<EPL, G, __half> : attention_kernel<EPL, G, float>;
+        return e->kv_type == CUDA_KV_F16 ? attention_kernel<EPL, G, __half> : attention_kernel<EPL, G, float>;
 #define ATTN_CASES(EPL) ATTN_CASE(EPL, 1) ATTN_CASE(EPL, 2) ATTN_CASE(EPL, 4) ATTN_CASE(EPL, 7) ATTN_CASE(EPL, 8)
         ATTN_CASES(1) ATTN_CASES(2) ATTN_CASES(3) ATTN_CASES(4) ATTN_CASES(8)
 #undef ATTN_CASES
@@ -214,12 +225,14 @@ static attention_fn attention_kernel_for(const cuda_engine *e) {
 /* The prompt attention kernel for this head size (and its shared memory),
  * or NULL. */
 typedef void (*attention_prefill_fn)(attention_args, const int32_t *);
-static attention_prefill_fn attention_prefill_for(uint32_t head_dim, bool kv_f16, size_t *smem) {
+static attention_prefill_fn attention_prefill_for(uint32_t head_dim, int kv_type, size_t *smem) {
     switch (head_dim) {
 #define ATTP_CASE(HD)                                                                                                  \
     case HD:                                                                                                           \
         *smem = attp_shape<HD>::SMEM;                                                                                  \
-        return kv_f16 ? attention_prefill_kernel<HD, __half> : attention_prefill_kernel<HD, float>;
+        return kv_type == CUDA_KV_FP8   ? attention_prefill_kernel<HD, __nv_fp8_e4m3>                                  \
+               : kv_type == CUDA_KV_F16 ? attention_prefill_kernel<HD, __half>                                         \
+                                        : attention_prefill_kernel<HD, float>;
         /* not 256 (Gemma 3): its tiles hold 8 tokens against 32 rows of 1 KiB, and
          * attention_kernel's 512 blocks were faster (H200: 128k against 104k tok/s) */
         ATTP_CASE(16) ATTP_CASE(32) ATTP_CASE(64) ATTP_CASE(128)
@@ -368,7 +381,7 @@ static void cuda_destroy(cuda_engine *e) {
 /* Stacked parts of every layer and the vectors, onto the GPU. */
 static int load_layers(cuda_engine *e, char *err, size_t errlen) {
     const model_desc *m = e->m;
-    size_t kv_bytes = (size_t)e->n_blocks * e->block_size * e->kv_dim * (e->kv_f16 ? 2 : 4);
+    size_t kv_bytes = (size_t)e->n_blocks * e->block_size * e->kv_dim * kv_elem_bytes(e->kv_type);
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const layer_weights *W = &m->layers[l];
         dlayer *L = &e->layers[l];
@@ -420,15 +433,16 @@ static int load_layers(cuda_engine *e, char *err, size_t errlen) {
 /* Sets up decode_persistent_kernel when INFERNO_CUDA_PERSISTENT=1 asks for
  * it and the model and device allow it (sm_90 bulk copies, cooperative
  * launch; Qwen-style layers: no post norms, SwiGLU, head_dim a power of 2
- * from 16 to 256, at most 8 query heads a KV head); e->persist stays false
- * otherwise, and decode steps take the kernel-per-stage path. Not the
- * default: it is slower yet (README, CUDA engine). */
+ * from 16 to 256, at most 8 query heads a KV head; a float or half KV
+ * cache); e->persist stays false otherwise, and decode steps take the
+ * kernel-per-stage path. Not the default: it is slower yet (README, CUDA
+ * engine). */
 static int persist_setup(cuda_engine *e, const cudaDeviceProp *prop, char *err, size_t errlen) {
     const model_desc *m = e->m;
     const char *env = getenv("INFERNO_CUDA_PERSISTENT");
     uint32_t hd = m->head_dim, G = m->n_heads / m->n_kv_heads;
     bool ok = prop->major >= 9 && prop->cooperativeLaunch && env && !strcmp(env, "1") && m->ffn_act != FFN_GELU_TANH &&
-              hd >= 16 && hd <= 256 && (hd & (hd - 1)) == 0 && G <= 8;
+              hd >= 16 && hd <= 256 && (hd & (hd - 1)) == 0 && G <= 8 && e->kv_type != CUDA_KV_FP8;
     for (uint32_t l = 0; ok && l < m->n_layers; l++)
         ok = !e->layers[l].post_attn_norm && !e->layers[l].post_ffn_norm;
     if (!ok)
@@ -578,7 +592,7 @@ static int persist_enqueue(cuda_engine *e, int T, char *err, size_t errlen) {
                       m->rms_eps,
                       m->embed_scale,
                       m->attn_scale,
-                      e->kv_f16,
+                      e->kv_type,
                       NULL};
     if (e->trace) {
         persist_trace_report(e);
@@ -613,7 +627,14 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     e->m = m;
     e->device = cfg ? cfg->device : 0;
     e->use_graphs = !cfg || cfg->graphs >= 0;
-    e->kv_f16 = cfg && cfg->kv_f16 > 0;
+    e->kv_type = cfg ? cfg->kv_type : CUDA_KV_F32;
+    bool lanes_hd = m->head_dim >= 16 && m->head_dim <= 128 && (m->head_dim & (m->head_dim - 1)) == 0;
+    if (e->kv_type < CUDA_KV_F32 || e->kv_type > CUDA_KV_FP8 || (e->kv_type == CUDA_KV_FP8 && !lanes_hd)) {
+        fail(err, errlen, "cuda engine: KV type %d with head_dim %u (fp8 needs a power of 2 from 16 to 128)",
+             e->kv_type, m->head_dim);
+        free(e);
+        return -1;
+    }
     e->block_size = cfg && cfg->block_size > 0 ? cfg->block_size : 16;
     int kv_tokens = cfg && cfg->kv_tokens > 0 ? cfg->kv_tokens : 4096;
     e->n_blocks = cfg && cfg->n_blocks > 0 ? cfg->n_blocks : (kv_tokens + e->block_size - 1) / e->block_size;
@@ -660,7 +681,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     free(inv_freq);
     size_t heads = (size_t)m->n_heads + 2 * m->n_kv_heads;
     e->attention = attention_kernel_for(e);
-    attention_prefill_fn prefill = attention_prefill_for(m->head_dim, e->kv_f16, &e->attention_prefill_smem);
+    attention_prefill_fn prefill = attention_prefill_for(m->head_dim, e->kv_type, &e->attention_prefill_smem);
     uint32_t group = m->n_heads / m->n_kv_heads;
     if (prefill && group <= ATTP_ROWS &&
         cudaFuncSetAttribute(prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->attention_prefill_smem) ==
@@ -689,7 +710,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     else
         snprintf(held, sizeof held, "%s as 8-bit", tensor_type_name(wtype));
     snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s", prop.name, held,
-             e->kv_f16 ? "f16" : "f32", e->pdl ? ", PDL" : "", e->persist ? ", persistent decode" : "");
+             kv_type_name(e->kv_type), e->pdl ? ", PDL" : "", e->persist ? ", persistent decode" : "");
     *out = e;
     return 0;
 }
@@ -874,7 +895,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
         rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm, L->k_norm,  e->inv_freq + l * (hd / 2),
                         pos,        slot,        e->q,      L->k_cache, L->v_cache,
                         m->n_heads, hd,          e->q_dim,  e->kv_dim,  m->rms_eps,
-                        e->kv_f16};
+                        e->kv_type};
         if (qkv_project(e, &L->qkv, L->attn_norm, T, ra, err, errlen))
             return -1;
         /* enough slices of the positions to give the GPU ~256 blocks; from T

@@ -10,7 +10,7 @@
  * Weights live on the GPU in BF16 or Q8_0 (per matrix: Q8_0 when the
  * file's matrix is Q8_0, BF16 otherwise, converting other types once at
  * load); activations and all accumulation are float32, the KV cache
- * float32 or (kv_f16) float16.
+ * float32, float16 or fp8 (e4m3), by kv_type.
  *
  * Threading: one stream; an engine is not re-entrant (one step at a time),
  * like the CPU engine. */
@@ -24,7 +24,12 @@
 #include "model.h"
 #include "sampler.h"
 
-#define INFERNO_CUDA_ABI 2
+#define INFERNO_CUDA_ABI 3
+
+/* cuda_engine_config.kv_type: how the KV cache holds keys and values */
+#define CUDA_KV_F32 0 /* float32 (the default) */
+#define CUDA_KV_F16 1 /* float16: half the memory and bandwidth */
+#define CUDA_KV_FP8 2 /* fp8 e4m3 (3 mantissa bits, saturating at +-448, no scale): a quarter */
 
 typedef struct cuda_engine cuda_engine;
 
@@ -34,7 +39,7 @@ typedef struct {
     int n_blocks;   /* KV pool size; 0: enough for kv_tokens */
     int kv_tokens;  /* with n_blocks 0: positions to hold (default 4096) */
     int graphs;     /* capture decode steps as CUDA graphs: 1 yes (default), -1 no */
-    int kv_f16;     /* 1: the KV cache in half precision (half the memory and bandwidth); 0: float */
+    int kv_type;    /* CUDA_KV_F32, CUDA_KV_F16 or CUDA_KV_FP8 */
 } cuda_engine_config;
 
 typedef struct {

@@ -6,7 +6,10 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <stdint.h>
+
+/* engine.cu includes engine_cuda.h (CUDA_KV_*) before this file */
 
 /* A weight matrix on the GPU: [rows][cols], BF16, or 8-bit quants with a
  * float scale (and, for types with minimums, an offset) per group of 32 or
@@ -486,19 +489,23 @@ struct rope_args {
     const float *inv_freq;        /* [head_dim / 2] */
     const int32_t *pos, *slot;    /* [T] */
     float *q;                     /* [T][q_dim] */
-    void *k_cache, *v_cache;      /* [slots][kv_dim], float or (kv_f16) half */
+    void *k_cache, *v_cache;      /* [slots][kv_dim], float, half or fp8 by kv_type */
     uint32_t n_heads, head_dim, q_dim, kv_dim;
     float eps;
-    int kv_f16;
+    int kv_type;       /* CUDA_KV_* */
     const float *qkv2; /* or NULL: rows added to qkv's (the lo half of a stacked product) */
 };
 
-/* A KV cache element as float, and back. */
+/* A KV cache element as float, and back (fp8: round to nearest, beyond
+ * +-448 saturated). */
 __device__ __forceinline__ float kv_load(float v) { return v; }
 __device__ __forceinline__ float kv_load(__half v) { return __half2float(v); }
-__device__ __forceinline__ void kv_store(void *cache, size_t at, float v, int f16) {
-    if (f16)
+__device__ __forceinline__ float kv_load(__nv_fp8_e4m3 v) { return (float)v; }
+__device__ __forceinline__ void kv_store(void *cache, size_t at, float v, int kv_type) {
+    if (kv_type == CUDA_KV_F16)
         ((__half *)cache)[at] = __float2half_rn(v);
+    else if (kv_type == CUDA_KV_FP8)
+        ((__nv_fp8_e4m3 *)cache)[at] = __nv_fp8_e4m3(v);
     else
         ((float *)cache)[at] = v;
 }
@@ -516,7 +523,7 @@ __device__ void qkv_head_finish(const rope_args &a, uint32_t j, uint32_t t, floa
     size_t at = (size_t)a.slot[t] * a.kv_dim + (is_v ? j - a.n_heads - n_kv : j - a.n_heads) * hd + i;
     if (is_v) {
         if (active)
-            kv_store(a.v_cache, at, x, a.kv_f16);
+            kv_store(a.v_cache, at, x, a.kv_type);
         return;
     }
     const float *gain = is_q ? a.q_gain : a.k_gain;
@@ -532,7 +539,7 @@ __device__ void qkv_head_finish(const rope_args &a, uint32_t j, uint32_t t, floa
     if (is_q)
         a.q[(size_t)t * a.q_dim + j * hd + i] = rotated;
     else
-        kv_store(a.k_cache, at, rotated, a.kv_f16);
+        kv_store(a.k_cache, at, rotated, a.kv_type);
 }
 
 /* Grid (n_heads + 2 n_kv_heads, T), block head_dim threads rounded up to a warp. */
@@ -565,7 +572,7 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
     if (is_v) {
 #pragma unroll
         for (int k = 0; k < E; k++)
-            kv_store(a.v_cache, at + 32 * k, x[k], a.kv_f16);
+            kv_store(a.v_cache, at + 32 * k, x[k], a.kv_type);
         return;
     }
     const float *gain = is_q ? a.q_gain : a.k_gain;
@@ -591,7 +598,7 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
         if (is_q)
             a.q[(size_t)t * a.q_dim + j * hd + lane + 32 * k] = out[k];
         else
-            kv_store(a.k_cache, at + 32 * k, out[k], a.kv_f16);
+            kv_store(a.k_cache, at + 32 * k, out[k], a.kv_type);
     }
 }
 

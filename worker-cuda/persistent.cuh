@@ -75,7 +75,7 @@ struct persist_args {
     uint32_t piece_bytes; /* a piece's target size (a single row set may exceed it, never the ring) */
     uint32_t stage_bytes; /* the stage area, after the ring; then a copy of layers */
     float eps, embed_scale, attn_scale;
-    int kv_f16;
+    int kv_type; /* CUDA_KV_F32 or CUDA_KV_F16 (persist_setup refuses fp8) */
     /* NULL, or (INFERNO_CUDA_TRACE) [1 + 5 n_layers + 2][gridDim.x + 1] timestamps (ns): per barrier, each
      * block's arrival and block 0's exit (column gridDim.x); then the launch's start (block 0) and each
      * block's end */
@@ -275,7 +275,7 @@ __device__ __forceinline__ pk_unit pk_unit_at(const persist_args &a, const persi
  * attention phase then waits on L2, not DRAM. By the computing threads
  * past the first warp, while thread 0 waits at a barrier. */
 __device__ void pk_prefetch_kv(const persist_args &a, const persist_layer &L) {
-    uint32_t S = a.slices, units = a.T * a.n_kv_heads * S, elem = a.kv_f16 ? 2 : 4;
+    uint32_t S = a.slices, units = a.T * a.n_kv_heads * S, elem = a.kv_type == CUDA_KV_F16 ? 2 : 4;
     uint32_t lines = a.head_dim * elem / 128 ? a.head_dim * elem / 128 : 1, line_elems = 128 / elem;
     for (uint32_t u = blockIdx.x; u < units; u += gridDim.x) {
         pk_unit un = pk_unit_at(a, L, u);
@@ -497,7 +497,7 @@ __device__ void pk_head(const persist_args &a, const persist_layer &L, uint32_t 
 #pragma unroll
         for (int i = 0; i < 8; i++)
             if (lane + 32 * i < hd)
-                kv_store(L.v_cache, at + lane + 32 * i, x[i], a.kv_f16);
+                kv_store(L.v_cache, at + lane + 32 * i, x[i], a.kv_type);
         return;
     }
     const float *gain = job < G ? L.q_norm : L.k_norm;
@@ -517,7 +517,7 @@ __device__ void pk_head(const persist_args &a, const persist_layer &L, uint32_t 
         if (job < G)
             q_s[job * hd + d] = v * a.attn_scale * LOG2E;
         else
-            kv_store(L.k_cache, at + d, v, a.kv_f16);
+            kv_store(L.k_cache, at + d, v, a.kv_type);
     }
     __syncwarp(); /* scratch is read before the warp's next head writes it */
 }
@@ -562,7 +562,7 @@ template <int GMAX> __device__ void pk_attention(const persist_args &a, const pe
             for (int j = 0; j < ATTL_BATCH; j++) {
                 int p = p0 + j;
                 size_t at = (p < end ? (size_t)table[p / bs] * bs + p % bs : 0) * a.kv_dim + kvh * hd + sub * 8;
-                if (a.kv_f16) {
+                if (a.kv_type == CUDA_KV_F16) {
                     kv_load8((const __half *)L.k_cache + at, p < end, kr[j]);
                     kv_load8((const __half *)L.v_cache + at, p < end, vr[j]);
                 } else {
