@@ -6,9 +6,10 @@
 #   1. test_engine: the tinyA reference checks on the CPU and CUDA engines;
 #   2. compute-sanitizer memcheck over prefill (tensor-core path) and
 #      decode (GEMV path, CUDA graphs) on tinyA, and with f16 and fp8 KV;
-#   3. 0.6b-shaped models (BF16, Q8_0, Q4_K_M), a Qwen2.5-0.5B-shaped
-#      Q4_K_M one, a Gemma-3-270M-shaped Q4_K_M one and a tiny gemma3 with a
-#      sliding window of 4: GPU logits against the CPU engine's;
+#   3. 0.6b-shaped models (BF16, also with an f16 KV cache on both engines;
+#      Q8_0, Q4_K_M), a Qwen2.5-0.5B-shaped Q4_K_M one, a Gemma-3-270M-shaped
+#      Q4_K_M one and a tiny gemma3 with a sliding window of 4: GPU logits
+#      against the CPU engine's;
 #   4. inferno-bench --backend cuda on them;
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
@@ -119,11 +120,14 @@ fi
 
 if want 3; then
 echo "== 3. 0.6b- and Qwen2.5-0.5B-shaped models: GPU logits against the CPU engine's"
-for type in bf16 q8_0 q4_k_m qwen2.5-q4_k_m gemma3-270m gemma3-tiny; do
-    model=$work/0.6b-$type.gguf
+for type in bf16 bf16-kvf16 q8_0 q4_k_m qwen2.5-q4_k_m gemma3-270m gemma3-tiny; do
+    model=$work/0.6b-$type.gguf kv=()
     [[ $type == qwen2.5-* ]] && model=$work/qwen2.5-0.5b-${type#qwen2.5-}.gguf
     [[ $type == gemma3-270m ]] && model=$work/gemma3-270m-q4_k_m.gguf
     [[ $type == gemma3-tiny ]] && model=$work/gemma3-tiny.gguf
+    # both engines with a half-precision cache (the same rounding): at 5 tokens
+    # a step takes the decode attention kernel, whose half path differs from float's
+    [[ $type == bf16-kvf16 ]] && model=$work/0.6b-bf16.gguf kv=(--kv-type f16)
     lengths="5 100"
     [[ $type == gemma3-270m ]] && lengths="5 100 700" # 700: past the 512-token window
     [[ $type == bf16 ]] && lengths="5 100 300"        # 300: the prompt attention's slices and their merge
@@ -132,7 +136,7 @@ for type in bf16 q8_0 q4_k_m qwen2.5-q4_k_m gemma3-270m gemma3-tiny; do
         # the CPU reference: float32 activations, as the GPU keeps them
         for backend in cpu cuda; do
             build/bin/model-generate --backend $backend --kernels reference --threads 16 --model "$model" --prompt-ids "$prompt" \
-                --max-tokens 0 --dump-logits "$work/logits-$type-$n-$backend.f32" >/dev/null 2>>"$OUT/compare.log"
+                "${kv[@]}" --max-tokens 0 --dump-logits "$work/logits-$type-$n-$backend.f32" >/dev/null 2>>"$OUT/compare.log"
         done
         python3 - "$work/logits-$type-$n-cpu.f32" "$work/logits-$type-$n-cuda.f32" "$type" "$n" <<'PY'
 import sys, numpy as np
