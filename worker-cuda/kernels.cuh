@@ -500,7 +500,6 @@ struct rope_args {
  * +-448 saturated). */
 __device__ __forceinline__ float kv_load(float v) { return v; }
 __device__ __forceinline__ float kv_load(__half v) { return __half2float(v); }
-__device__ __forceinline__ float kv_load(__nv_fp8_e4m3 v) { return (float)v; }
 __device__ __forceinline__ void kv_store(void *cache, size_t at, float v, int kv_type) {
     if (kv_type == CUDA_KV_F16)
         ((__half *)cache)[at] = __float2half_rn(v);
