@@ -460,9 +460,10 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
     /* With a power-of-two block size of at least B, a batch lies in one
      * block: one table lookup and rows kv_dim apart, all of them loaded
      * (the block is the sequence's, or block 0 for a batch wholly past
-     * end) and the ones outside [begin, end) left out of the sums. Half
-     * the instructions of a position went on its own addressing and
-     * bounds (ncu, fp8 KV: issue-bound, 72% of issue slots busy). */
+     * end) and the ones outside [begin, end) left out of the sums. Each
+     * position's own addressing and bounds had been most of the ~40% of
+     * the kernel's instructions that are integer (fp8 KV: issue-bound, 72%
+     * of issue slots busy). */
     bool one_block = bs_pow2 && bs >= (uint32_t)B;
     int w_first = (begin & ~(B - 1)) + (int)warp * per_warp;
     typedef typename kv_raw8<KV>::word word;
