@@ -93,6 +93,7 @@ struct cuda_engine {
     uint32_t q_dim, kv_dim, qkv_dim;
     uint32_t gsub;                     /* query heads per attention block: the largest divisor of the group up to 8 */
     void (*attention)(attention_args); /* attention_kernel for this head size, or NULL */
+    unsigned attn_cluster;             /* decode attention's slices as clusters of up to this many; 1: not */
     void (*attention_prefill)(attention_args, const int32_t *); /* or NULL */
     size_t attention_prefill_smem;
     int tile_tokens; /* tokens per attention_prefill_kernel tile; 0: none for this head size */
@@ -170,20 +171,56 @@ static int fail(char *err, size_t errlen, const char *fmt, ...) {
  * launch where the device has it: the kernel's blocks may be scheduled
  * while the previous kernel finishes, and wait in pdl_wait (kernels.cuh). */
 template <typename... Params, typename... Args>
-static cudaError_t launch_shared(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
-                                 Args... args) {
-    cudaLaunchAttribute attr;
-    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr.val.programmaticStreamSerializationAllowed = 1;
+static cudaError_t launch_cluster(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                  dim3 cluster, Args... args) {
+    cudaLaunchAttribute attrs[2];
+    unsigned n = 0;
+    if (e->pdl) {
+        attrs[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attrs[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (cluster.x * cluster.y * cluster.z > 1) { /* thread-block clusters of that shape */
+        attrs[n].id = cudaLaunchAttributeClusterDimension;
+        attrs[n].val.clusterDim.x = cluster.x, attrs[n].val.clusterDim.y = cluster.y;
+        attrs[n++].val.clusterDim.z = cluster.z;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = e->stream;
-    cfg.attrs = &attr, cfg.numAttrs = e->pdl ? 1 : 0;
+    cfg.attrs = attrs, cfg.numAttrs = n;
     return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+template <typename... Params, typename... Args>
+static cudaError_t launch_shared(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                                 Args... args) {
+    return launch_cluster(e, kernel, grid, block, smem, dim3(1), args...);
 }
 
 template <typename... Params, typename... Args>
 static cudaError_t launch(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, Args... args) {
     return launch_shared(e, kernel, grid, block, 0, args...);
+}
+
+/* Whether the device runs kernel as thread-block clusters of `size`
+ * blocks of `threads` (sm_90 and later; past 8 blocks, where allowed). */
+template <typename... Params> static bool cluster_fits(void (*kernel)(Params...), unsigned threads, unsigned size) {
+    if (size > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+        return (void)cudaGetLastError(), false;
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = size, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(size), cfg.blockDim = dim3(threads), cfg.attrs = &attr, cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess)
+        return (void)cudaGetLastError(), false;
+    return clusters > 0;
+}
+
+/* An INFERNO_CUDA_<name>=0 turns a use of clusters off (for comparisons). */
+static bool cluster_wanted(const char *name) {
+    const char *v = getenv(name);
+    return !(v && !strcmp(v, "0"));
 }
 
 static size_t kv_elem_bytes(int kv_type) { return kv_type == CUDA_KV_FP8 ? 1 : kv_type == CUDA_KV_F16 ? 2 : 4; }
@@ -702,6 +739,12 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     e->profile_decode = profile ? atoi(profile) : 0;
     const char *pdl = getenv("INFERNO_CUDA_PDL");
     e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
+    /* decode attention's slices as one cluster (attention_cluster_merge):
+     * the largest power of 2 up to 16 that the device schedules */
+    e->attn_cluster = 1;
+    if (prop.major >= 9 && e->attention && cluster_wanted("INFERNO_CUDA_ATTN_CLUSTER"))
+        for (unsigned c = 2; c <= 16 && cluster_fits(e->attention, ATTN_WARPS * WARP, c); c *= 2)
+            e->attn_cluster = c;
     /* how the GPU holds the weights (the first layer's q), and from which type */
     char held[64];
     uint32_t wtype = m->layers[0].wq.type;
@@ -709,8 +752,11 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         snprintf(held, sizeof held, "%s", e->layers[0].qkv.type == DMAT_BF16 ? "bf16" : "q8_0");
     else
         snprintf(held, sizeof held, "%s as 8-bit", tensor_type_name(wtype));
-    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s", prop.name, held,
-             kv_type_name(e->kv_type), e->pdl ? ", PDL" : "", e->persist ? ", persistent decode" : "");
+    char cluster[48] = "";
+    if (e->attn_cluster > 1)
+        snprintf(cluster, sizeof cluster, ", attention clusters of %u", e->attn_cluster);
+    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s%s", prop.name, held,
+             kv_type_name(e->kv_type), e->pdl ? ", PDL" : "", cluster, e->persist ? ", persistent decode" : "");
     *out = e;
     return 0;
 }
@@ -902,6 +948,13 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
          * alone, so that a captured decode graph fits every later step */
         uint32_t groups = m->n_heads / e->gsub, slices = 256 / ((uint32_t)T * groups);
         slices = slices < 1 ? 1 : slices > ATTN_MAX_SLICES ? ATTN_MAX_SLICES : slices;
+        /* as one cluster where the device allows: the slices then merge in
+         * shared memory (attention_cluster_merge) */
+        if (e->attn_cluster > 1 && slices > 1) {
+            while (slices & (slices - 1))
+                slices &= slices - 1;
+            slices = slices > e->attn_cluster ? e->attn_cluster : slices;
+        }
         attention_args aa = {e->q,
                              L->k_cache,
                              L->v_cache,
@@ -926,7 +979,8 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
         } else {
             if (!e->attention)
                 return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
-            CUDA_CHECK(launch(e, e->attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa));
+            CUDA_CHECK(launch_cluster(e, e->attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), 0,
+                                      dim3(1, 1, e->attn_cluster > 1 ? slices : 1), aa));
         }
         /* the block outputs: added to x, or (gemma3) normalized into xn first */
         if (matmul(e, &L->wo, e->att, NULL, T, L->post_attn_norm ? e->xn : e->x, H,
