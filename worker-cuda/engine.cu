@@ -218,8 +218,8 @@ template <typename... Params> static bool cluster_fits(void (*kernel)(Params...)
     return clusters > 0;
 }
 
-/* An INFERNO_CUDA_<name>=0 turns a use of clusters off (for comparisons). */
-static bool cluster_wanted(const char *name) {
+/* Whether the environment leaves a feature on: name=0 turns it off (for comparisons). */
+static bool env_allows(const char *name) {
     const char *v = getenv(name);
     return !(v && !strcmp(v, "0"));
 }
@@ -738,12 +738,11 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     }
     const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
     e->profile_decode = profile ? atoi(profile) : 0;
-    const char *pdl = getenv("INFERNO_CUDA_PDL");
-    e->pdl = prop.major >= 9 && !(pdl && !strcmp(pdl, "0"));
+    e->pdl = prop.major >= 9 && env_allows("INFERNO_CUDA_PDL");
     /* decode attention's slices as one cluster (attention_cluster_merge):
      * the largest power of 2 up to 16 that the device schedules */
     e->attn_cluster = 1;
-    if (prop.major >= 9 && e->attention && cluster_wanted("INFERNO_CUDA_ATTN_CLUSTER"))
+    if (prop.major >= 9 && e->attention && env_allows("INFERNO_CUDA_ATTN_CLUSTER"))
         for (unsigned c = 2; c <= 16 && cluster_fits(e->attention, ATTN_WARPS * WARP, c); c *= 2)
             e->attn_cluster = c;
     /* how the GPU holds the weights (the first layer's q), and from which type */
