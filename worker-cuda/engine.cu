@@ -224,18 +224,20 @@ static bool env_allows(const char *name) {
     return !(v && !strcmp(v, "0"));
 }
 
-static size_t kv_elem_bytes(int kv_type) { return kv_type == CUDA_KV_FP8 ? 1 : kv_type == CUDA_KV_F16 ? 2 : 4; }
 static const char *kv_type_name(int kv_type) {
     return kv_type == CUDA_KV_FP8 ? "fp8 (e4m3)" : kv_type == CUDA_KV_F16 ? "f16" : "f32";
 }
+
+/* Whether attention_lanes_kernel takes this head size (Gemma 3's 256
+ * takes attention_kernel: one lane group a warp, and attention_kernel's 8
+ * positions a step were faster there). */
+static bool lanes_head_dim(uint32_t hd) { return hd >= 16 && hd <= 128 && (hd & (hd - 1)) == 0; }
 
 /* The attention kernel for this head size and heads per block; NULL when none is built. */
 typedef void (*attention_fn)(attention_args);
 static attention_fn attention_kernel_for(const cuda_engine *e) {
     uint32_t hd = e->m->head_dim;
-    /* not 256 (Gemma 3): one lane group a warp, and attention_kernel's 8
-     * positions a step were faster there */
-    if (hd >= 16 && hd <= 128 && (hd & (hd - 1)) == 0)
+    if (lanes_head_dim(hd))
         switch (e->gsub) {
 #define ATTL_CASE(G)                                                                                                   \
     case G:                                                                                                            \
@@ -666,8 +668,9 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     e->device = cfg ? cfg->device : 0;
     e->use_graphs = !cfg || cfg->graphs >= 0;
     e->kv_type = cfg ? cfg->kv_type : CUDA_KV_F32;
-    bool lanes_hd = m->head_dim >= 16 && m->head_dim <= 128 && (m->head_dim & (m->head_dim - 1)) == 0;
-    if (e->kv_type < CUDA_KV_F32 || e->kv_type > CUDA_KV_FP8 || (e->kv_type == CUDA_KV_FP8 && !lanes_hd)) {
+    /* fp8 rows are read by attention_lanes_kernel alone */
+    if (e->kv_type < CUDA_KV_F32 || e->kv_type > CUDA_KV_FP8 ||
+        (e->kv_type == CUDA_KV_FP8 && !lanes_head_dim(m->head_dim))) {
         fail(err, errlen, "cuda engine: KV type %d with head_dim %u (fp8 needs a power of 2 from 16 to 128)",
              e->kv_type, m->head_dim);
         free(e);
@@ -936,6 +939,21 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
     e->x_owed = NULL;
     CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, m->embed_scale, e->x));
     int ffn_mode = m->ffn_act == FFN_GELU_TANH ? OUT_GELU_PAIR : OUT_SILU_PAIR;
+    /* decode attention: enough slices of the positions to give the GPU
+     * ~256 blocks; from T alone, so that a captured decode graph fits every
+     * later step */
+    uint32_t groups = m->n_heads / e->gsub, slices = 256 / ((uint32_t)T * groups);
+    slices = slices < 1 ? 1 : slices > ATTN_MAX_SLICES ? ATTN_MAX_SLICES : slices;
+    /* as one cluster where the device allows, for steps of few tokens: the
+     * slices then merge in shared memory (attention_cluster_merge; past 8
+     * tokens the blocks that finish early had better leave: Gemma-shaped,
+     * 32 sequences, 15.8k -> 14.7k tok/s as clusters) */
+    bool clustered = e->attn_cluster > 1 && slices > 1 && T <= ATTN_CLUSTER_MAX_T;
+    if (clustered) {
+        while (slices & (slices - 1))
+            slices &= slices - 1;
+        slices = slices > e->attn_cluster ? e->attn_cluster : slices;
+    }
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const dlayer *L = &e->layers[l];
         rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm, L->k_norm,  e->inv_freq + l * (hd / 2),
@@ -944,19 +962,6 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
                         e->kv_type};
         if (qkv_project(e, &L->qkv, L->attn_norm, T, ra, err, errlen))
             return -1;
-        /* enough slices of the positions to give the GPU ~256 blocks; from T
-         * alone, so that a captured decode graph fits every later step */
-        uint32_t groups = m->n_heads / e->gsub, slices = 256 / ((uint32_t)T * groups);
-        slices = slices < 1 ? 1 : slices > ATTN_MAX_SLICES ? ATTN_MAX_SLICES : slices;
-        /* as one cluster where the device allows, for steps of few tokens:
-         * the slices then merge in shared memory (attention_cluster_merge;
-         * past 8 tokens the blocks that finish early had better leave:
-         * Gemma-shaped, 32 sequences, 15.8k -> 14.7k tok/s as clusters) */
-        if (e->attn_cluster > 1 && slices > 1 && T <= ATTN_CLUSTER_MAX_T) {
-            while (slices & (slices - 1))
-                slices &= slices - 1;
-            slices = slices > e->attn_cluster ? e->attn_cluster : slices;
-        }
         attention_args aa = {e->q,
                              L->k_cache,
                              L->v_cache,
@@ -981,7 +986,6 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
         } else {
             if (!e->attention)
                 return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
-            bool clustered = e->attn_cluster > 1 && T <= ATTN_CLUSTER_MAX_T;
             CUDA_CHECK(launch_cluster(e, e->attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), 0,
                                       dim3(1, 1, clustered ? slices : 1), aa));
         }

@@ -496,6 +496,11 @@ struct rope_args {
     const float *qkv2; /* or NULL: rows added to qkv's (the lo half of a stacked product) */
 };
 
+/* The bytes of a KV cache element of kv_type (CUDA_KV_*). */
+__host__ __device__ __forceinline__ uint32_t kv_elem_bytes(int kv_type) {
+    return kv_type == CUDA_KV_FP8 ? 1 : kv_type == CUDA_KV_F16 ? 2 : 4;
+}
+
 /* A KV cache element as float, and back (fp8: round to nearest, beyond
  * +-448 saturated). */
 __device__ __forceinline__ float kv_load(float v) { return v; }

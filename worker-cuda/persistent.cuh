@@ -275,7 +275,7 @@ __device__ __forceinline__ pk_unit pk_unit_at(const persist_args &a, const persi
  * attention phase then waits on L2, not DRAM. By the computing threads
  * past the first warp, while thread 0 waits at a barrier. */
 __device__ void pk_prefetch_kv(const persist_args &a, const persist_layer &L) {
-    uint32_t S = a.slices, units = a.T * a.n_kv_heads * S, elem = a.kv_type == CUDA_KV_F16 ? 2 : 4;
+    uint32_t S = a.slices, units = a.T * a.n_kv_heads * S, elem = kv_elem_bytes(a.kv_type);
     uint32_t lines = a.head_dim * elem / 128 ? a.head_dim * elem / 128 : 1, line_elems = 128 / elem;
     for (uint32_t u = blockIdx.x; u < units; u += gridDim.x) {
         pk_unit un = pk_unit_at(a, L, u);
