@@ -123,6 +123,11 @@ struct cuda_engine {
     size_t x_owed_lo;
     size_t wscratch_elems;
     int32_t *ids;
+    /* greedy ids: argmax keys, device [cap_rows][ARGMAX_SLOTS], and
+     * (pinned) their host copy and the sampled ids' */
+    unsigned long long *keys, *keys_host;
+    int32_t *ids_host;
+    bool keys_fused; /* the last step's output head filled keys (a decode step's GEMV) */
     step_inputs in;
     sample_inputs smp;
     /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any
@@ -375,8 +380,8 @@ static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->
 static void free_activations(cuda_engine *e) {
     cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
     cudaFree(e->act), cudaFree(e->hi), cudaFree(e->stack), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
-    cudaFree(e->attn_done);
-    e->attn_done = NULL;
+    cudaFree(e->attn_done), cudaFree(e->keys), cudaFreeHost(e->keys_host), cudaFreeHost(e->ids_host);
+    e->attn_done = NULL, e->keys = e->keys_host = NULL, e->ids_host = NULL;
     e->x = e->xn = e->qkv = e->q = e->att = e->gu = e->act = e->logits = e->part = NULL;
     e->hi = NULL, e->stack = NULL, e->ids = NULL;
 }
@@ -790,6 +795,9 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
             cudaMalloc((void **)&e->stack, (size_t)2 * (cap < STACK_MAX_T ? cap : STACK_MAX_T) * e->stack_rows * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->logits, (size_t)cap_rows * m->vocab * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->ids, (size_t)cap_rows * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->keys, (size_t)cap_rows * ARGMAX_SLOTS * 8));
+        CUDA_CHECK(cudaMallocHost((void **)&e->keys_host, (size_t)cap_rows * ARGMAX_SLOTS * 8));
+        CUDA_CHECK(cudaMallocHost((void **)&e->ids_host, (size_t)cap_rows * 4));
         CUDA_CHECK(
             cudaMalloc((void **)&e->part, ((size_t)cap * ATTP_MAX_SLICES + 256) * m->n_heads * (m->head_dim + 2) * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->attn_done, (size_t)cap * m->n_heads * sizeof *e->attn_done));
@@ -816,12 +824,14 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
  * GEMV sizes a pair's y may be NULL: its result is left split in e->hi
  * (hi, then lo), for a next call with x NULL. */
 static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y,
-                         uint32_t ldy, int mode, const float **halves, char *err, size_t errlen) {
+                         uint32_t ldy, int mode, const float **halves, unsigned long long *keys, char *err,
+                         size_t errlen) {
     float eps = e->m->rms_eps;
     bool pair = mode == OUT_SILU_PAIR || mode == OUT_GELU_PAIR;
     uint32_t rows = pair ? w->rows / 2 : w->rows;
     if (T <= GEMV_MAX_T) {
-        typedef void (*gemv_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *, uint32_t);
+        typedef void (*gemv_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *, uint32_t,
+                                unsigned long long *);
 #define GEMV_ROW(NT)                                                                                                   \
     {                                                                                                                  \
         gemv_kernel<NT, OUT_STORE>, gemv_kernel<NT, OUT_ADD>, gemv_kernel<NT, OUT_SILU_PAIR>,                          \
@@ -832,7 +842,7 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
 #undef GEMV_ROW
         uint32_t wpr = gemv_warps_per_row(e, rows, w->cols), rows_per_block = GEMV_WARPS / wpr;
         CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + rows_per_block - 1) / rows_per_block),
-                          dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy));
+                          dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy, keys));
         return 0;
     }
     /* tensor cores: x (normalized) as hi + lo bf16, two products summed in
@@ -890,7 +900,7 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
 /* y (=, +=, silu-pair) x W^T, as matmul_halves, the result always in y. */
 static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
                   int mode, char *err, size_t errlen) {
-    return matmul_halves(e, w, x, gain, T, y, ldy, mode, NULL, err, errlen);
+    return matmul_halves(e, w, x, gain, T, y, ldy, mode, NULL, NULL, err, errlen);
 }
 
 /* q, k, v = rmsnorm(x) * gain Wqkv^T, then per head: bias, q/k norm,
@@ -911,7 +921,7 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
         return 0;
     }
     const float *halves = NULL;
-    if (matmul_halves(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, &halves, err, errlen))
+    if (matmul_halves(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, &halves, NULL, err, errlen))
         return -1;
     rope_args rh = ra; /* a stacked product: its halves, summed as they are read */
     if (halves)
@@ -926,6 +936,10 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     return 0;
 }
 
+/* Whether a step's output head is the GEMV, which leaves each row's
+ * argmax in e->keys as it goes. */
+static bool head_fills_keys(int rows, bool persistent) { return !persistent && rows <= GEMV_MAX_T; }
+
 /* Every kernel of one step, on e->stream, reading the inputs already in
  * e->in.dev; persistent: the step is single tokens of up to 8 sequences,
  * for decode_persistent_kernel. Captured as a graph for decode steps. */
@@ -937,7 +951,9 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
                   *out_src = table_off + T, *tables = out_src + rows;
     uint32_t H = m->hidden, hd = m->head_dim;
     e->x_owed = NULL;
-    CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, m->embed_scale, e->x));
+    unsigned long long *keys = head_fills_keys(rows, persistent) ? e->keys : NULL;
+    CUDA_CHECK(launch(e, embed_kernel, dim3(T), dim3(256), e->embd, tokens, m->embed_scale, e->x, keys,
+                      (uint32_t)rows * ARGMAX_SLOTS));
     int ffn_mode = m->ffn_act == FFN_GELU_TANH ? OUT_GELU_PAIR : OUT_SILU_PAIR;
     /* decode attention: enough slices of the positions to give the GPU
      * ~256 blocks; from T alone, so that a captured decode graph fits every
@@ -1009,9 +1025,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
     CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(rows), dim3(256), e->x, e->x_owed, e->x_owed_lo, out_src,
                       (const float *)e->output_norm, m->rms_eps, H, e->xn, (__nv_bfloat16 *)NULL,
                       (__nv_bfloat16 *)NULL));
-    if (matmul(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, err, errlen))
-        return -1;
-    return 0;
+    return matmul_halves(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, NULL, keys, err, errlen);
 }
 
 /* Copies the step's int32 inputs to the device (fixed buffer, so graphs
@@ -1080,6 +1094,7 @@ static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t err
     /* decode steps replay one graph per T: every launch shape depends on T alone */
     bool one_each = T == rows && T == b->n_seqs, persistent = e->persist && one_each && T <= 8;
     bool decode = one_each && T <= GRAPH_MAX_T && e->use_graphs && !(persistent && e->trace);
+    e->keys_fused = head_fills_keys(rows, persistent);
     if (e->profile_decode && e->decode_steps == e->profile_decode)
         CUDA_CHECK(cudaProfilerStop());
     if (e->profile_decode && one_each && ++e->decode_steps == e->profile_decode)
@@ -1105,6 +1120,28 @@ static int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t err
     return 0;
 }
 
+/* ids[r] = the argmax of e->logits row r (from the keys that the step's
+ * output head left, or argmax_kernel's); waits for the step. */
+static int argmax_ids(cuda_engine *e, int rows, int32_t *ids, char *err, size_t errlen) {
+    if (!e->keys_fused) {
+        uint32_t vocab = e->m->vocab;
+        CUDA_CHECK(cudaMemsetAsync(e->keys, 0, (size_t)rows * ARGMAX_SLOTS * 8, e->stream));
+        CUDA_CHECK(launch(e, argmax_kernel, dim3((vocab + ARGMAX_SPAN - 1) / ARGMAX_SPAN, rows), dim3(256),
+                          (const float *)e->logits, vocab, e->keys));
+    }
+    CUDA_CHECK(
+        cudaMemcpyAsync(e->keys_host, e->keys, (size_t)rows * ARGMAX_SLOTS * 8, cudaMemcpyDeviceToHost, e->stream));
+    CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    for (int r = 0; r < rows; r++) {
+        const unsigned long long *slots = e->keys_host + (size_t)r * ARGMAX_SLOTS;
+        unsigned long long best = 0;
+        for (int i = 0; i < ARGMAX_SLOTS; i++)
+            best = slots[i] > best ? slots[i] : best;
+        ids[r] = best ? (int32_t) ~(uint32_t)best : 0; /* argmax_key: the id's complement in the low half */
+    }
+    return 0;
+}
+
 static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err,
                         size_t errlen) {
     if (run_step(e, b, err, errlen))
@@ -1113,10 +1150,8 @@ static int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, in
     if (logits)
         CUDA_CHECK(
             cudaMemcpyAsync(logits, e->logits, (size_t)rows * e->m->vocab * 4, cudaMemcpyDeviceToHost, e->stream));
-    if (argmax) {
-        CUDA_CHECK(launch(e, argmax_kernel, dim3(rows), dim3(1024), (const float *)e->logits, e->m->vocab, e->ids));
-        CUDA_CHECK(cudaMemcpyAsync(argmax, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
-    }
+    if (argmax)
+        return argmax_ids(e, rows, argmax, err, errlen);
     CUDA_CHECK(cudaStreamSynchronize(e->stream));
     return 0;
 }
@@ -1177,8 +1212,10 @@ static int sample_rows(cuda_engine *e, int rows, const sample_plan *plans, int32
     const int32_t *edit_ids = (const int32_t *)(dev_rows + rows);
     CUDA_CHECK(launch(e, sample_kernel, dim3(rows), dim3(SAMPLE_THREADS), e->logits, vocab, dev_rows, edit_ids,
                       (const float *)(edit_ids + n_edits), e->ids));
-    CUDA_CHECK(cudaMemcpyAsync(ids, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
+    /* through pinned memory: a copy into pageable memory took 13 us (H200) */
+    CUDA_CHECK(cudaMemcpyAsync(e->ids_host, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
     CUDA_CHECK(cudaStreamSynchronize(e->stream));
+    memcpy(ids, e->ids_host, (size_t)rows * 4);
     for (int r = 0; r < rows; r++) {
         if (ids[r] >= 0)
             continue;
@@ -1195,7 +1232,13 @@ static int cuda_forward_sample(cuda_engine *e, const engine_batch *b, const samp
                                size_t errlen) {
     if (run_step(e, b, err, errlen))
         return -1;
-    return sample_rows(e, engine_batch_rows(b), plans, ids, err, errlen);
+    int rows = engine_batch_rows(b);
+    bool greedy = true; /* plain greedy rows: no edits to the logits first */
+    for (int r = 0; r < rows && greedy; r++)
+        greedy = plans[r].temperature <= 0.0f && plans[r].n_bias == 0 && plans[r].n_seen == 0;
+    if (greedy)
+        return argmax_ids(e, rows, ids, err, errlen);
+    return sample_rows(e, rows, plans, ids, err, errlen);
 }
 
 static int cuda_sample_logits(cuda_engine *e, const float *logits, int rows, const sample_plan *plans, int32_t *ids,

@@ -145,10 +145,51 @@ __device__ __forceinline__ float block_max(float v) {
     return m;
 }
 
-/* x[t] = embedding row tokens[t] * scale. Grid T, block 256. */
-__global__ void embed_kernel(dmat e, const int32_t *tokens, float scale, float *x) {
+/* Float order as unsigned order. */
+__device__ __forceinline__ uint32_t order_key(float v) {
+    uint32_t u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* Argmax over many blocks: each block folds its best (logit, id) of a row
+ * into one of the row's ARGMAX_SLOTS keys with a 64-bit atomicMax (spread
+ * over slots so that thousands of blocks do not queue on one address),
+ * and the host takes the largest of them (argmax_keys_id). A key orders
+ * by value, then by the lower id, as the host's sampler_argmax; NaN and
+ * -inf give 0, which nothing else is, as they never win there either. */
+#define ARGMAX_SLOTS 32
+__device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t id) {
+    return v > -INFINITY ? (unsigned long long)order_key(v) << 32 | (uint32_t)~id : 0ull;
+}
+
+/* The largest of the block's keys (a thread's own: key) into
+ * keys[blockIdx.x % ARGMAX_SLOTS]. Every thread of the block calls it. */
+__device__ __forceinline__ void block_fold_key(unsigned long long key, unsigned long long *keys) {
+    __shared__ unsigned long long best[32];
+    for (int o = WARP / 2; o > 0; o /= 2) {
+        unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
+        key = other > key ? other : key;
+    }
+    if (threadIdx.x % WARP == 0)
+        best[threadIdx.x / WARP] = key;
+    __syncthreads();
+    if (threadIdx.x != 0)
+        return;
+    for (uint32_t w = 1; w < blockDim.x / WARP; w++)
+        key = best[w] > key ? best[w] : key;
+    if (key)
+        atomicMax(keys + blockIdx.x % ARGMAX_SLOTS, key);
+}
+
+/* x[t] = embedding row tokens[t] * scale; block 0 also clears the step's
+ * n_keys argmax keys (or none: keys NULL), which the output head's GEMV
+ * fills. Grid T, block 256. */
+__global__ void embed_kernel(dmat e, const int32_t *tokens, float scale, float *x, unsigned long long *keys,
+                             uint32_t n_keys) {
     pdl_enter();
     int t = blockIdx.x;
+    for (uint32_t i = threadIdx.x; keys && t == 0 && i < n_keys; i += blockDim.x)
+        keys[i] = 0;
     size_t row = (size_t)tokens[t] * e.cols;
     for (uint32_t i = threadIdx.x; i < e.cols; i += blockDim.x)
         x[(size_t)t * e.cols + i] =
@@ -394,7 +435,7 @@ __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t ro
 
 template <int NT, int MODE>
 __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t wpr, const float *x, const float *gain,
-                                          float eps, float *y, uint32_t ldy) {
+                                          float eps, float *y, uint32_t ldy, unsigned long long *keys) {
     const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
     __shared__ float sums[GEMV_WARPS][N_ROWS + 1][NT]; /* a warp's dots, then its sums of x^2 */
     uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
@@ -454,28 +495,46 @@ __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t
         __syncthreads();
     else
         __syncwarp();
-    if (!active || part != 0 || lane >= NT)
-        return;
-    int t = lane; /* lane t writes token t */
-    float dot[N_ROWS + 1];
-    for (int j = 0; j <= N_ROWS; j++) {
-        dot[j] = 0.0f;
-        for (uint32_t p = 0; p < wpr; p++)
-            dot[j] += sums[warp + p][j][t];
+    int t = lane; /* lane t of a row's first warp writes token t */
+    bool writer = active && part == 0 && lane < NT;
+    float a = 0.0f;
+    if (writer) {
+        float dot[N_ROWS + 1];
+        for (int j = 0; j <= N_ROWS; j++) {
+            dot[j] = 0.0f;
+            for (uint32_t p = 0; p < wpr; p++)
+                dot[j] += sums[warp + p][j][t];
+        }
+        float norm = gain ? rsqrtf(dot[N_ROWS] / (float)m.cols + eps) : 1.0f;
+        a = dot[0] * norm;
+        if (N_ROWS == 2)
+            a = gated<MODE>(a, dot[1] * norm);
+        float *out = y + (size_t)t * ldy + r;
+        *out = MODE == OUT_ADD ? *out + a : a;
     }
-    float norm = gain ? rsqrtf(dot[N_ROWS] / (float)m.cols + eps) : 1.0f;
-    float a = dot[0] * norm;
-    if (N_ROWS == 2)
-        a = gated<MODE>(a, dot[1] * norm);
-    float *out = y + (size_t)t * ldy + r;
-    *out = MODE == OUT_ADD ? *out + a : a;
+    if (!keys)
+        return;
+    /* the output head of a decode step: each token's best row of the
+     * block into its argmax keys ([NT][ARGMAX_SLOTS]), saving a pass over
+     * the logits (argmax_kernel) */
+    __shared__ unsigned long long best[GEMV_WARPS][NT];
+    if (part == 0 && lane < NT)
+        best[warp][t] = writer ? argmax_key(a, r) : 0ull;
+    __syncthreads();
+    if (threadIdx.x >= NT)
+        return;
+    unsigned long long key = 0;
+    for (uint32_t w = 0; w < GEMV_WARPS; w += wpr)
+        key = best[w][threadIdx.x] > key ? best[w][threadIdx.x] : key;
+    if (key)
+        atomicMax(keys + (size_t)threadIdx.x * ARGMAX_SLOTS + blockIdx.x % ARGMAX_SLOTS, key);
 }
 
 template <int NT, int MODE>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP, MODE >= OUT_SILU_PAIR ? 3 : 4)
     gemv_kernel(dmat m, uint32_t rows, uint32_t wpr, const float *x, const float *gain, float eps, float *y,
-                uint32_t ldy) {
-    gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
+                uint32_t ldy, unsigned long long *keys) {
+    gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy, keys);
 }
 
 /* Per token t and head j of the fused q|k|v rows: add the bias; q and k
@@ -617,7 +676,7 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP)
     gemv_qkv_kernel(dmat m, uint32_t wpr, const float *x, const float *gain, float eps, float *qkv, rope_args ra,
                     unsigned *head_done) {
     __shared__ float v[512];
-    gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
+    gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows, NULL);
     uint32_t rows_per_block = GEMV_WARPS / wpr, j = blockIdx.x * rows_per_block / ra.head_dim;
     if (!block_is_last(&head_done[j], ra.head_dim / rows_per_block))
         return;
@@ -626,13 +685,23 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP)
 }
 
 /* The first index of the largest of row[0..n), in every thread of the
- * block (blockDim.x a multiple of 32); sv and si: 32 each in shared memory. */
+ * block (blockDim.x a multiple of 32); sv and si: 32 each in shared
+ * memory. ARGMAX_UNROLL loads a thread are in flight at once (one at a
+ * time, a 151,936-logit row took 59 us: H200, one block of 1024). */
+#define ARGMAX_UNROLL 8
 __device__ int32_t block_argmax(const float *row, uint32_t n, float *sv, int32_t *si) {
     float bv = -INFINITY;
     int32_t bi = 0x7fffffff;
-    for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
-        if (row[i] > bv)
-            bv = row[i], bi = (int32_t)i;
+    for (uint32_t i0 = threadIdx.x; i0 < n; i0 += ARGMAX_UNROLL * blockDim.x) {
+        float v[ARGMAX_UNROLL];
+#pragma unroll
+        for (int k = 0; k < ARGMAX_UNROLL; k++)
+            v[k] = i0 + k * blockDim.x < n ? row[i0 + k * blockDim.x] : -INFINITY;
+#pragma unroll
+        for (int k = 0; k < ARGMAX_UNROLL; k++) /* ids rise with k: the first of equals stays */
+            if (v[k] > bv)
+                bv = v[k], bi = (int32_t)(i0 + k * blockDim.x);
+    }
     for (int o = WARP / 2; o > 0; o /= 2) {
         float ov = __shfl_xor_sync(0xffffffffu, bv, o);
         int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -649,14 +718,25 @@ __device__ int32_t block_argmax(const float *row, uint32_t n, float *sv, int32_t
     return bi == 0x7fffffff ? 0 : bi;
 }
 
-/* ids[r] = the first index of the largest logit of row r. Grid rows, block 1024. */
-__global__ void argmax_kernel(const float *logits, uint32_t vocab, int32_t *ids) {
-    __shared__ float best_v[WARP];
-    __shared__ int32_t best_i[WARP];
+/* Row blockIdx.y's argmax keys (keys: [rows][ARGMAX_SLOTS], cleared
+ * before): ARGMAX_SPAN logits a block, ARGMAX_UNROLL loads a thread in
+ * flight. Grid (ceil(vocab / ARGMAX_SPAN), rows), block 256. */
+#define ARGMAX_SPAN (256 * ARGMAX_UNROLL)
+__global__ void argmax_kernel(const float *logits, uint32_t vocab, unsigned long long *keys) {
     pdl_enter();
-    int32_t id = block_argmax(logits + (size_t)blockIdx.x * vocab, vocab, best_v, best_i);
-    if (threadIdx.x == 0)
-        ids[blockIdx.x] = id;
+    const float *row = logits + (size_t)blockIdx.y * vocab;
+    uint32_t i0 = blockIdx.x * ARGMAX_SPAN + threadIdx.x;
+    float v[ARGMAX_UNROLL];
+#pragma unroll
+    for (int k = 0; k < ARGMAX_UNROLL; k++)
+        v[k] = i0 + k * 256 < vocab ? row[i0 + k * 256] : -INFINITY;
+    unsigned long long key = 0;
+#pragma unroll
+    for (int k = 0; k < ARGMAX_UNROLL; k++) {
+        unsigned long long mine = argmax_key(v[k], i0 + k * 256);
+        key = mine > key ? mine : key;
+    }
+    block_fold_key(key, keys + (size_t)blockIdx.y * ARGMAX_SLOTS);
 }
 
 #endif

@@ -32,12 +32,6 @@ struct sample_row {
     int32_t bias_at, n_bias, seen_at, n_seen;
 };
 
-/* Float order as unsigned order. */
-__device__ __forceinline__ uint32_t order_key(float v) {
-    uint32_t u = __float_as_uint(v);
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 /* The exclusive prefix sum of v over the threads, in thread order; *total
  * gets the sum of all. */
 __device__ __forceinline__ double block_exclusive_scan(double v, double *scratch, double *total) {

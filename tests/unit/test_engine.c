@@ -62,17 +62,27 @@ static engine *make_engine(const model_desc *m, const char *kernels, int threads
     return e;
 }
 
+/* The engine's own argmax of each logits row (the GPU's keys) is the host's. */
+static void check_argmax(const float *logits, const int32_t *argmax, int32_t rows, int32_t vocab) {
+    for (int32_t r = 0; r < rows; r++)
+        if (argmax[r] != sampler_argmax(logits + (size_t)r * vocab, vocab))
+            fail_msg("row %d of %d: the engine's argmax %d, the host's %d", r, rows, argmax[r],
+                     sampler_argmax(logits + (size_t)r * vocab, vocab));
+}
+
 /* All-position logits of one prompt, run as a single prefill. */
 static float *prompt_logits(engine *e, const model_desc *m, const int32_t *ids, int32_t n) {
-    int32_t table[64];
+    int32_t table[64], argmax[512];
     for (int i = 0; i < 64; i++)
         table[i] = i;
+    assert_true(n <= 512);
     engine_seq s = {0, n, 0, table, 64, true};
     engine_batch b = {ids, n, &s, 1};
     float *logits = malloc((size_t)n * m->vocab * sizeof *logits);
     char err[512];
-    if (engine_step(e, &b, logits, NULL, err, sizeof err))
+    if (engine_step(e, &b, logits, argmax, err, sizeof err))
         fail_msg("%s", err);
+    check_argmax(logits, argmax, n, (int32_t)m->vocab);
     return logits;
 }
 
@@ -161,8 +171,13 @@ static void check_reference(const char *gguf, const char *ref_json, const char *
                 seq[n + g] = tok;
                 engine_seq s = {0, 1, n + (int32_t)g, table, 64, false};
                 engine_batch b = {&seq[n + g], 1, &s, 1};
-                assert_int_equal(engine_step(e, &b, row, NULL, err, sizeof err), 0);
-                tok = sampler_argmax(row, (int32_t)m->vocab);
+                if (g % 2) { /* the engine's greedy sampling (the GPU: its output head's argmax keys) */
+                    sample_plan plain = {.repetition_penalty = 1.0f};
+                    assert_int_equal(engine_step_sample(e, &b, &plain, &tok, err, sizeof err), 0);
+                    continue;
+                }
+                assert_int_equal(engine_step(e, &b, row, &tok, err, sizeof err), 0);
+                check_argmax(row, &tok, 1, (int32_t)m->vocab);
             }
             free(row);
         }
@@ -308,7 +323,9 @@ static void test_batch_and_paging_invariance(void **state) {
             }
             engine_batch mb = {flat, n, seqs, ns};
             float *rows = malloc((size_t)ns * V * sizeof *rows);
-            assert_int_equal(engine_step(mixed, &mb, rows, NULL, err, sizeof err), 0);
+            int32_t argmax[8];
+            assert_int_equal(engine_step(mixed, &mb, rows, argmax, err, sizeof err), 0);
+            check_argmax(rows, argmax, ns, (int32_t)V);
             assert_true(probe_row >= 0);
             memcpy(got + (size_t)step * V, rows + (size_t)probe_row * V, V * sizeof *got);
             free(rows);
