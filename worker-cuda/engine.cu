@@ -53,8 +53,10 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "sample.cuh"
 #include "persistent.cuh"
 
-#define GEMV_MAX_T         8
-#define GRAPH_MAX_T        GEMV_MAX_T
+#define GEMV_MAX_T  8
+#define GRAPH_MAX_T GEMV_MAX_T
+/* gemv_head_kernel's grid: blocks an SM (its launch bound) */
+#define HEAD_BLOCKS_PER_SM 3
 #define ATTN_MAX_SLICES    32
 #define ATTN_CLUSTER_MAX_T 8
 /* tensor-core products of up to this many tokens take [hi; lo] as one
@@ -824,14 +826,12 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
  * GEMV sizes a pair's y may be NULL: its result is left split in e->hi
  * (hi, then lo), for a next call with x NULL. */
 static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y,
-                         uint32_t ldy, int mode, const float **halves, unsigned long long *keys, char *err,
-                         size_t errlen) {
+                         uint32_t ldy, int mode, const float **halves, char *err, size_t errlen) {
     float eps = e->m->rms_eps;
     bool pair = mode == OUT_SILU_PAIR || mode == OUT_GELU_PAIR;
     uint32_t rows = pair ? w->rows / 2 : w->rows;
     if (T <= GEMV_MAX_T) {
-        typedef void (*gemv_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *, uint32_t,
-                                unsigned long long *);
+        typedef void (*gemv_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *, uint32_t);
 #define GEMV_ROW(NT)                                                                                                   \
     {                                                                                                                  \
         gemv_kernel<NT, OUT_STORE>, gemv_kernel<NT, OUT_ADD>, gemv_kernel<NT, OUT_SILU_PAIR>,                          \
@@ -842,7 +842,7 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
 #undef GEMV_ROW
         uint32_t wpr = gemv_warps_per_row(e, rows, w->cols), rows_per_block = GEMV_WARPS / wpr;
         CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + rows_per_block - 1) / rows_per_block),
-                          dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy, keys));
+                          dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy));
         return 0;
     }
     /* tensor cores: x (normalized) as hi + lo bf16, two products summed in
@@ -900,7 +900,7 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
 /* y (=, +=, silu-pair) x W^T, as matmul_halves, the result always in y. */
 static int matmul(cuda_engine *e, const dmat *w, const float *x, const float *gain, int T, float *y, uint32_t ldy,
                   int mode, char *err, size_t errlen) {
-    return matmul_halves(e, w, x, gain, T, y, ldy, mode, NULL, NULL, err, errlen);
+    return matmul_halves(e, w, x, gain, T, y, ldy, mode, NULL, err, errlen);
 }
 
 /* q, k, v = rmsnorm(x) * gain Wqkv^T, then per head: bias, q/k norm,
@@ -921,7 +921,7 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
         return 0;
     }
     const float *halves = NULL;
-    if (matmul_halves(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, &halves, NULL, err, errlen))
+    if (matmul_halves(e, w, e->x, gain, T, e->qkv, e->qkv_dim, OUT_STORE, &halves, err, errlen))
         return -1;
     rope_args rh = ra; /* a stacked product: its halves, summed as they are read */
     if (halves)
@@ -936,8 +936,8 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     return 0;
 }
 
-/* Whether a step's output head is the GEMV, which leaves each row's
- * argmax in e->keys as it goes. */
+/* Whether a step's output head is gemv_head_kernel, which leaves each
+ * row's argmax in e->keys as it goes. */
 static bool head_fills_keys(int rows, bool persistent) { return !persistent && rows <= GEMV_MAX_T; }
 
 /* Every kernel of one step, on e->stream, reading the inputs already in
@@ -1025,7 +1025,15 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
     CUDA_CHECK(launch(e, rmsnorm_kernel, dim3(rows), dim3(256), e->x, e->x_owed, e->x_owed_lo, out_src,
                       (const float *)e->output_norm, m->rms_eps, H, e->xn, (__nv_bfloat16 *)NULL,
                       (__nv_bfloat16 *)NULL));
-    return matmul_halves(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, NULL, keys, err, errlen);
+    if (!keys)
+        return matmul(e, &e->output, e->xn, NULL, rows, e->logits, m->vocab, OUT_STORE, err, errlen);
+    typedef void (*head_fn)(dmat, const float *, float *, uint32_t, unsigned long long *);
+    static const head_fn by_rows[GEMV_MAX_T] = {gemv_head_kernel<1>, gemv_head_kernel<2>, gemv_head_kernel<3>,
+                                                gemv_head_kernel<4>, gemv_head_kernel<5>, gemv_head_kernel<6>,
+                                                gemv_head_kernel<7>, gemv_head_kernel<8>};
+    CUDA_CHECK(launch(e, by_rows[rows - 1], dim3(e->n_sm * HEAD_BLOCKS_PER_SM), dim3(GEMV_WARPS * WARP), e->output,
+                      (const float *)e->xn, e->logits, m->vocab, keys));
+    return 0;
 }
 
 /* Copies the step's int32 inputs to the device (fixed buffer, so graphs

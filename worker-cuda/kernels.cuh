@@ -418,24 +418,73 @@ __device__ __forceinline__ void unpack8(int type, uint4 raw, float w[8]) {
 #define GEMV_UNROLL 4
 #define GEMV_WARPS  8
 
+/* A lane's GEMV_UNROLL chunks of 8 columns (k0 + u * step) of rows r + j
+ * * stride, j < N_ROWS; rows past m.rows, and columns past m.cols, read
+ * as zeros. */
 template <int N_ROWS>
-__device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t rows, uint32_t k0, uint32_t step,
+__device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t stride, uint32_t k0, uint32_t step,
                                           uint4 raw[N_ROWS][GEMV_UNROLL], float scale[N_ROWS][GEMV_UNROLL],
                                           float offset[N_ROWS][GEMV_UNROLL]) {
+#pragma unroll
     for (int j = 0; j < N_ROWS; j++)
+#pragma unroll
         for (int u = 0; u < GEMV_UNROLL; u++) {
             uint32_t k = k0 + u * step;
-            size_t row = r + (size_t)j * rows, g = row * (m.cols / m.group) + k / m.group;
-            bool q8 = m.type == DMAT_Q8 && k < m.cols;
-            raw[j][u] = k < m.cols ? load8_raw(m, row, k) : make_uint4(0, 0, 0, 0);
+            size_t row = r + (size_t)j * stride, g = row * (m.cols / m.group) + k / m.group;
+            bool in = k < m.cols && row < m.rows, q8 = m.type == DMAT_Q8 && in;
+            raw[j][u] = in ? load8_raw(m, row, k) : make_uint4(0, 0, 0, 0);
             scale[j][u] = q8 ? __ldg(m.scale + g) : 1.0f;
             offset[j][u] = q8 && m.offset ? __ldg(m.offset + g) : 0.0f;
         }
 }
 
+/* The loaded chunks' products with x[t] (t < NT, rows of m.cols floats),
+ * into acc[j][t]; with a gain, x is scaled by it first and acc[N_ROWS][t]
+ * gathers x[t]'s sum of squares (for the RMS norm). */
+template <int N_ROWS, int NT>
+__device__ __forceinline__ void gemv_dots(const dmat &m, const uint4 raw[N_ROWS][GEMV_UNROLL],
+                                          const float scale[N_ROWS][GEMV_UNROLL],
+                                          const float offset[N_ROWS][GEMV_UNROLL], const float *x, const float *gain,
+                                          uint32_t k0, uint32_t step, float acc[N_ROWS + 1][NT]) {
+    /* up to 2 tokens, unrolled so that raw, scale and offset stay in
+     * registers (H200, 0.6b, batch 2: 1,412 -> 1,616 tok/s); with more
+     * tokens that spills more than a loop's indexing of them in local
+     * memory costs (batch 8: 2,851 -> 2,236) */
+    constexpr int unroll = NT <= 2 ? GEMV_UNROLL : 1;
+#pragma unroll(unroll)
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+        uint32_t k = k0 + u * step;
+        if (k >= m.cols)
+            break;
+        float4 g0 = make_float4(1, 1, 1, 1), g1 = g0;
+        if (gain)
+            g0 = __ldg((const float4 *)(gain + k)), g1 = __ldg((const float4 *)(gain + k + 4));
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float4 a = __ldg((const float4 *)(x + (size_t)t * m.cols + k)),
+                   b = __ldg((const float4 *)(x + (size_t)t * m.cols + k + 4));
+            if (gain)
+                acc[N_ROWS][t] +=
+                    a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+            a.x *= g0.x, a.y *= g0.y, a.z *= g0.z, a.w *= g0.w, b.x *= g1.x, b.y *= g1.y, b.z *= g1.z, b.w *= g1.w;
+#pragma unroll
+            for (int j = 0; j < N_ROWS; j++) {
+                float w[8];
+                unpack8(m.type, raw[j][u], w);
+                if (m.offset) /* the whole weight first, as the host's dequantizer: q * scale - offset */
+                    for (int i = 0; i < 8; i++)
+                        w[i] = fmaf(w[i], scale[j][u], -offset[j][u]);
+                float d = w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
+                          w[7] * b.w;
+                acc[j][t] += (m.offset ? 1.0f : scale[j][u]) * d;
+            }
+        }
+    }
+}
+
 template <int NT, int MODE>
 __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t wpr, const float *x, const float *gain,
-                                          float eps, float *y, uint32_t ldy, unsigned long long *keys) {
+                                          float eps, float *y, uint32_t ldy) {
     const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
     __shared__ float sums[GEMV_WARPS][N_ROWS + 1][NT]; /* a warp's dots, then its sums of x^2 */
     uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
@@ -458,32 +507,7 @@ __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t
     for (uint32_t k0 = first; active && k0 < m.cols; k0 += step * GEMV_UNROLL) {
         if (k0 != first)
             gemv_load<N_ROWS>(m, r, rows, k0, step, raw, scale, offset);
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            uint32_t k = k0 + u * step;
-            if (k >= m.cols)
-                break;
-            float4 g0 = make_float4(1, 1, 1, 1), g1 = g0;
-            if (gain)
-                g0 = __ldg((const float4 *)(gain + k)), g1 = __ldg((const float4 *)(gain + k + 4));
-            for (int t = 0; t < NT; t++) {
-                float4 a = __ldg((const float4 *)(x + (size_t)t * m.cols + k)),
-                       b = __ldg((const float4 *)(x + (size_t)t * m.cols + k + 4));
-                if (gain)
-                    acc[N_ROWS][t] +=
-                        a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w + b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
-                a.x *= g0.x, a.y *= g0.y, a.z *= g0.z, a.w *= g0.w, b.x *= g1.x, b.y *= g1.y, b.z *= g1.z, b.w *= g1.w;
-                for (int j = 0; j < N_ROWS; j++) {
-                    float w[8];
-                    unpack8(m.type, raw[j][u], w);
-                    if (m.offset) /* the whole weight first, as the host's dequantizer: q * scale - offset */
-                        for (int i = 0; i < 8; i++)
-                            w[i] = fmaf(w[i], scale[j][u], -offset[j][u]);
-                    float d = w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
-                              w[7] * b.w;
-                    acc[j][t] += (m.offset ? 1.0f : scale[j][u]) * d;
-                }
-            }
-        }
+        gemv_dots<N_ROWS, NT>(m, raw, scale, offset, x, gain, k0, step, acc);
     }
     for (int j = 0; j <= N_ROWS; j++)
         for (int t = 0; t < NT; t++) {
@@ -495,46 +519,85 @@ __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t
         __syncthreads();
     else
         __syncwarp();
-    int t = lane; /* lane t of a row's first warp writes token t */
-    bool writer = active && part == 0 && lane < NT;
-    float a = 0.0f;
-    if (writer) {
-        float dot[N_ROWS + 1];
-        for (int j = 0; j <= N_ROWS; j++) {
-            dot[j] = 0.0f;
-            for (uint32_t p = 0; p < wpr; p++)
-                dot[j] += sums[warp + p][j][t];
-        }
-        float norm = gain ? rsqrtf(dot[N_ROWS] / (float)m.cols + eps) : 1.0f;
-        a = dot[0] * norm;
-        if (N_ROWS == 2)
-            a = gated<MODE>(a, dot[1] * norm);
-        float *out = y + (size_t)t * ldy + r;
-        *out = MODE == OUT_ADD ? *out + a : a;
+    if (!active || part != 0 || lane >= NT)
+        return;
+    int t = lane; /* lane t writes token t */
+    float dot[N_ROWS + 1];
+    for (int j = 0; j <= N_ROWS; j++) {
+        dot[j] = 0.0f;
+        for (uint32_t p = 0; p < wpr; p++)
+            dot[j] += sums[warp + p][j][t];
     }
-    if (!keys)
-        return;
-    /* the output head of a decode step: each token's best row of the
-     * block into its argmax keys ([NT][ARGMAX_SLOTS]), saving a pass over
-     * the logits (argmax_kernel) */
-    __shared__ unsigned long long best[GEMV_WARPS][NT];
-    if (part == 0 && lane < NT)
-        best[warp][t] = writer ? argmax_key(a, r) : 0ull;
-    __syncthreads();
-    if (threadIdx.x >= NT)
-        return;
-    unsigned long long key = 0;
-    for (uint32_t w = 0; w < GEMV_WARPS; w += wpr)
-        key = best[w][threadIdx.x] > key ? best[w][threadIdx.x] : key;
-    if (key)
-        atomicMax(keys + (size_t)threadIdx.x * ARGMAX_SLOTS + blockIdx.x % ARGMAX_SLOTS, key);
+    float norm = gain ? rsqrtf(dot[N_ROWS] / (float)m.cols + eps) : 1.0f;
+    float a = dot[0] * norm;
+    if (N_ROWS == 2)
+        a = gated<MODE>(a, dot[1] * norm);
+    float *out = y + (size_t)t * ldy + r;
+    *out = MODE == OUT_ADD ? *out + a : a;
 }
 
 template <int NT, int MODE>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP, MODE >= OUT_SILU_PAIR ? 3 : 4)
     gemv_kernel(dmat m, uint32_t rows, uint32_t wpr, const float *x, const float *gain, float eps, float *y,
-                uint32_t ldy, unsigned long long *keys) {
-    gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy, keys);
+                uint32_t ldy) {
+    gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
+}
+
+/* The output head of a decode step, y[t][r] = dot(W[r], x[t]), with each
+ * token's argmax folded into keys ([NT][ARGMAX_SLOTS]) on the way, saving
+ * a pass over the logits. Its rows are many (151,936 of 1,024 columns),
+ * so a grid of a few blocks an SM loops over them, a warp HEAD_ROWS rows
+ * at a time, the next rows' loads issued before this one's sums: a block
+ * per 8 rows (gemv_kernel) kept too few loads in flight. Grid a multiple
+ * of the SMs, block 256. */
+#define HEAD_ROWS 2
+template <int NT>
+__global__ void __launch_bounds__(GEMV_WARPS *WARP, 3)
+    gemv_head_kernel(dmat m, const float *x, float *y, uint32_t ldy, unsigned long long *keys) {
+    __shared__ unsigned long long best_of[GEMV_WARPS][NT];
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, first = lane * 8, step = WARP * 8;
+    uint32_t n_warps = gridDim.x * GEMV_WARPS, r = blockIdx.x * GEMV_WARPS + warp;
+    uint4 raw[HEAD_ROWS][GEMV_UNROLL];
+    float scale[HEAD_ROWS][GEMV_UNROLL], offset[HEAD_ROWS][GEMV_UNROLL];
+    gemv_load<HEAD_ROWS>(m, r, n_warps, first, step, raw, scale, offset);
+    pdl_enter();
+    unsigned long long best[NT];
+    for (int t = 0; t < NT; t++)
+        best[t] = 0;
+    for (; r < m.rows; r += HEAD_ROWS * n_warps) {
+        float acc[HEAD_ROWS + 1][NT];
+        for (int j = 0; j <= HEAD_ROWS; j++)
+            for (int t = 0; t < NT; t++)
+                acc[j][t] = 0.0f;
+        for (uint32_t k0 = first; k0 < m.cols; k0 += step * GEMV_UNROLL) {
+            if (k0 != first)
+                gemv_load<HEAD_ROWS>(m, r, n_warps, k0, step, raw, scale, offset);
+            gemv_dots<HEAD_ROWS, NT>(m, raw, scale, offset, x, NULL, k0, step, acc);
+        }
+        gemv_load<HEAD_ROWS>(m, r + HEAD_ROWS * n_warps, n_warps, first, step, raw, scale, offset);
+        for (int j = 0; j < HEAD_ROWS; j++)
+            for (int t = 0; t < NT; t++) {
+                float v = warp_sum(acc[j][t]);
+                uint32_t row = r + j * n_warps;
+                if (row >= m.rows)
+                    continue;
+                if (lane == t)
+                    y[(size_t)t * ldy + row] = v;
+                unsigned long long key = argmax_key(v, row);
+                best[t] = key > best[t] ? key : best[t];
+            }
+    }
+    if (lane == 0)
+        for (int t = 0; t < NT; t++)
+            best_of[warp][t] = best[t];
+    __syncthreads();
+    if (threadIdx.x >= NT)
+        return;
+    unsigned long long key = 0;
+    for (int w = 0; w < GEMV_WARPS; w++)
+        key = best_of[w][threadIdx.x] > key ? best_of[w][threadIdx.x] : key;
+    if (key)
+        atomicMax(keys + (size_t)threadIdx.x * ARGMAX_SLOTS + blockIdx.x % ARGMAX_SLOTS, key);
 }
 
 /* Per token t and head j of the fused q|k|v rows: add the bias; q and k
@@ -676,7 +739,7 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP)
     gemv_qkv_kernel(dmat m, uint32_t wpr, const float *x, const float *gain, float eps, float *qkv, rope_args ra,
                     unsigned *head_done) {
     __shared__ float v[512];
-    gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows, NULL);
+    gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
     uint32_t rows_per_block = GEMV_WARPS / wpr, j = blockIdx.x * rows_per_block / ra.head_dim;
     if (!block_is_last(&head_done[j], ra.head_dim / rows_per_block))
         return;
