@@ -169,6 +169,11 @@ build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gg
 echo "-- bf16 with an fp8 KV cache (--kv-type fp8)"
 build/bin/inferno-bench --backend cuda --kv-type fp8 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch "$BATCHES" | tee "$OUT/bench-bf16-kvfp8.txt"
+# temperature alone: the random weights' logits are flat, so a top-p set outgrows the GPU's 256
+# candidates and the host draws, which would be timed instead
+echo "-- bf16, f16 KV, decode steps that sample (--temperature 0.8: the sample kernel)"
+build/bin/inferno-bench --backend cuda --kv-type f16 --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
+    --batch 1,8,32 --temperature 0.8 | tee "$OUT/bench-bf16-kvf16-sampled.txt"
 echo "-- bf16 with the persistent decode kernel (INFERNO_CUDA_PERSISTENT=1)"
 INFERNO_CUDA_PERSISTENT=1 build/bin/inferno-bench --backend cuda --model "$work/0.6b-bf16.gguf" --prompt 512 --gen 32 \
     --batch 1,2,4,8 | tee "$OUT/bench-bf16-persistent.txt"

@@ -12,7 +12,9 @@
  * there); the first decode step of each batch size is a warm-up (on the
  * GPU, it captures the step's graph) and is not timed. --repeat N times
  * each measurement N times and reports the median: shared VMs vary by 15%
- * from one run to the next. */
+ * from one run to the next. --temperature T (and --top-p P) makes the decode
+ * steps sample instead (engine_step_sample, as the worker does; on the GPU
+ * the sample kernel), each row with a fixed draw. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,7 @@
 #include "clock.h"
 #include "cli.h"
 #include "backend.h"
+#include "sampler.h"
 
 #define PROG "inferno-bench"
 
@@ -38,12 +41,14 @@ static void usage(FILE *out) {
     fprintf(
         out,
         "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N] [--threads N]\n"
-        "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16|fp8] [--json]\n");
+        "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16|fp8]\n"
+        "                     [--temperature T [--top-p P]] [--json]\n");
 }
 
 int main(int argc, char **argv) {
     const char *path = NULL, *batches = "1,8,32", *kernels = NULL, *backend = "cpu", *kv_type = NULL;
     int prompt = 128, gen = 32, threads = 2, repeat = 1;
+    float temperature = 0.0f, top_p = 1.0f;
     bool json = false;
     const cli_flag flags[] = {{"--model", CLI_STRING, &path},
                               {"--prompt", CLI_INT, &prompt},
@@ -55,11 +60,14 @@ int main(int argc, char **argv) {
                               {"--json", CLI_SWITCH, &json},
                               {"--backend", CLI_STRING, &backend},
                               {"--kv-type", CLI_STRING, &kv_type},
+                              {"--temperature", CLI_FLOAT, &temperature},
+                              {"--top-p", CLI_FLOAT, &top_p},
                               {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
-    if (!path || prompt < 1 || gen < 1 || threads < 1 || repeat < 1 || repeat > 100) {
+    if (!path || prompt < 1 || gen < 1 || threads < 1 || repeat < 1 || repeat > 100 || temperature < 0.0f ||
+        !(top_p > 0.0f && top_p <= 1.0f)) {
         usage(stderr);
         return 2;
     }
@@ -120,6 +128,10 @@ int main(int argc, char **argv) {
     double prefill_s = repeat == 1 && warm < times[0] ? warm : median(times, repeat);
     double prefill_tps = prompt / prefill_s;
 
+    /* sampled decode: one plan for every row, its draw fixed (0.5) */
+    sample_plan *plans = malloc((size_t)max_b * sizeof *plans);
+    for (int q = 0; q < max_b; q++)
+        plans[q] = (sample_plan){.temperature = temperature, .top_p = top_p, .repetition_penalty = 1.0f, .uniform = 0.5};
     double decode_tps[16], decode_gbs[16];
     for (int k = 0; k < nb; k++) {
         int B = bs[k];
@@ -139,7 +151,8 @@ int main(int argc, char **argv) {
                 for (int q = 0; q < B; q++)
                     seqs[q] = (engine_seq){q, 1, prompt + step, tables + (size_t)q * per_seq, per_seq, false};
                 engine_batch bd = {toks, B, seqs, B};
-                if (engine_step(e, &bd, NULL, ids, err, sizeof err)) {
+                if (temperature > 0.0f ? engine_step_sample(e, &bd, plans, ids, err, sizeof err)
+                                       : engine_step(e, &bd, NULL, ids, err, sizeof err)) {
                     fprintf(stderr, PROG ": %s\n", err);
                     return 1;
                 }
@@ -167,7 +180,7 @@ int main(int argc, char **argv) {
         for (int k = 0; k < nb; k++)
             printf("  decode   batch %4d   %9.1f tok/s   %6.1f GB/s\n", bs[k], decode_tps[k], decode_gbs[k]);
     }
-    free(ids), free(toks), free(tables);
+    free(ids), free(toks), free(tables), free(plans);
     engine_close(e);
     model_close(m);
     return 0;

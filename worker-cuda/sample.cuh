@@ -32,6 +32,24 @@ struct sample_row {
     int32_t bias_at, n_bias, seen_at, n_seen;
 };
 
+/* f(i, row[i]) for i = first, first + stride, ... below end, in that
+ * order, with ROW_UNROLL loads in flight at a time: a block's pass over a
+ * 151,936-logit row waited on one L2 round trip a load otherwise. */
+#define ROW_UNROLL 8
+template <typename F>
+__device__ __forceinline__ void row_for_each(const float *row, uint32_t first, uint32_t end, uint32_t stride, F f) {
+    for (uint32_t i0 = first; i0 < end; i0 += ROW_UNROLL * stride) {
+        float v[ROW_UNROLL];
+#pragma unroll
+        for (int k = 0; k < ROW_UNROLL; k++)
+            v[k] = i0 + k * stride < end ? row[i0 + k * stride] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < ROW_UNROLL; k++)
+            if (i0 + k * stride < end)
+                f(i0 + k * stride, v[k]);
+    }
+}
+
 /* The exclusive prefix sum of v over the threads, in thread order; *total
  * gets the sum of all. */
 __device__ __forceinline__ double block_exclusive_scan(double v, double *scratch, double *total) {
@@ -104,8 +122,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     const float T = p.temperature;
     float m = -INFINITY;
-    for (uint32_t i = tid; i < vocab; i += SAMPLE_THREADS)
-        m = fmaxf(m, row[i] / T);
+    row_for_each(row, tid, vocab, SAMPLE_THREADS, [&](uint32_t, float v) { m = fmaxf(m, v / T); });
     m = block_max(m);
     bool top_k = p.top_k > 0 && (uint32_t)p.top_k < vocab;
     bool nucleus = (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
@@ -114,8 +131,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
         uint32_t chunk = (vocab + SAMPLE_THREADS - 1) / SAMPLE_THREADS, lo = tid * chunk;
         uint32_t hi = min(lo + chunk, vocab);
         double mine = 0, total;
-        for (uint32_t i = lo; i < hi; i++)
-            mine += exp((double)(row[i] / T - m));
+        row_for_each(row, lo, hi, 1, [&](uint32_t, float v) { mine += exp((double)(v / T - m)); });
         double before = block_exclusive_scan(mine, s_d, &total), r = p.uniform * total;
         if (tid == 0)
             s_token = (int32_t)vocab - 1;
@@ -147,8 +163,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     double full_total = 0;
     if (!top_k) {
         double mine = 0;
-        for (uint32_t i = tid; i < vocab; i += SAMPLE_THREADS)
-            mine += exp((double)(row[i] / T - m));
+        row_for_each(row, tid, vocab, SAMPLE_THREADS, [&](uint32_t, float v) { mine += exp((double)(v / T - m)); });
         block_exclusive_scan(mine, s_d, &full_total);
     }
 
@@ -160,11 +175,11 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
             hist[i] = 0;
         __syncthreads();
         uint32_t prefix = s_prefix, mask = s_mask;
-        for (uint32_t i = tid; i < vocab; i += SAMPLE_THREADS) {
-            uint32_t key = order_key(row[i] / T);
+        row_for_each(row, tid, vocab, SAMPLE_THREADS, [&](uint32_t, float v) {
+            uint32_t key = order_key(v / T);
             if ((key & mask) == prefix)
                 atomicAdd(&hist[(key >> shift) & 255], 1u);
-        }
+        });
         __syncthreads();
         if (tid == 0) {
             uint32_t left = s_want, b = 255;
@@ -185,15 +200,15 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     __syncthreads();
     uint32_t chunk = (vocab + SAMPLE_THREADS - 1) / SAMPLE_THREADS, lo = tid * chunk, hi = min(lo + chunk, vocab);
     double n_equal = 0, ignored;
-    for (uint32_t i = lo; i < hi; i++) {
-        float v = row[i] / T;
+    row_for_each(row, lo, hi, 1, [&](uint32_t i, float logit) {
+        float v = logit / T;
         uint32_t key = order_key(v);
         if (key > kth) {
             uint32_t at = atomicAdd(&s_n_gt, 1u);
             cand_v[at] = v, cand_id[at] = (int32_t)i;
         }
         n_equal += key == kth;
-    }
+    });
     uint32_t rank = (uint32_t)block_exclusive_scan(n_equal, s_d, &ignored), n_gt = want - equal_wanted;
     for (uint32_t i = lo; i < hi && rank < equal_wanted; i++) {
         float v = row[i] / T;
