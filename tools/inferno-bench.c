@@ -38,11 +38,10 @@ static double median(double *v, int n) {
 }
 
 static void usage(FILE *out) {
-    fprintf(
-        out,
-        "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N] [--threads N]\n"
-        "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16|fp8]\n"
-        "                     [--temperature T [--top-p P]] [--json]\n");
+    fprintf(out,
+            "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N] [--threads N]\n"
+            "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16|fp8]\n"
+            "                     [--temperature T [--top-p P]] [--json]\n");
 }
 
 int main(int argc, char **argv) {
@@ -131,7 +130,8 @@ int main(int argc, char **argv) {
     /* sampled decode: one plan for every row, its draw fixed (0.5) */
     sample_plan *plans = malloc((size_t)max_b * sizeof *plans);
     for (int q = 0; q < max_b; q++)
-        plans[q] = (sample_plan){.temperature = temperature, .top_p = top_p, .repetition_penalty = 1.0f, .uniform = 0.5};
+        plans[q] =
+            (sample_plan){.temperature = temperature, .top_p = top_p, .repetition_penalty = 1.0f, .uniform = 0.5};
     double decode_tps[16], decode_gbs[16];
     for (int k = 0; k < nb; k++) {
         int B = bs[k];

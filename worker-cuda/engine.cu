@@ -53,10 +53,8 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "sample.cuh"
 #include "persistent.cuh"
 
-#define GEMV_MAX_T  8
-#define GRAPH_MAX_T GEMV_MAX_T
-/* gemv_head_kernel's grid: blocks an SM (its launch bound) */
-#define HEAD_BLOCKS_PER_SM 3
+#define GEMV_MAX_T         8
+#define GRAPH_MAX_T        GEMV_MAX_T
 #define ATTN_MAX_SLICES    32
 #define ATTN_CLUSTER_MAX_T 8
 /* tensor-core products of up to this many tokens take [hi; lo] as one
@@ -129,7 +127,7 @@ struct cuda_engine {
      * (pinned) their host copy and the sampled ids' */
     unsigned long long *keys, *keys_host;
     int32_t *ids_host;
-    bool keys_fused; /* the last step's output head filled keys (a decode step's GEMV) */
+    bool keys_fused; /* the last step's output head was gemv_head_kernel, which filled keys */
     step_inputs in;
     sample_inputs smp;
     /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any

@@ -154,7 +154,7 @@ __device__ __forceinline__ uint32_t order_key(float v) {
 /* Argmax over many blocks: each block folds its best (logit, id) of a row
  * into one of the row's ARGMAX_SLOTS keys with a 64-bit atomicMax (spread
  * over slots so that thousands of blocks do not queue on one address),
- * and the host takes the largest of them (argmax_keys_id). A key orders
+ * and the host takes the largest of them (argmax_ids in engine.cu). A key orders
  * by value, then by the lower id, as the host's sampler_argmax; NaN and
  * -inf give 0, which nothing else is, as they never win there either. */
 #define ARGMAX_SLOTS 32
@@ -548,11 +548,12 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, MODE >= OUT_SILU_PAIR ? 3 : 
  * a pass over the logits. Its rows are many (151,936 of 1,024 columns),
  * so a grid of a few blocks an SM loops over them, a warp HEAD_ROWS rows
  * at a time, the next rows' loads issued before this one's sums: a block
- * per 8 rows (gemv_kernel) kept too few loads in flight. Grid a multiple
- * of the SMs, block 256. */
-#define HEAD_ROWS 2
+ * per 8 rows (gemv_kernel) kept too few loads in flight. Grid
+ * HEAD_BLOCKS_PER_SM blocks an SM, block 256. */
+#define HEAD_ROWS          2
+#define HEAD_BLOCKS_PER_SM 3
 template <int NT>
-__global__ void __launch_bounds__(GEMV_WARPS *WARP, 3)
+__global__ void __launch_bounds__(GEMV_WARPS *WARP, HEAD_BLOCKS_PER_SM)
     gemv_head_kernel(dmat m, const float *x, float *y, uint32_t ldy, unsigned long long *keys) {
     __shared__ unsigned long long best_of[GEMV_WARPS][NT];
     uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, first = lane * 8, step = WARP * 8;
