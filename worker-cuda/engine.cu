@@ -91,6 +91,7 @@ struct cuda_engine {
     bool use_graphs;
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
     int kv_type; /* the KV cache's elements: CUDA_KV_F32, _F16 or _FP8 */
+    bool staged; /* bf16 GEMVs of 2 to 8 tokens stage their rows in shared memory (gemv_rows_staged) */
     uint32_t q_dim, kv_dim, qkv_dim;
     uint32_t gsub;                     /* query heads per attention block: the largest divisor of the group up to 8 */
     void (*attention)(attention_args); /* attention_kernel for this head size, or NULL */
@@ -747,6 +748,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
     e->profile_decode = profile ? atoi(profile) : 0;
     e->pdl = prop.major >= 9 && env_allows("INFERNO_CUDA_PDL");
+    e->staged = prop.major >= 9 && env_allows("INFERNO_CUDA_STAGED");
     /* decode attention's slices as one cluster (attention_cluster_merge):
      * the largest power of 2 up to 16 that the device schedules */
     e->attn_cluster = 1;
@@ -818,6 +820,12 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
     return wpr;
 }
 
+/* Whether a GEMV of T tokens over w is gemv_rows_staged (kernels.cuh
+ * says when it wins), its shared memory within the default 48 KiB. */
+static bool gemv_staged(const cuda_engine *e, const dmat *w, int T, size_t staged_bytes) {
+    return e->staged && w->type == DMAT_BF16 && T >= 2 && T <= GEMV_MAX_T && staged_bytes <= 48 * 1024;
+}
+
 /* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]), each
  * row first RMS-normalized and scaled by gain when one is given; y has
  * leading dimension ldy. Picks the GEMV kernel or cuBLAS by T. Past the
@@ -839,8 +847,22 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
                                                          GEMV_ROW(5), GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
 #undef GEMV_ROW
         uint32_t wpr = gemv_warps_per_row(e, rows, w->cols), rows_per_block = GEMV_WARPS / wpr;
-        CUDA_CHECK(launch(e, by_tokens[T - 1][mode], dim3((rows + rows_per_block - 1) / rows_per_block),
-                          dim3(GEMV_WARPS * WARP), *w, rows, wpr, x, gain, eps, y, ldy));
+        dim3 grid((rows + rows_per_block - 1) / rows_per_block), block(GEMV_WARPS * WARP);
+        size_t staged_bytes = gemv_staged_bytes(w->cols, wpr, pair);
+        if (gemv_staged(e, w, T, staged_bytes)) {
+#define GEMV_ROW(NT)                                                                                                   \
+    {                                                                                                                  \
+        gemv_staged_kernel<NT, OUT_STORE>, gemv_staged_kernel<NT, OUT_ADD>, gemv_staged_kernel<NT, OUT_SILU_PAIR>,     \
+            gemv_staged_kernel<NT, OUT_GELU_PAIR>                                                                      \
+    }
+            static const gemv_fn staged[GEMV_MAX_T - 1][4] = {GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4), GEMV_ROW(5),
+                                                              GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
+#undef GEMV_ROW
+            CUDA_CHECK(
+                launch_shared(e, staged[T - 2][mode], grid, block, staged_bytes, *w, rows, wpr, x, gain, eps, y, ldy));
+            return 0;
+        }
+        CUDA_CHECK(launch(e, by_tokens[T - 1][mode], grid, block, *w, rows, wpr, x, gain, eps, y, ldy));
         return 0;
     }
     /* tensor cores: x (normalized) as hi + lo bf16, two products summed in
@@ -910,12 +932,19 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     uint32_t hd = e->m->head_dim, heads = e->m->n_heads + 2 * e->m->n_kv_heads;
     if (T <= GEMV_MAX_T && hd % 8 == 0 && hd <= 256) {
         typedef void (*qkv_fn)(dmat, uint32_t, const float *, const float *, float, float *, rope_args, unsigned *);
-        static const qkv_fn by_tokens[GEMV_MAX_T] = {gemv_qkv_kernel<1>, gemv_qkv_kernel<2>, gemv_qkv_kernel<3>,
-                                                     gemv_qkv_kernel<4>, gemv_qkv_kernel<5>, gemv_qkv_kernel<6>,
-                                                     gemv_qkv_kernel<7>, gemv_qkv_kernel<8>};
+#define QKV_ROW(S)                                                                                                     \
+    {                                                                                                                  \
+        gemv_qkv_kernel<1, S>, gemv_qkv_kernel<2, S>, gemv_qkv_kernel<3, S>, gemv_qkv_kernel<4, S>,                    \
+            gemv_qkv_kernel<5, S>, gemv_qkv_kernel<6, S>, gemv_qkv_kernel<7, S>, gemv_qkv_kernel<8, S>                 \
+    }
+        static const qkv_fn by_tokens[2][GEMV_MAX_T] = {QKV_ROW(false), QKV_ROW(true)};
+#undef QKV_ROW
         uint32_t wpr = gemv_warps_per_row(e, w->rows, w->cols);
-        CUDA_CHECK(launch(e, by_tokens[T - 1], dim3(w->rows * wpr / GEMV_WARPS), dim3(GEMV_WARPS * WARP), *w, wpr,
-                          (const float *)e->x, gain, e->m->rms_eps, e->qkv, ra, e->qkv_done));
+        size_t staged_bytes = gemv_staged_bytes(w->cols, wpr, false);
+        bool staged = gemv_staged(e, w, T, staged_bytes);
+        CUDA_CHECK(launch_shared(e, by_tokens[staged][T - 1], dim3(w->rows * wpr / GEMV_WARPS), dim3(GEMV_WARPS * WARP),
+                                 staged ? staged_bytes : 0, *w, wpr, (const float *)e->x, gain, e->m->rms_eps, e->qkv,
+                                 ra, e->qkv_done));
         return 0;
     }
     const float *halves = NULL;

@@ -72,6 +72,38 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_allow_next();
 }
 
+/* ---- bulk copies into shared memory, completing on mbarriers ---- */
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "WAIT_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra WAIT_%=;\n"
+                 "}" ::"r"(smem_addr(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* bytes (a multiple of 16, both addresses 16-byte aligned) from global
+ * memory into this block's shared memory, counted on bar. */
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
+        "l"(src), "r"(bytes), "r"(smem_addr(bar))
+        : "memory");
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = WARP / 2; o > 0; o /= 2)
         v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -441,18 +473,17 @@ __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t st
 /* The loaded chunks' products with x[t] (t < NT, rows of m.cols floats),
  * into acc[j][t]; with a gain, x is scaled by it first and acc[N_ROWS][t]
  * gathers x[t]'s sum of squares (for the RMS norm). */
-template <int N_ROWS, int NT>
-__device__ __forceinline__ void gemv_dots(const dmat &m, const uint4 raw[N_ROWS][GEMV_UNROLL],
-                                          const float scale[N_ROWS][GEMV_UNROLL],
-                                          const float offset[N_ROWS][GEMV_UNROLL], const float *x, const float *gain,
-                                          uint32_t k0, uint32_t step, float acc[N_ROWS + 1][NT]) {
+template <int N_ROWS, int NT, int U = GEMV_UNROLL>
+__device__ __forceinline__ void gemv_dots(const dmat &m, const uint4 raw[N_ROWS][U], const float scale[N_ROWS][U],
+                                          const float offset[N_ROWS][U], const float *x, const float *gain, uint32_t k0,
+                                          uint32_t step, float acc[N_ROWS + 1][NT]) {
     /* up to 2 tokens, unrolled so that raw, scale and offset stay in
      * registers (H200, 0.6b, batch 2: 1,412 -> 1,616 tok/s); with more
      * tokens that spills more than a loop's indexing of them in local
      * memory costs (batch 8: 2,851 -> 2,236) */
-    constexpr int unroll = NT <= 2 ? GEMV_UNROLL : 1;
+    constexpr int unroll = NT <= 2 ? U : 1;
 #pragma unroll(unroll)
-    for (int u = 0; u < GEMV_UNROLL; u++) {
+    for (int u = 0; u < U; u++) {
         uint32_t k = k0 + u * step;
         if (k >= m.cols)
             break;
@@ -482,33 +513,14 @@ __device__ __forceinline__ void gemv_dots(const dmat &m, const uint4 raw[N_ROWS]
     }
 }
 
+/* The end of a GEMV row: the warps of row r (wpr of them) add up their
+ * dots and sums of squares, and the row's first warp writes y[t][r]. */
 template <int NT, int MODE>
-__device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t wpr, const float *x, const float *gain,
-                                          float eps, float *y, uint32_t ldy) {
+__device__ __forceinline__ void gemv_finish(const dmat &m, float acc[][NT], bool active, uint32_t r, uint32_t wpr,
+                                            float eps, const float *gain, float *y, uint32_t ldy) {
     const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
     __shared__ float sums[GEMV_WARPS][N_ROWS + 1][NT]; /* a warp's dots, then its sums of x^2 */
-    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
-    uint32_t r = blockIdx.x * (GEMV_WARPS / wpr) + warp / wpr, part = warp % wpr;
-    uint32_t first = (part * WARP + lane) * 8, step = wpr * WARP * 8; /* this lane's columns: first + i * step */
-    bool active = r < rows;
-    uint4 raw[N_ROWS][GEMV_UNROLL];
-    float scale[N_ROWS][GEMV_UNROLL], offset[N_ROWS][GEMV_UNROLL];
-    /* the first weights are loaded while the previous kernel finishes */
-    if (active)
-        gemv_load<N_ROWS>(m, r, rows, first, step, raw, scale, offset);
-    pdl_enter();
-    /* the norm's sum of squares comes with the dot products: the warps of
-     * a row see every column of x once between them, so it costs no pass
-     * and no barrier of its own */
-    float acc[N_ROWS + 1][NT];
-    for (int j = 0; j <= N_ROWS; j++)
-        for (int t = 0; t < NT; t++)
-            acc[j][t] = 0.0f;
-    for (uint32_t k0 = first; active && k0 < m.cols; k0 += step * GEMV_UNROLL) {
-        if (k0 != first)
-            gemv_load<N_ROWS>(m, r, rows, k0, step, raw, scale, offset);
-        gemv_dots<N_ROWS, NT>(m, raw, scale, offset, x, gain, k0, step, acc);
-    }
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, part = warp % wpr;
     for (int j = 0; j <= N_ROWS; j++)
         for (int t = 0; t < NT; t++) {
             float v = warp_sum(acc[j][t]);
@@ -537,10 +549,102 @@ __device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t
 }
 
 template <int NT, int MODE>
+__device__ __forceinline__ void gemv_rows(const dmat &m, uint32_t rows, uint32_t wpr, const float *x, const float *gain,
+                                          float eps, float *y, uint32_t ldy) {
+    const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    uint32_t r = blockIdx.x * (GEMV_WARPS / wpr) + warp / wpr, part = warp % wpr;
+    uint32_t first = (part * WARP + lane) * 8, step = wpr * WARP * 8; /* this lane's columns: first + i * step */
+    bool active = r < rows;
+    uint4 raw[N_ROWS][GEMV_UNROLL];
+    float scale[N_ROWS][GEMV_UNROLL], offset[N_ROWS][GEMV_UNROLL];
+    /* the first weights are loaded while the previous kernel finishes */
+    if (active)
+        gemv_load<N_ROWS>(m, r, rows, first, step, raw, scale, offset);
+    pdl_enter();
+    /* the norm's sum of squares comes with the dot products: the warps of
+     * a row see every column of x once between them, so it costs no pass
+     * and no barrier of its own */
+    float acc[N_ROWS + 1][NT];
+    for (int j = 0; j <= N_ROWS; j++)
+        for (int t = 0; t < NT; t++)
+            acc[j][t] = 0.0f;
+    for (uint32_t k0 = first; active && k0 < m.cols; k0 += step * GEMV_UNROLL) {
+        if (k0 != first)
+            gemv_load<N_ROWS>(m, r, rows, k0, step, raw, scale, offset);
+        gemv_dots<N_ROWS, NT>(m, raw, scale, offset, x, gain, k0, step, acc);
+    }
+    gemv_finish<NT, MODE>(m, acc, active, r, wpr, eps, gain, y, ldy);
+}
+
+template <int NT, int MODE>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP, MODE >= OUT_SILU_PAIR ? 3 : 4)
     gemv_kernel(dmat m, uint32_t rows, uint32_t wpr, const float *x, const float *gain, float eps, float *y,
                 uint32_t ldy) {
     gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
+}
+
+/* gemv_rows for bf16 weights, the block's rows copied into shared
+ * memory by bulk copies before the wait on the previous kernel; the
+ * threads then read them a chunk at a time. For 2 to 8 tokens, where
+ * gemv_rows holds its weights across the wait in registers, or from 3
+ * tokens in local memory (its chunk loop is not unrolled there): H200,
+ * 0.6b, f16 KV, with the q|k|v GEMV staged too, batch 2 1,640 -> 1,793
+ * tok/s, batch 4 2,135 -> 2,421, batch 8 2,864 -> 3,170. Not for one
+ * token, where the registers win: 1,047 against 1,137 tok/s capped at 32
+ * registers (so that two kernels' blocks would share an SM), 1,089 with
+ * gemv_rows' unrolled chunks. Dynamic shared memory: the block's rows
+ * (N_ROWS ranges of GEMV_WARPS / wpr rows of m.cols bf16),
+ * gemv_staged_bytes. */
+template <int NT, int MODE>
+__device__ __forceinline__ void gemv_rows_staged(const dmat &m, uint32_t rows, uint32_t wpr, const float *x,
+                                                 const float *gain, float eps, float *y, uint32_t ldy) {
+    const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
+    extern __shared__ __align__(128) unsigned char staged[];
+    __shared__ __align__(8) uint64_t bar;
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, per_block = GEMV_WARPS / wpr;
+    uint32_t r0 = blockIdx.x * per_block, r = r0 + warp / wpr, part = warp % wpr;
+    uint32_t first = (part * WARP + lane) * 8, step = wpr * WARP * 8; /* this lane's columns: first + i * step */
+    size_t row_bytes = (size_t)m.cols * sizeof(__nv_bfloat16);
+    if (threadIdx.x == 0) {
+        uint32_t n = min(per_block, rows - r0);
+        mbar_init(&bar, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mbar_expect_tx(&bar, (uint32_t)(N_ROWS * n * row_bytes));
+        for (int j = 0; j < N_ROWS; j++)
+            bulk_copy(staged + j * per_block * row_bytes, m.w + ((size_t)j * rows + r0) * m.cols,
+                      (uint32_t)(n * row_bytes), &bar);
+    }
+    __syncthreads(); /* the barrier's init, before anyone waits on it */
+    pdl_enter();
+    float acc[N_ROWS + 1][NT];
+    for (int j = 0; j <= N_ROWS; j++)
+        for (int t = 0; t < NT; t++)
+            acc[j][t] = 0.0f;
+    bool active = r < rows;
+    mbar_wait(&bar, 0);
+    float one[N_ROWS][1], zero[N_ROWS][1]; /* bf16: no scales, no offsets */
+    for (int j = 0; j < N_ROWS; j++)
+        one[j][0] = 1.0f, zero[j][0] = 0.0f;
+    for (uint32_t k = first; active && k < m.cols; k += step) {
+        uint4 raw[N_ROWS][1];
+        for (int j = 0; j < N_ROWS; j++)
+            raw[j][0] = *(const uint4 *)(staged + (j * per_block + warp / wpr) * row_bytes + k * 2);
+        gemv_dots<N_ROWS, NT, 1>(m, raw, one, zero, x, gain, k, step, acc);
+    }
+    gemv_finish<NT, MODE>(m, acc, active, r, wpr, eps, gain, y, ldy);
+}
+
+/* Dynamic shared memory of gemv_rows_staged: pair, a gate|up pair. */
+__host__ __device__ inline size_t gemv_staged_bytes(uint32_t cols, uint32_t wpr, bool pair) {
+    return (size_t)(pair ? 2 : 1) * (GEMV_WARPS / wpr) * cols * sizeof(__nv_bfloat16);
+}
+
+template <int NT, int MODE>
+__global__ void __launch_bounds__(GEMV_WARPS *WARP, 4)
+    gemv_staged_kernel(dmat m, uint32_t rows, uint32_t wpr, const float *x, const float *gain, float eps, float *y,
+                       uint32_t ldy) {
+    gemv_rows_staged<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
 }
 
 /* The output head of a decode step, y[t][r] = dot(W[r], x[t]), with each
@@ -733,14 +837,18 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
  * a block's 8 / wpr rows lie in one head (head_dim a multiple of 8), and
  * the last of a head's blocks to finish (head_done[j] counts them, and is
  * reset by that block for the next layer) finishes the head for every
- * token. Saves a launch and a kernel boundary a layer. Grid
+ * token. Saves a launch and a kernel boundary a layer. STAGED: the
+ * GEMV is gemv_rows_staged (bf16, 2 to 8 tokens). Grid
  * (q_dim + 2 kv_dim) * wpr / 8, block 256; head_dim <= 256. */
-template <int NT>
+template <int NT, bool STAGED>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP)
     gemv_qkv_kernel(dmat m, uint32_t wpr, const float *x, const float *gain, float eps, float *qkv, rope_args ra,
                     unsigned *head_done) {
     __shared__ float v[512];
-    gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
+    if (STAGED) /* gemv_rows_staged's shared memory */
+        gemv_rows_staged<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
+    else
+        gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
     uint32_t rows_per_block = GEMV_WARPS / wpr, j = blockIdx.x * rows_per_block / ra.head_dim;
     if (!block_is_last(&head_done[j], ra.head_dim / rows_per_block))
         return;

@@ -88,37 +88,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
     return t;
 }
 
-/* ---- the ring: bulk copies into shared memory, completing on mbarriers ---- */
-
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void mbar_init(uint64_t *bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity) {
-    asm volatile("{\n"
-                 ".reg .pred done;\n"
-                 "WAIT_%=:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-                 "@!done bra WAIT_%=;\n"
-                 "}" ::"r"(smem_addr(bar)),
-                 "r"(parity)
-                 : "memory");
-}
-
-/* bytes (a multiple of 16, both addresses 16-byte aligned) from global
- * memory into this block's shared memory, counted on bar. */
-__device__ __forceinline__ void bulk_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr(dst)),
-        "l"(src), "r"(bytes), "r"(smem_addr(bar))
-        : "memory");
-}
+/* ---- the ring (bulk copies and mbarriers: kernels.cuh) ---- */
 
 /* Dynamic shared memory: the ring, the stage area, then the layers'
  * descriptors, copied there at the start: reading them from global memory
