@@ -95,14 +95,16 @@ INFERNO_CUDA_PERSISTENT=1 compute-sanitizer --tool memcheck --error-exitcode 9 b
 rc=$?
 grep -E "ERROR SUMMARY" "$OUT/sanitizer-tinyA-bf16-persistent.log"
 check "memcheck tinyA-bf16 persistent decode" $rc
-# decode steps of 2 and 8 sequences: the GEMVs that stage bf16 weights in
+# decode steps of 2 and 8 sequences: the GEMVs that stage their weights in
 # shared memory (gemv_rows_staged)
-compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/inferno-bench --backend cuda \
-    --model "$INFERNO_REFERENCE_DIR/tinyA-bf16.gguf" --prompt 24 --gen 4 --batch 2,8 \
-    >"$OUT/sanitizer-tinyA-bf16-batches.log" 2>&1
-rc=$?
-grep -E "ERROR SUMMARY" "$OUT/sanitizer-tinyA-bf16-batches.log"
-check "memcheck tinyA-bf16 decode batches 2 and 8" $rc
+for f in tinyA-bf16 tinyA-q8_0; do
+    compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/inferno-bench --backend cuda \
+        --model "$INFERNO_REFERENCE_DIR/$f.gguf" --prompt 24 --gen 4 --batch 2,8 \
+        >"$OUT/sanitizer-$f-batches.log" 2>&1
+    rc=$?
+    grep -E "ERROR SUMMARY" "$OUT/sanitizer-$f-batches.log"
+    check "memcheck $f decode batches 2 and 8" $rc
+done
 # a 300-token prompt at head size 128: the warp-per-head RoPE, and the prompt
 # attention's slices and their merge
 compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \

@@ -820,10 +820,10 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
     return wpr;
 }
 
-/* Whether a GEMV of T tokens over w is gemv_rows_staged (kernels.cuh
- * says when it wins), its shared memory within the default 48 KiB. */
-static bool gemv_staged(const cuda_engine *e, const dmat *w, int T, size_t staged_bytes) {
-    return e->staged && w->type == DMAT_BF16 && T >= 2 && T <= GEMV_MAX_T && staged_bytes <= 48 * 1024;
+/* Whether a GEMV of T tokens is gemv_rows_staged (kernels.cuh says when
+ * it wins), its shared memory within the default 48 KiB. */
+static bool gemv_staged(const cuda_engine *e, int T, size_t staged_bytes) {
+    return e->staged && T >= 2 && T <= GEMV_MAX_T && staged_bytes && staged_bytes <= 48 * 1024;
 }
 
 /* y (=, +=, silu-pair) x W^T for T rows of x (float32, [T][cols]), each
@@ -848,18 +848,23 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
 #undef GEMV_ROW
         uint32_t wpr = gemv_warps_per_row(e, rows, w->cols), rows_per_block = GEMV_WARPS / wpr;
         dim3 grid((rows + rows_per_block - 1) / rows_per_block), block(GEMV_WARPS * WARP);
-        size_t staged_bytes = gemv_staged_bytes(w->cols, wpr, pair);
-        if (gemv_staged(e, w, T, staged_bytes)) {
-#define GEMV_ROW(NT)                                                                                                   \
+        size_t staged_bytes = gemv_staged_bytes(*w, wpr, pair);
+        if (gemv_staged(e, T, staged_bytes)) {
+#define GEMV_ROW(NT, Q8)                                                                                               \
     {                                                                                                                  \
-        gemv_staged_kernel<NT, OUT_STORE>, gemv_staged_kernel<NT, OUT_ADD>, gemv_staged_kernel<NT, OUT_SILU_PAIR>,     \
-            gemv_staged_kernel<NT, OUT_GELU_PAIR>                                                                      \
+        gemv_staged_kernel<NT, OUT_STORE, Q8>, gemv_staged_kernel<NT, OUT_ADD, Q8>,                                    \
+            gemv_staged_kernel<NT, OUT_SILU_PAIR, Q8>, gemv_staged_kernel<NT, OUT_GELU_PAIR, Q8>                       \
     }
-            static const gemv_fn staged[GEMV_MAX_T - 1][4] = {GEMV_ROW(2), GEMV_ROW(3), GEMV_ROW(4), GEMV_ROW(5),
-                                                              GEMV_ROW(6), GEMV_ROW(7), GEMV_ROW(8)};
+#define GEMV_ROWS(Q8)                                                                                                  \
+    {                                                                                                                  \
+        GEMV_ROW(2, Q8), GEMV_ROW(3, Q8), GEMV_ROW(4, Q8), GEMV_ROW(5, Q8), GEMV_ROW(6, Q8), GEMV_ROW(7, Q8),          \
+            GEMV_ROW(8, Q8)                                                                                            \
+    }
+            static const gemv_fn staged[2][GEMV_MAX_T - 1][4] = {GEMV_ROWS(false), GEMV_ROWS(true)};
+#undef GEMV_ROWS
 #undef GEMV_ROW
-            CUDA_CHECK(
-                launch_shared(e, staged[T - 2][mode], grid, block, staged_bytes, *w, rows, wpr, x, gain, eps, y, ldy));
+            CUDA_CHECK(launch_shared(e, staged[w->type == DMAT_Q8][T - 2][mode], grid, block, staged_bytes, *w, rows,
+                                     wpr, x, gain, eps, y, ldy));
             return 0;
         }
         CUDA_CHECK(launch(e, by_tokens[T - 1][mode], grid, block, *w, rows, wpr, x, gain, eps, y, ldy));
@@ -937,12 +942,14 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
         gemv_qkv_kernel<1, S>, gemv_qkv_kernel<2, S>, gemv_qkv_kernel<3, S>, gemv_qkv_kernel<4, S>,                    \
             gemv_qkv_kernel<5, S>, gemv_qkv_kernel<6, S>, gemv_qkv_kernel<7, S>, gemv_qkv_kernel<8, S>                 \
     }
-        static const qkv_fn by_tokens[2][GEMV_MAX_T] = {QKV_ROW(false), QKV_ROW(true)};
+        static const qkv_fn by_tokens[3][GEMV_MAX_T] = {QKV_ROW(QKV_REGISTERS), QKV_ROW(QKV_STAGED_BF16),
+                                                        QKV_ROW(QKV_STAGED_Q8)};
 #undef QKV_ROW
         uint32_t wpr = gemv_warps_per_row(e, w->rows, w->cols);
-        size_t staged_bytes = gemv_staged_bytes(w->cols, wpr, false);
-        bool staged = gemv_staged(e, w, T, staged_bytes);
-        CUDA_CHECK(launch_shared(e, by_tokens[staged][T - 1], dim3(w->rows * wpr / GEMV_WARPS), dim3(GEMV_WARPS * WARP),
+        size_t staged_bytes = gemv_staged_bytes(*w, wpr, false);
+        bool staged = gemv_staged(e, T, staged_bytes);
+        int how = !staged ? QKV_REGISTERS : w->type == DMAT_Q8 ? QKV_STAGED_Q8 : QKV_STAGED_BF16;
+        CUDA_CHECK(launch_shared(e, by_tokens[how][T - 1], dim3(w->rows * wpr / GEMV_WARPS), dim3(GEMV_WARPS * WARP),
                                  staged ? staged_bytes : 0, *w, wpr, (const float *)e->x, gain, e->m->rms_eps, e->qkv,
                                  ra, e->qkv_done));
         return 0;

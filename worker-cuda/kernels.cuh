@@ -584,19 +584,21 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, MODE >= OUT_SILU_PAIR ? 3 : 
     gemv_rows<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
 }
 
-/* gemv_rows for bf16 weights, the block's rows copied into shared
- * memory by bulk copies before the wait on the previous kernel; the
- * threads then read them a chunk at a time. For 2 to 8 tokens, where
- * gemv_rows holds its weights across the wait in registers, or from 3
- * tokens in local memory (its chunk loop is not unrolled there): H200,
- * 0.6b, f16 KV, with the q|k|v GEMV staged too, batch 2 1,640 -> 1,793
- * tok/s, batch 4 2,135 -> 2,421, batch 8 2,864 -> 3,170. Not for one
- * token, where the registers win: 1,047 against 1,137 tok/s capped at 32
- * registers (so that two kernels' blocks would share an SM), 1,089 with
- * gemv_rows' unrolled chunks. Dynamic shared memory: the block's rows
- * (N_ROWS ranges of GEMV_WARPS / wpr rows of m.cols bf16),
- * gemv_staged_bytes. */
-template <int NT, int MODE>
+/* gemv_rows with the block's rows (their quants, scales and offsets)
+ * copied into shared memory by bulk copies before the wait on the
+ * previous kernel; the threads then read them a chunk at a time. For 2
+ * to 8 tokens, where gemv_rows holds its weights across the wait in
+ * registers, or from 3 tokens in local memory (its chunk loop is not
+ * unrolled there): H200, 0.6b bf16, f16 KV, with the q|k|v GEMV staged
+ * too, batch 2 1,640 -> 1,793 tok/s, batch 4 2,135 -> 2,421, batch 8
+ * 2,864 -> 3,170; 8-bit (q8_0) 1,659 -> 1,760, 2,093 -> 2,348 and 2,703
+ * -> 2,828; Gemma-3-270M-shaped (q4_k_m as 8-bit) 2,300 -> 2,539, 3,233 ->
+ * 3,785, 4,569 -> 5,330. Not for one token, where the registers win: 1,047
+ * against 1,137 tok/s capped at 32 registers (so that two kernels' blocks
+ * would share an SM), 1,089 with gemv_rows' unrolled chunks. Dynamic
+ * shared memory: gemv_staged_bytes, the block's N_ROWS ranges of
+ * GEMV_WARPS / wpr rows, then (DMAT_Q8) their scales and offsets. */
+template <int NT, int MODE, bool Q8>
 __device__ __forceinline__ void gemv_rows_staged(const dmat &m, uint32_t rows, uint32_t wpr, const float *x,
                                                  const float *gain, float eps, float *y, uint32_t ldy) {
     const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
@@ -605,15 +607,23 @@ __device__ __forceinline__ void gemv_rows_staged(const dmat &m, uint32_t rows, u
     uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, per_block = GEMV_WARPS / wpr;
     uint32_t r0 = blockIdx.x * per_block, r = r0 + warp / wpr, part = warp % wpr;
     uint32_t first = (part * WARP + lane) * 8, step = wpr * WARP * 8; /* this lane's columns: first + i * step */
-    size_t row_bytes = (size_t)m.cols * sizeof(__nv_bfloat16);
+    const bool q8 = Q8; /* m.type == DMAT_Q8, known at compile time: bf16 keeps its registers */
+    uint32_t groups = q8 ? m.cols / m.group : 0, row_bytes = q8 ? m.cols : m.cols * 2, n_staged = N_ROWS * per_block;
+    const unsigned char *quants = q8 ? (const unsigned char *)m.qs : (const unsigned char *)m.w;
+    float *scale_s = (float *)(staged + n_staged * row_bytes), *offset_s = scale_s + n_staged * groups;
     if (threadIdx.x == 0) {
-        uint32_t n = min(per_block, rows - r0);
+        uint32_t n = min(per_block, rows - r0), group_bytes = groups * sizeof(float);
         mbar_init(&bar, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        mbar_expect_tx(&bar, (uint32_t)(N_ROWS * n * row_bytes));
-        for (int j = 0; j < N_ROWS; j++)
-            bulk_copy(staged + j * per_block * row_bytes, m.w + ((size_t)j * rows + r0) * m.cols,
-                      (uint32_t)(n * row_bytes), &bar);
+        mbar_expect_tx(&bar, N_ROWS * n * (row_bytes + (m.offset ? 2 : 1) * group_bytes));
+        for (int j = 0; j < N_ROWS; j++) {
+            size_t src = (size_t)j * rows + r0; /* the range's first row */
+            bulk_copy(staged + j * per_block * row_bytes, quants + src * row_bytes, n * row_bytes, &bar);
+            if (q8)
+                bulk_copy(scale_s + j * per_block * groups, m.scale + src * groups, n * group_bytes, &bar);
+            if (m.offset)
+                bulk_copy(offset_s + j * per_block * groups, m.offset + src * groups, n * group_bytes, &bar);
+        }
     }
     __syncthreads(); /* the barrier's init, before anyone waits on it */
     pdl_enter();
@@ -623,28 +633,44 @@ __device__ __forceinline__ void gemv_rows_staged(const dmat &m, uint32_t rows, u
             acc[j][t] = 0.0f;
     bool active = r < rows;
     mbar_wait(&bar, 0);
-    float one[N_ROWS][1], zero[N_ROWS][1]; /* bf16: no scales, no offsets */
-    for (int j = 0; j < N_ROWS; j++)
-        one[j][0] = 1.0f, zero[j][0] = 0.0f;
     for (uint32_t k = first; active && k < m.cols; k += step) {
         uint4 raw[N_ROWS][1];
-        for (int j = 0; j < N_ROWS; j++)
-            raw[j][0] = *(const uint4 *)(staged + (j * per_block + warp / wpr) * row_bytes + k * 2);
-        gemv_dots<N_ROWS, NT, 1>(m, raw, one, zero, x, gain, k, step, acc);
+        float scale[N_ROWS][1], offset[N_ROWS][1];
+        for (int j = 0; j < N_ROWS; j++) {
+            uint32_t row = j * per_block + warp / wpr, g = row * groups + (q8 ? k / m.group : 0);
+            const unsigned char *at = staged + row * row_bytes + (q8 ? k : k * 2);
+            if (q8) {
+                int2 q = *(const int2 *)at;
+                raw[j][0] = make_uint4((uint32_t)q.x, (uint32_t)q.y, 0, 0);
+            } else
+                raw[j][0] = *(const uint4 *)at;
+            scale[j][0] = q8 ? scale_s[g] : 1.0f;
+            offset[j][0] = q8 && m.offset ? offset_s[g] : 0.0f;
+        }
+        gemv_dots<N_ROWS, NT, 1>(m, raw, scale, offset, x, gain, k, step, acc);
     }
     gemv_finish<NT, MODE>(m, acc, active, r, wpr, eps, gain, y, ldy);
 }
 
-/* Dynamic shared memory of gemv_rows_staged: pair, a gate|up pair. */
-__host__ __device__ inline size_t gemv_staged_bytes(uint32_t cols, uint32_t wpr, bool pair) {
-    return (size_t)(pair ? 2 : 1) * (GEMV_WARPS / wpr) * cols * sizeof(__nv_bfloat16);
+/* Dynamic shared memory of gemv_rows_staged over m (pair: a gate|up
+ * pair), or 0 where a bulk copy cannot take its rows (a DMAT_Q8 row's
+ * scales not a multiple of 16 bytes). */
+__host__ __device__ inline size_t gemv_staged_bytes(const dmat &m, uint32_t wpr, bool pair) {
+    size_t rows = (size_t)(pair ? 2 : 1) * (GEMV_WARPS / wpr), group_bytes = 0;
+    if (m.type == DMAT_Q8) {
+        group_bytes = m.cols / m.group * sizeof(float);
+        if (group_bytes % 16)
+            return 0;
+        return rows * (m.cols + (m.offset ? 2 : 1) * group_bytes);
+    }
+    return rows * m.cols * sizeof(__nv_bfloat16);
 }
 
-template <int NT, int MODE>
+template <int NT, int MODE, bool Q8>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP, 4)
     gemv_staged_kernel(dmat m, uint32_t rows, uint32_t wpr, const float *x, const float *gain, float eps, float *y,
                        uint32_t ldy) {
-    gemv_rows_staged<NT, MODE>(m, rows, wpr, x, gain, eps, y, ldy);
+    gemv_rows_staged<NT, MODE, Q8>(m, rows, wpr, x, gain, eps, y, ldy);
 }
 
 /* The output head of a decode step, y[t][r] = dot(W[r], x[t]), with each
@@ -833,20 +859,22 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
     }
 }
 
+enum { QKV_REGISTERS, QKV_STAGED_BF16, QKV_STAGED_Q8 };
+
 /* The q|k|v GEMV of a decode step with qk_rope_kernel's work as its tail:
  * a block's 8 / wpr rows lie in one head (head_dim a multiple of 8), and
  * the last of a head's blocks to finish (head_done[j] counts them, and is
  * reset by that block for the next layer) finishes the head for every
- * token. Saves a launch and a kernel boundary a layer. STAGED: the
- * GEMV is gemv_rows_staged (bf16, 2 to 8 tokens). Grid
+ * token. Saves a launch and a kernel boundary a layer. STAGED (a
+ * QKV_* value): the GEMV is gemv_rows_staged (2 to 8 tokens). Grid
  * (q_dim + 2 kv_dim) * wpr / 8, block 256; head_dim <= 256. */
-template <int NT, bool STAGED>
+template <int NT, int STAGED>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP)
     gemv_qkv_kernel(dmat m, uint32_t wpr, const float *x, const float *gain, float eps, float *qkv, rope_args ra,
                     unsigned *head_done) {
     __shared__ float v[512];
     if (STAGED) /* gemv_rows_staged's shared memory */
-        gemv_rows_staged<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
+        gemv_rows_staged<NT, OUT_STORE, STAGED == QKV_STAGED_Q8>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
     else
         gemv_rows<NT, OUT_STORE>(m, m.rows, wpr, x, gain, eps, qkv, m.rows);
     uint32_t rows_per_block = GEMV_WARPS / wpr, j = blockIdx.x * rows_per_block / ra.head_dim;
