@@ -470,7 +470,7 @@ __device__ __forceinline__ void gemv_load(const dmat &m, uint32_t r, uint32_t st
         }
 }
 
-/* The loaded chunks' products with x[t] (t < NT, rows of m.cols floats),
+/* The loaded chunks' products (U a lane) with x[t] (t < NT, rows of m.cols floats),
  * into acc[j][t]; with a gain, x is scaled by it first and acc[N_ROWS][t]
  * gathers x[t]'s sum of squares (for the RMS norm). */
 template <int N_ROWS, int NT, int U = GEMV_UNROLL>
