@@ -49,6 +49,7 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "tensor_types.h"
 }
 #include "kernels.cuh"
+#include "gemv.cuh"
 #include "attention.cuh"
 #include "sample.cuh"
 #include "persistent.cuh"
@@ -820,7 +821,7 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
     return wpr;
 }
 
-/* Whether a GEMV of T tokens is gemv_rows_staged (kernels.cuh says when
+/* Whether a GEMV of T tokens is gemv_rows_staged (gemv.cuh says when
  * it wins), its shared memory within the default 48 KiB. */
 static bool gemv_staged(const cuda_engine *e, int T, size_t staged_bytes) {
     return e->staged && T >= 2 && T <= GEMV_MAX_T && staged_bytes && staged_bytes <= 48 * 1024;
