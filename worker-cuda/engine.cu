@@ -92,7 +92,7 @@ struct cuda_engine {
     bool use_graphs;
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
     int kv_type; /* the KV cache's elements: CUDA_KV_F32, _F16 or _FP8 */
-    bool staged; /* bf16 GEMVs of 2 to 8 tokens stage their rows in shared memory (gemv_rows_staged) */
+    bool staged; /* GEMVs of 2 to 8 tokens stage their rows in shared memory (gemv_rows_staged) */
     uint32_t q_dim, kv_dim, qkv_dim;
     uint32_t gsub;                     /* query heads per attention block: the largest divisor of the group up to 8 */
     void (*attention)(attention_args); /* attention_kernel for this head size, or NULL */

@@ -192,14 +192,14 @@ __device__ __forceinline__ void gemv_rows_staged(const dmat &m, uint32_t rows, u
     if (threadIdx.x == 0) {
         uint32_t n = min(per_block, rows - r0), group_bytes = groups * sizeof(float);
         mbar_init(&bar, 1);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        mbar_expect_tx(&bar, N_ROWS * n * (row_bytes + (m.offset ? 2 : 1) * group_bytes));
+        mbar_init_fence();
+        mbar_expect_tx(&bar, N_ROWS * n * (row_bytes + (q8 && m.offset ? 2 : 1) * group_bytes));
         for (int j = 0; j < N_ROWS; j++) {
             size_t src = (size_t)j * rows + r0; /* the range's first row */
             bulk_copy(staged + j * per_block * row_bytes, quants + src * row_bytes, n * row_bytes, &bar);
             if (q8)
                 bulk_copy(scale_s + j * per_block * groups, m.scale + src * groups, n * group_bytes, &bar);
-            if (m.offset)
+            if (q8 && m.offset)
                 bulk_copy(offset_s + j * per_block * groups, m.offset + src * groups, n * group_bytes, &bar);
         }
     }
@@ -233,7 +233,7 @@ __device__ __forceinline__ void gemv_rows_staged(const dmat &m, uint32_t rows, u
 /* Dynamic shared memory of gemv_rows_staged over m (pair: a gate|up
  * pair), or 0 where a bulk copy cannot take its rows (a DMAT_Q8 row's
  * scales not a multiple of 16 bytes). */
-__host__ __device__ inline size_t gemv_staged_bytes(const dmat &m, uint32_t wpr, bool pair) {
+static inline size_t gemv_staged_bytes(const dmat &m, uint32_t wpr, bool pair) {
     size_t rows = (size_t)(pair ? 2 : 1) * (GEMV_WARPS / wpr), group_bytes = 0;
     if (m.type == DMAT_Q8) {
         group_bytes = m.cols / m.group * sizeof(float);

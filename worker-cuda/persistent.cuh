@@ -584,7 +584,7 @@ __global__ void __launch_bounds__(PK_THREADS + WARP, 1)
         done->lin_end = 0, done->n = 0;
     for (uint32_t i = threadIdx.x; i < a.n_layers * sizeof(persist_layer) / 8; i += blockDim.x)
         ((uint64_t *)pk_layers(a))[i] = ((const uint64_t *)a.layers)[i];
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    mbar_init_fence();
     __syncthreads(); /* the last barrier of all the block's threads: the copy warp leaves here */
     if (threadIdx.x >= PK_THREADS) {
         if (threadIdx.x == PK_THREADS)
