@@ -12,9 +12,9 @@
  * there); the first decode step of each batch size is a warm-up (on the
  * GPU, it captures the step's graph) and is not timed. --repeat N times
  * each measurement N times and reports the median: shared VMs vary by 15%
- * from one run to the next. --temperature T (and --top-p P) makes the decode
- * steps sample instead (engine_step_sample, as the worker does; on the GPU
- * the sample kernel), each row with a fixed draw. */
+ * from one run to the next. --temperature T (and --top-p P, --top-k K) makes
+ * the decode steps sample instead (engine_step_sample, as the worker does;
+ * on the GPU the sample kernels), each row with a fixed draw. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,12 +41,12 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: " PROG " --model FILE.gguf [--prompt N] [--gen N] [--batch 1,8,32] [--repeat N] [--threads N]\n"
             "                     [--kernels reference|avx2|avx512] [--backend cpu|cuda] [--kv-type f32|f16|fp8]\n"
-            "                     [--temperature T [--top-p P]] [--json]\n");
+            "                     [--temperature T [--top-p P] [--top-k K]] [--json]\n");
 }
 
 int main(int argc, char **argv) {
     const char *path = NULL, *batches = "1,8,32", *kernels = NULL, *backend = "cpu", *kv_type = NULL;
-    int prompt = 128, gen = 32, threads = 2, repeat = 1;
+    int prompt = 128, gen = 32, threads = 2, repeat = 1, top_k = 0;
     float temperature = 0.0f, top_p = 1.0f;
     bool json = false;
     const cli_flag flags[] = {{"--model", CLI_STRING, &path},
@@ -61,12 +61,13 @@ int main(int argc, char **argv) {
                               {"--kv-type", CLI_STRING, &kv_type},
                               {"--temperature", CLI_FLOAT, &temperature},
                               {"--top-p", CLI_FLOAT, &top_p},
+                              {"--top-k", CLI_INT, &top_k},
                               {NULL}};
     int parsed = cli_parse(argc, argv, PROG, usage, flags);
     if (parsed != CLI_RUN)
         return parsed;
     if (!path || prompt < 1 || gen < 1 || threads < 1 || repeat < 1 || repeat > 100 || temperature < 0.0f ||
-        !(top_p > 0.0f && top_p <= 1.0f)) {
+        !(top_p > 0.0f && top_p <= 1.0f) || top_k < 0) {
         usage(stderr);
         return 2;
     }
@@ -130,8 +131,8 @@ int main(int argc, char **argv) {
     /* sampled decode: one plan for every row, its draw fixed (0.5) */
     sample_plan *plans = malloc((size_t)max_b * sizeof *plans);
     for (int q = 0; q < max_b; q++)
-        plans[q] =
-            (sample_plan){.temperature = temperature, .top_p = top_p, .repetition_penalty = 1.0f, .uniform = 0.5};
+        plans[q] = (sample_plan){
+            .temperature = temperature, .top_p = top_p, .top_k = top_k, .repetition_penalty = 1.0f, .uniform = 0.5};
     double decode_tps[16], decode_gbs[16];
     for (int k = 0; k < nb; k++) {
         int B = bs[k];

@@ -129,6 +129,9 @@ struct cuda_engine {
      * (pinned) their host copy and the sampled ids' */
     unsigned long long *keys, *keys_host;
     int32_t *ids_host;
+    /* sampling's scratch (sample.cuh): [cap_rows][SAMPLE_SLICES] slices, [cap_rows][256] top-byte counts */
+    sample_slice *sample_slices;
+    uint32_t *sample_hist;
     bool keys_fused; /* the last step's output head was gemv_head_kernel, which filled keys */
     step_inputs in;
     sample_inputs smp;
@@ -383,9 +386,10 @@ static void free_activations(cuda_engine *e) {
     cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
     cudaFree(e->act), cudaFree(e->hi), cudaFree(e->stack), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
     cudaFree(e->attn_done), cudaFree(e->keys), cudaFreeHost(e->keys_host), cudaFreeHost(e->ids_host);
+    cudaFree(e->sample_slices), cudaFree(e->sample_hist);
     e->attn_done = NULL, e->keys = e->keys_host = NULL, e->ids_host = NULL;
     e->x = e->xn = e->qkv = e->q = e->att = e->gu = e->act = e->logits = e->part = NULL;
-    e->hi = NULL, e->stack = NULL, e->ids = NULL;
+    e->hi = NULL, e->stack = NULL, e->ids = NULL, e->sample_slices = NULL, e->sample_hist = NULL;
 }
 
 static void drop_graphs(cuda_engine *e) {
@@ -746,6 +750,18 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
+    /* the sampler's pick holds a block's part of a row's keys in shared memory */
+    cudaFuncAttributes pick;
+    size_t pick_smem = sample_pick_smem(m->vocab);
+    if (cudaFuncGetAttributes(&pick, sample_pick_kernel) != cudaSuccess ||
+        pick.sharedSizeBytes + pick_smem > prop.sharedMemPerBlockOptin ||
+        cudaFuncSetAttribute(sample_pick_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pick_smem) !=
+            cudaSuccess) {
+        fail(err, errlen, "cuda engine: a vocabulary of %u ids is more than the sampler's shared memory holds",
+             m->vocab);
+        cuda_destroy(e);
+        return -1;
+    }
     const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
     e->profile_decode = profile ? atoi(profile) : 0;
     e->pdl = prop.major >= 9 && env_allows("INFERNO_CUDA_PDL");
@@ -801,6 +817,8 @@ static int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
         CUDA_CHECK(cudaMalloc((void **)&e->keys, (size_t)cap_rows * ARGMAX_SLOTS * 8));
         CUDA_CHECK(cudaMallocHost((void **)&e->keys_host, (size_t)cap_rows * ARGMAX_SLOTS * 8));
         CUDA_CHECK(cudaMallocHost((void **)&e->ids_host, (size_t)cap_rows * 4));
+        CUDA_CHECK(cudaMalloc((void **)&e->sample_slices, (size_t)cap_rows * SAMPLE_SLICES * sizeof(sample_slice)));
+        CUDA_CHECK(cudaMalloc((void **)&e->sample_hist, (size_t)cap_rows * 256 * 4));
         CUDA_CHECK(
             cudaMalloc((void **)&e->part, ((size_t)cap * ATTP_MAX_SLICES + 256) * m->n_heads * (m->head_dim + 2) * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->attn_done, (size_t)cap * m->n_heads * sizeof *e->attn_done));
@@ -1253,8 +1271,15 @@ static int sample_rows(cuda_engine *e, int rows, const sample_plan *plans, int32
         return -1;
     const sample_row *dev_rows = (const sample_row *)e->smp.dev;
     const int32_t *edit_ids = (const int32_t *)(dev_rows + rows);
-    CUDA_CHECK(launch(e, sample_kernel, dim3(rows), dim3(SAMPLE_THREADS), e->logits, vocab, dev_rows, edit_ids,
-                      (const float *)(edit_ids + n_edits), e->ids));
+    CUDA_CHECK(launch(e, sample_edit_kernel, dim3(SAMPLE_SLICES, rows), dim3(SAMPLE_SLICE_THREADS), e->logits, vocab,
+                      dev_rows, edit_ids, (const float *)(edit_ids + n_edits), e->sample_slices, e->sample_hist));
+    CUDA_CHECK(launch(e, sample_sum_kernel, dim3(SAMPLE_SLICES, rows), dim3(SAMPLE_SLICE_THREADS),
+                      (const float *)e->logits, vocab, dev_rows, e->sample_slices, e->sample_hist));
+    bool keys_in_smem = rows <= SAMPLE_SMEM_ROWS;
+    CUDA_CHECK(launch_cluster(e, sample_pick_kernel, dim3(SAMPLE_PICK_BLOCKS, rows), dim3(SAMPLE_THREADS),
+                              keys_in_smem ? sample_pick_smem(vocab) : 0, dim3(SAMPLE_PICK_BLOCKS),
+                              (const float *)e->logits, vocab, dev_rows, (const sample_slice *)e->sample_slices,
+                              (const uint32_t *)e->sample_hist, keys_in_smem, e->ids));
     /* through pinned memory: a copy into pageable memory took 13 us (H200) */
     CUDA_CHECK(cudaMemcpyAsync(e->ids_host, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
     CUDA_CHECK(cudaStreamSynchronize(e->stream));
