@@ -132,7 +132,8 @@ struct cuda_engine {
     /* sampling's scratch (sample.cuh): [cap_rows][SAMPLE_SLICES] slices, [cap_rows][256] top-byte counts */
     sample_slice *sample_slices;
     uint32_t *sample_hist;
-    bool keys_fused; /* the last step's output head was gemv_head_kernel, which filled keys */
+    bool pick_keys_fit; /* sample_pick_kernel's keys_in_smem is possible */
+    bool keys_fused;    /* the last step's output head was gemv_head_kernel, which filled keys */
     step_inputs in;
     sample_inputs smp;
     /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any
@@ -750,18 +751,15 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         cuda_destroy(e);
         return -1;
     }
-    /* the sampler's pick holds a block's part of a row's keys in shared memory */
+    /* the sampler's pick holds a block's part of a row's keys in shared
+     * memory where they fit (vocabularies up to ~440k ids on the H200) */
     cudaFuncAttributes pick;
     size_t pick_smem = sample_pick_smem(m->vocab);
-    if (cudaFuncGetAttributes(&pick, sample_pick_kernel) != cudaSuccess ||
-        pick.sharedSizeBytes + pick_smem > prop.sharedMemPerBlockOptin ||
-        cudaFuncSetAttribute(sample_pick_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pick_smem) !=
-            cudaSuccess) {
-        fail(err, errlen, "cuda engine: a vocabulary of %u ids is more than the sampler's shared memory holds",
-             m->vocab);
-        cuda_destroy(e);
-        return -1;
-    }
+    e->pick_keys_fit = cudaFuncGetAttributes(&pick, sample_pick_kernel) == cudaSuccess &&
+                       pick.sharedSizeBytes + pick_smem <= prop.sharedMemPerBlockOptin &&
+                       cudaFuncSetAttribute(sample_pick_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)pick_smem) == cudaSuccess;
+    (void)cudaGetLastError();
     const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
     e->profile_decode = profile ? atoi(profile) : 0;
     e->pdl = prop.major >= 9 && env_allows("INFERNO_CUDA_PDL");
@@ -1275,7 +1273,7 @@ static int sample_rows(cuda_engine *e, int rows, const sample_plan *plans, int32
                       dev_rows, edit_ids, (const float *)(edit_ids + n_edits), e->sample_slices, e->sample_hist));
     CUDA_CHECK(launch(e, sample_sum_kernel, dim3(SAMPLE_SLICES, rows), dim3(SAMPLE_SLICE_THREADS),
                       (const float *)e->logits, vocab, dev_rows, e->sample_slices, e->sample_hist));
-    bool keys_in_smem = rows <= SAMPLE_SMEM_ROWS;
+    bool keys_in_smem = rows <= SAMPLE_SMEM_ROWS && e->pick_keys_fit;
     CUDA_CHECK(launch_cluster(e, sample_pick_kernel, dim3(SAMPLE_PICK_BLOCKS, rows), dim3(SAMPLE_THREADS),
                               keys_in_smem ? sample_pick_smem(vocab) : 0, dim3(SAMPLE_PICK_BLOCKS),
                               (const float *)e->logits, vocab, dev_rows, (const sample_slice *)e->sample_slices,
