@@ -198,14 +198,20 @@ __device__ __forceinline__ unsigned long long argmax_key(float v, uint32_t id) {
     return v > -INFINITY ? (unsigned long long)order_key(v) << 32 | (uint32_t)~id : 0ull;
 }
 
-/* The largest of the block's keys (a thread's own: key) into
- * keys[blockIdx.x % ARGMAX_SLOTS]. Every thread of the block calls it. */
-__device__ __forceinline__ void block_fold_key(unsigned long long key, unsigned long long *keys) {
-    __shared__ unsigned long long best[32];
+/* The largest of the warp's keys, in every lane. */
+__device__ __forceinline__ unsigned long long warp_max_key(unsigned long long key) {
     for (int o = WARP / 2; o > 0; o /= 2) {
         unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
         key = other > key ? other : key;
     }
+    return key;
+}
+
+/* The largest of the block's keys (a thread's own: key) into
+ * keys[blockIdx.x % ARGMAX_SLOTS]. Every thread of the block calls it. */
+__device__ __forceinline__ void block_fold_key(unsigned long long key, unsigned long long *keys) {
+    __shared__ unsigned long long best[32];
+    key = warp_max_key(key);
     if (threadIdx.x % WARP == 0)
         best[threadIdx.x / WARP] = key;
     __syncthreads();
@@ -562,39 +568,9 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
     }
 }
 
-/* The first index of the largest of row[0..n), in every thread of the
- * block (blockDim.x a multiple of 32); sv and si: 32 each in shared
- * memory. ARGMAX_UNROLL loads a thread are in flight at once (one at a
- * time, a 151,936-logit row took 59 us: H200, one block of 1024). */
+/* Loads a thread keeps in flight in argmax_kernel (one at a time, a
+ * 151,936-logit row took 59 us: H200, one block of 1024). */
 #define ARGMAX_UNROLL 8
-__device__ int32_t block_argmax(const float *row, uint32_t n, float *sv, int32_t *si) {
-    float bv = -INFINITY;
-    int32_t bi = 0x7fffffff;
-    for (uint32_t i0 = threadIdx.x; i0 < n; i0 += ARGMAX_UNROLL * blockDim.x) {
-        float v[ARGMAX_UNROLL];
-#pragma unroll
-        for (int k = 0; k < ARGMAX_UNROLL; k++)
-            v[k] = i0 + k * blockDim.x < n ? row[i0 + k * blockDim.x] : -INFINITY;
-#pragma unroll
-        for (int k = 0; k < ARGMAX_UNROLL; k++) /* ids rise with k: the first of equals stays */
-            if (v[k] > bv)
-                bv = v[k], bi = (int32_t)(i0 + k * blockDim.x);
-    }
-    for (int o = WARP / 2; o > 0; o /= 2) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int32_t oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (ov > bv || (ov == bv && oi < bi))
-            bv = ov, bi = oi;
-    }
-    __syncthreads();
-    if (threadIdx.x % WARP == 0)
-        sv[threadIdx.x / WARP] = bv, si[threadIdx.x / WARP] = bi;
-    __syncthreads();
-    for (uint32_t w = 0; w < blockDim.x / WARP; w++)
-        if (sv[w] > bv || (sv[w] == bv && si[w] < bi))
-            bv = sv[w], bi = si[w];
-    return bi == 0x7fffffff ? 0 : bi;
-}
 
 /* Row blockIdx.y's argmax keys (keys: [rows][ARGMAX_SLOTS], cleared
  * before): ARGMAX_SPAN logits a block, ARGMAX_UNROLL loads a thread in

@@ -59,12 +59,19 @@ struct sample_slice {
     unsigned long long key; /* greedy rows: the slice's argmax_key */
 };
 
+/* Whether a row keeps its top_k largest, or a nucleus (top-p, min-p). */
+__device__ __forceinline__ bool sample_top_k(const sample_row &p, uint32_t vocab) {
+    return p.top_k > 0 && (uint32_t)p.top_k < vocab;
+}
+__device__ __forceinline__ bool sample_nucleus(const sample_row &p) {
+    return (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
+}
+
 /* Whether a row draws from the largest candidates (top-k, top-p, min-p),
  * on the GPU (false: temperature alone, or a top_k the host takes). */
 __device__ __forceinline__ bool sample_selects(const sample_row &p, uint32_t vocab) {
-    bool top_k = p.top_k > 0 && (uint32_t)p.top_k < vocab;
-    bool nucleus = (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
-    return (top_k || nucleus) && !(top_k && p.top_k > SAMPLE_CANDS);
+    bool top_k = sample_top_k(p, vocab);
+    return (top_k || sample_nucleus(p)) && !(top_k && p.top_k > SAMPLE_CANDS);
 }
 
 /* Slice z's ids, [*lo, *hi). */
@@ -111,16 +118,22 @@ __device__ __forceinline__ void hist_pass(const float *row, uint32_t first, uint
     });
 }
 
+/* The inclusive prefix sum of v over the warp's lanes, in lane order. */
+template <typename T> __device__ __forceinline__ T warp_inclusive_scan(T v) {
+    uint32_t lane = threadIdx.x % WARP;
+    for (uint32_t o = 1; o < WARP; o *= 2) {
+        T up = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o)
+            v += up;
+    }
+    return v;
+}
+
 /* The exclusive prefix sum of v over the threads, in thread order; *total
  * gets the sum of all. scratch: 32 doubles of shared memory. */
 __device__ __forceinline__ double block_exclusive_scan(double v, double *scratch, double *total) {
     int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, n_warps = blockDim.x / WARP;
-    double incl = v;
-    for (int o = 1; o < WARP; o *= 2) {
-        double up = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o)
-            incl += up;
-    }
+    double incl = warp_inclusive_scan(v);
     __syncthreads();
     if (lane == WARP - 1)
         scratch[warp] = incl;
@@ -179,10 +192,7 @@ __global__ void __launch_bounds__(SAMPLE_SLICE_THREADS)
             unsigned long long k = argmax_key(v, i);
             key = k > key ? k : key;
         });
-        for (int o = WARP / 2; o > 0; o /= 2) {
-            unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
-            key = other > key ? other : key;
-        }
+        key = warp_max_key(key);
         if (tid % WARP == 0)
             atomicMax(&best, key);
         __syncthreads();
@@ -246,13 +256,7 @@ __device__ __forceinline__ void radix_step(const uint32_t *hist, int shift, uint
 #pragma unroll
     for (uint32_t k = 0; k < 8; k++)
         mine += hist[top - k];
-    uint32_t incl = mine;
-    for (int o = 1; o < WARP; o *= 2) {
-        uint32_t up = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= (uint32_t)o)
-            incl += up;
-    }
-    uint32_t before = incl - mine;
+    uint32_t incl = warp_inclusive_scan(mine), before = incl - mine;
     __syncwarp(); /* every lane has read want (which may be *want_out) */
     if ((before < want && want <= incl) || (lane == WARP - 1 && incl < want)) {
         uint32_t left = want - before, b = top;
@@ -306,17 +310,12 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     const sample_slice *s = slices + (size_t)blockIdx.y * SAMPLE_SLICES;
     uint32_t tid = threadIdx.x, lane = tid % WARP;
     int32_t *id_out = ids + blockIdx.y;
-    bool top_k = p.top_k > 0 && (uint32_t)p.top_k < vocab;
-    bool nucleus = (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
+    bool top_k = sample_top_k(p, vocab), nucleus = sample_nucleus(p);
     if (blockIdx.x > 0 && !sample_selects(p, vocab))
         return; /* the first block's alone */
     if (p.temperature <= 0.0f) {
         if (tid < WARP) {
-            unsigned long long key = s[lane].key > s[lane + WARP].key ? s[lane].key : s[lane + WARP].key;
-            for (int o = WARP / 2; o > 0; o /= 2) {
-                unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
-                key = other > key ? other : key;
-            }
+            unsigned long long key = warp_max_key(max(s[lane].key, s[lane + WARP].key));
             if (tid == 0)
                 *id_out = key ? (int32_t) ~(uint32_t)key : 0; /* argmax_key: the id's complement */
         }
@@ -326,12 +325,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     /* the row's total and the slice whose ids the draw lands in: lane l
      * sums slices 2l and 2l + 1, then a scan over the lanes */
     if (tid < WARP) {
-        double a = s[2 * lane].sum, b = s[2 * lane + 1].sum, incl = a + b;
-        for (int o = 1; o < WARP; o *= 2) {
-            double up = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o)
-                incl += up;
-        }
+        double a = s[2 * lane].sum, b = s[2 * lane + 1].sum, incl = warp_inclusive_scan(a + b);
         double total = __shfl_sync(0xffffffffu, incl, WARP - 1), before = incl - (a + b), r = p.uniform * total;
         if (tid == 0)
             s_slice = -1, s_total = total;
