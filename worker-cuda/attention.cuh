@@ -76,13 +76,22 @@ struct attention_args {
     const float *q;                          /* [T][q_dim] */
     const void *k_cache, *v_cache;           /* [slots][kv_dim] of KV (float, half or fp8) */
     const int32_t *pos, *table_off, *tables; /* per token: position, its table in tables */
-    float *out;                              /* [T][q_dim] */
+    float *out;                              /* [T][q_dim], or NULL: */
+    __nv_bfloat16 *out_hi, *out_lo;          /* [T][q_dim] each: the output split (bf16_split) for the tensor cores */
     float *part;                             /* [T][n_heads][slices][head_dim + 2] */
     unsigned *done;                          /* [T][n_heads / GSUB]: slices finished, 0 between kernels */
     uint32_t n_heads, group, head_dim, q_dim, kv_dim, block_size;
     uint32_t window; /* a token sees its `window` latest positions; 0 = all (sliding-window layers) */
     float scale;
 };
+
+/* Element `at` of the output: as float32, or split into hi and lo. */
+__device__ __forceinline__ void attention_store(const attention_args &a, size_t at, float o) {
+    if (a.out)
+        a.out[at] = o;
+    else
+        bf16_split(o, a.out_hi[at], a.out_lo[at]);
+}
 
 /* Combines head h's slices for token t: out = sum_z e^(m_z - M) o_z /
  * sum_z e^(m_z - M) l_z. The first warp weighs the slices (one a lane, so
@@ -104,7 +113,7 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
         float o = 0.0f;
         for (uint32_t z = 0; z < slices; z++)
             o += weight[z] * __ldcg(part + z * (hd + 2) + 2 + i);
-        a.out[(size_t)t * a.q_dim + h * hd + i] = o;
+        attention_store(a, (size_t)t * a.q_dim + h * hd + i, o);
     }
 }
 
@@ -146,7 +155,7 @@ __device__ void attention_cluster_merge(const attention_args &a, uint32_t t, uin
         float o = 0.0f;
         for (uint32_t s = 0; s < slices; s++)
             o += weight[h][s] * cluster.map_shared_rank(acc, s)[h * acc_ld + k];
-        a.out[(size_t)t * a.q_dim + (h0 + h) * hd + k] = o;
+        attention_store(a, (size_t)t * a.q_dim + (h0 + h) * hd + k, o);
     }
     cluster.sync(); /* no block leaves while the others read its shared memory */
 }
@@ -186,7 +195,7 @@ __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint
                          ? 0.0f
                          : acc_w[(w * gsub + g) * acc_ld + i] * expf(m_w[w * gsub + g] - m_all);
             if (slices == 1)
-                a.out[(size_t)t * a.q_dim + h * hd + i] = o / l_all;
+                attention_store(a, (size_t)t * a.q_dim + h * hd + i, o / l_all);
             else if (clustered) /* only this thread reads element i of head g */
                 acc_w[g * acc_ld + i] = o;
             else
@@ -487,10 +496,8 @@ __device__ __forceinline__ void lanes_softmax_rows(const float (&q)[GSUB][8], co
  * fp8 (102); the H200 at 256 sequences, half KV: 166 registers and 3
  * blocks an SM took 162 us a layer, 128 and 4 take 146 (78% of the
  * memory's peak); fp8: 129 us at 4 blocks, 123 at 5. */
-template <int GSUB, typename KV>
-__global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
-                                                    : sizeof(KV) == 1 ? 5
-                                                                      : 4) attention_lanes_kernel(attention_args a) {
+template <int GSUB, typename KV, bool FINISH>
+__device__ __forceinline__ void attention_lanes(const attention_args &a, const rope_args &ra) {
     /* positions a lane group takes at once: 8 of half or fp8, 4 of float
      * (the same 256 bytes of loads in flight a lane, and registers; the
      * H200 at 256 sequences, half KV: 146 us a layer with 8, 152 with 4;
@@ -570,14 +577,44 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
         }
     }
     pdl_enter();
+    const float *q_in = a.q + (size_t)t * a.q_dim + h0 * hd; /* the block's heads, [GSUB][hd] */
+    float *q_s = &acc_w[0][0][0];
+    if (FINISH) {
+        /* the step's q|k|v heads of this block, a warp each: its query
+         * heads into shared memory (acc_w's, free until the end); the KV
+         * head's key and value row for the new position into the cache,
+         * by each block whose slice holds it (the same bits from each),
+         * before any of its warps reads that row */
+        uint32_t n_kv = a.kv_dim / hd;
+        for (uint32_t k = warp; k < GSUB + 2; k += ATTN_WARPS) {
+            if (k >= GSUB && end != n_pos)
+                break;
+            uint32_t j = k < GSUB ? h0 + k : k == GSUB ? a.n_heads + kvh : a.n_heads + n_kv + kvh;
+            float out[4] = {}, out2[2], out1[1];
+            if (hd == 128)
+                qkv_head_finish_warp<4>(ra, j, t, out);
+            else if (hd == 64)
+                qkv_head_finish_warp<2>(ra, j, t, out2), out[0] = out2[0], out[1] = out2[1];
+            else
+                qkv_head_finish_warp<1>(ra, j, t, out1), out[0] = out1[0];
+#pragma unroll
+            for (uint32_t e = 0; e < 4; e++)
+                if (k < GSUB && lane + WARP * e < hd)
+                    q_s[k * hd + lane + WARP * e] = out[e];
+        }
+        __syncthreads();
+        q_in = q_s;
+    }
     float q[GSUB][8], acc[GSUB][8], m[GSUB], l[GSUB];
 #pragma unroll
     for (int g = 0; g < GSUB; g++) {
         m[g] = -INFINITY, l[g] = 0.0f;
 #pragma unroll
         for (int i = 0; i < 8; i++)
-            q[g][i] = a.q[(size_t)t * a.q_dim + (h0 + g) * hd + sub * 8 + i] * a.scale * LOG2E, acc[g][i] = 0.0f;
+            q[g][i] = q_in[g * hd + sub * 8 + i] * a.scale * LOG2E, acc[g][i] = 0.0f;
     }
+    if (FINISH)
+        __syncthreads(); /* q is read before any warp's output overwrites it */
     for (int w0 = w_first; w0 < end; w0 += stride) {
         int p0 = w0 + (int)grp * B;
         kv_raw8<KV> kr[B], vr[B];
@@ -597,6 +634,26 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
     }
     attention_block_finish<ATTN_WARPS>(a, t, h0, GSUB, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], 256, weight, blockIdx.z,
                                        gridDim.z, a.done + (size_t)t * gridDim.x + blockIdx.x);
+}
+
+template <int GSUB, typename KV>
+__global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
+                                                    : sizeof(KV) == 1 ? 5
+                                                                      : 4) attention_lanes_kernel(attention_args a) {
+    attention_lanes<GSUB, KV, false>(a, rope_args{});
+}
+
+/* attention_lanes_kernel that first finishes its heads of the q|k|v
+ * product (qkv_head_finish_warp: bias, q/k norm, RoPE, the new key and
+ * value into the cache), for steps of one token a sequence (no block needs
+ * a row that another block of the grid stores) past the GEMV sizes, where
+ * it saves qk_rope_warp_kernel's launch. */
+template <int GSUB, typename KV>
+__global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
+                                                    : sizeof(KV) == 1 ? 5
+                                                                      : 4)
+    attention_lanes_finish_kernel(attention_args a, rope_args ra) {
+    attention_lanes<GSUB, KV, true>(a, ra);
 }
 
 /* Causal attention for prompts (flash-attention style, on the tensor

@@ -515,30 +515,31 @@ __global__ void qk_rope_kernel(rope_args a) {
     qkv_head_finish(a, blockIdx.x, blockIdx.y, v);
 }
 
-/* qk_rope_kernel's work with a warp per head (prompt steps, head_dim = 32 E,
- * E even): lane l holds dims l + 32 k, so RoPE's pairs (i, i + head_dim / 2)
- * lie in one lane and the norm is a warp sum, with no barrier. Same
- * arithmetic as qkv_head_finish (only the norm's summation order differs).
- * Grid (ceil(heads / 8), T), block 256. */
-template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads) {
-    pdl_enter();
-    uint32_t lane = threadIdx.x % WARP, j = blockIdx.x * 8 + threadIdx.x / WARP, t = blockIdx.y;
-    if (j >= heads)
-        return;
-    const uint32_t hd = 32 * E, n_kv = a.kv_dim / hd, width = a.q_dim + 2 * a.kv_dim;
-    bool is_q = j < a.n_heads, is_v = j >= a.n_heads + n_kv;
+/* Head j of token t by one warp, as qkv_head_finish: lane l holds dims l
+ * + 32 k (E = head_dim / 32, or 1 for head sizes 16 and 32, whose lanes
+ * past head_dim idle), so the norm is a warp sum, with no barrier, and
+ * RoPE's pairs (i, i + head_dim / 2) lie in one lane (E >= 2) or in lanes
+ * head_dim / 2 apart (one shuffle). Same arithmetic as qkv_head_finish
+ * (only the norm's summation order differs). k and v heads go to the KV
+ * cache; a q head is left in out, for the caller to place. */
+template <int E>
+__device__ __forceinline__ void qkv_head_finish_warp(const rope_args &a, uint32_t j, uint32_t t, float (&out)[E]) {
+    const uint32_t lane = threadIdx.x % WARP, hd = a.head_dim, half = hd / 2, n_kv = a.kv_dim / hd;
+    const uint32_t width = a.q_dim + 2 * a.kv_dim;
+    bool is_q = j<a.n_heads, is_v = j >= a.n_heads + n_kv, active = E> 1 || lane < hd;
     float x[E];
 #pragma unroll
     for (int k = 0; k < E; k++) {
         uint32_t col = j * hd + lane + 32 * k;
-        x[k] = a.qkv[(size_t)t * width + col] + (a.qkv2 ? a.qkv2[(size_t)t * width + col] : 0.0f) +
-               (a.bias ? a.bias[col] : 0.0f);
+        x[k] = active ? a.qkv[(size_t)t * width + col] + (a.qkv2 ? a.qkv2[(size_t)t * width + col] : 0.0f) +
+                            (a.bias ? a.bias[col] : 0.0f)
+                      : 0.0f;
     }
     size_t at = (size_t)a.slot[t] * a.kv_dim + (is_v ? j - a.n_heads - n_kv : j - a.n_heads) * hd + lane;
     if (is_v) {
 #pragma unroll
-        for (int k = 0; k < E; k++)
-            kv_store(a.v_cache, at + 32 * k, x[k], a.kv_type);
+        for (int k = 0; k < E && active; k++)
+            kv_store(a.v_cache, at + 32 * k, x[k], a.kv_type), out[k] = x[k];
         return;
     }
     const float *gain = is_q ? a.q_gain : a.k_gain;
@@ -550,22 +551,38 @@ template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads
         float scale = rsqrtf(warp_sum(ss) / (float)hd + a.eps);
 #pragma unroll
         for (int k = 0; k < E; k++)
-            x[k] = x[k] * scale * gain[lane + 32 * k];
+            x[k] = x[k] * scale * (active ? gain[lane + 32 * k] : 0.0f);
     }
+    if (E == 1) {
+        float other = __shfl_xor_sync(0xffffffffu, x[0], half);
+        float angle = (float)a.pos[t] * a.inv_freq[lane % half], c = cosf(angle), s = sinf(angle);
+        out[0] = lane % hd < half ? x[0] * c - other * s : other * s + x[0] * c;
+    } else
+#pragma unroll
+        for (int k = 0; k < E / 2; k++) {
+            float angle = (float)a.pos[t] * a.inv_freq[lane + 32 * k], c = cosf(angle), s = sinf(angle);
+            out[k] = x[k] * c - x[k + E / 2] * s;
+            out[k + E / 2] = x[k] * s + x[k + E / 2] * c;
+        }
+#pragma unroll
+    for (int k = 0; k < E && !is_q && active; k++)
+        kv_store(a.k_cache, at + 32 * k, out[k], a.kv_type);
+}
+
+/* qk_rope_kernel's work with a warp per head (prompt steps; head sizes
+ * 16, 32 (E 1) and 32 E): qkv_head_finish_warp. Grid (ceil(heads / 8), T),
+ * block 256. */
+template <int E> __global__ void qk_rope_warp_kernel(rope_args a, uint32_t heads) {
+    pdl_enter();
+    uint32_t lane = threadIdx.x % WARP, j = blockIdx.x * 8 + threadIdx.x / WARP, t = blockIdx.y, hd = a.head_dim;
+    if (j >= heads)
+        return;
     float out[E];
+    qkv_head_finish_warp<E>(a, j, t, out);
 #pragma unroll
-    for (int k = 0; k < E / 2; k++) {
-        float angle = (float)a.pos[t] * a.inv_freq[lane + 32 * k], c = cosf(angle), s = sinf(angle);
-        out[k] = x[k] * c - x[k + E / 2] * s;
-        out[k + E / 2] = x[k] * s + x[k + E / 2] * c;
-    }
-#pragma unroll
-    for (int k = 0; k < E; k++) {
-        if (is_q)
+    for (int k = 0; k < E; k++)
+        if (j < a.n_heads && lane + 32 * k < hd)
             a.q[(size_t)t * a.q_dim + j * hd + lane + 32 * k] = out[k];
-        else
-            kv_store(a.k_cache, at + 32 * k, out[k], a.kv_type);
-    }
 }
 
 /* Loads a thread keeps in flight in argmax_kernel (one at a time, a

@@ -502,9 +502,9 @@ template <int GMAX> __device__ void pk_attention(const persist_args &a, const pe
     uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     uint32_t lanes = hd / 8, sub = lane % lanes, grp = lane / lanes, n_grp = WARP / lanes;
     float *q_s = sm, *scratch = sm + GMAX * hd, *acc_w = scratch + PK_WARPS * hd;
-    attention_args aa = {NULL,    L.k_cache, L.v_cache,    a.pos,     a.table_off, a.tables,
-                         a.att,   a.part,    NULL,         a.n_heads, G,           hd,
-                         a.q_dim, a.kv_dim,  a.block_size, L.window,  a.attn_scale};
+    attention_args aa = {NULL,    L.k_cache, L.v_cache,    a.pos,    a.table_off, a.tables, a.att,
+                         NULL,    NULL,      a.part,       NULL,     a.n_heads,   G,        hd,
+                         a.q_dim, a.kv_dim,  a.block_size, L.window, a.attn_scale};
     uint32_t units = a.T * a.n_kv_heads * S;
     for (uint32_t u = blockIdx.x; u < units; u += gridDim.x) {
         pk_unit un = pk_unit_at(a, L, u);

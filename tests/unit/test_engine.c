@@ -343,6 +343,116 @@ static void test_batch_and_paging_invariance(void **state) {
     }
 }
 
+enum { WIDE_PROMPT = 6, WIDE_DECODE = 3, WIDE_PROBES = 3 };
+
+/* Sequence s's tokens in test_wide_decode: s * 7919 + i * 104729 (mod 151000). */
+static int32_t wide_token(int32_t s, int i) { return (int32_t)((s * 7919 + i * 104729) % 151000); }
+
+/* n sequences prefilled in one step, then WIDE_DECODE decode steps of one
+ * token each; out gets the probes' logits, [WIDE_PROBES][WIDE_DECODE][V]. */
+static void wide_run(const model_desc *m, const char *kernels, int32_t n, const int32_t *probes, float *out) {
+    uint32_t V = m->vocab;
+    char err[512];
+    engine *e = make_engine(m, kernels, 2, 16);
+    int32_t *tables = malloc((size_t)n * 4), *flat = malloc((size_t)n * WIDE_PROMPT * 4),
+            *argmax = malloc((size_t)n * 4);
+    engine_seq *seqs = malloc((size_t)n * sizeof *seqs);
+    float *rows = malloc((size_t)n * V * 4);
+    for (int32_t s = 0; s < n; s++) {
+        tables[s] = s; /* one block of 16 positions each */
+        seqs[s] = (engine_seq){s * WIDE_PROMPT, WIDE_PROMPT, 0, &tables[s], 1, false};
+        for (int i = 0; i < WIDE_PROMPT; i++)
+            flat[s * WIDE_PROMPT + i] = wide_token(s, i);
+    }
+    engine_batch pb = {flat, n * WIDE_PROMPT, seqs, n};
+    assert_int_equal(engine_step(e, &pb, rows, NULL, err, sizeof err), 0);
+    for (int d = 0; d < WIDE_DECODE; d++) {
+        for (int32_t s = 0; s < n; s++) {
+            seqs[s] = (engine_seq){s, 1, WIDE_PROMPT + d, &tables[s], 1, false};
+            flat[s] = wide_token(s, WIDE_PROMPT + d);
+        }
+        engine_batch db = {flat, n, seqs, n};
+        assert_int_equal(engine_step(e, &db, rows, argmax, err, sizeof err), 0);
+        check_argmax(rows, argmax, n, (int32_t)V);
+        for (int p = 0; p < WIDE_PROBES; p++)
+            memcpy(out + ((size_t)p * WIDE_DECODE + d) * V, rows + (size_t)probes[p] * V, V * 4);
+    }
+    engine_close(e);
+    free(tables), free(flat), free(argmax), free(seqs), free(rows);
+}
+
+static float max_difference(const float *a, const float *b, size_t n) {
+    float worst = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        worst = fmaxf(worst, fabsf(a[i] - b[i]));
+    return worst;
+}
+
+/* Decode steps of many sequences, one token each: a probe sequence's
+ * logits equal its own alone. Past the GPU's GEMV sizes the CUDA engine's
+ * attention leaves its output split for the o product and, where its grid
+ * is one wave, finishes the q|k|v heads itself: that must give the same
+ * bits as the finish kernel (INFERNO_CUDA_FUSE_HEADS=0). 12 sequences give
+ * attention several slices of the positions (merged by the last), 120 one
+ * slice. Alone, the prompt runs on the GEMVs, so a half or fp8 cache may
+ * round its rows differently: bounds as the batch invariance test's. */
+static void test_wide_decode(void **state) {
+    (void)state;
+    static const char *by_run[] = {NULL, "cuda", "cuda-f16", "cuda-fp8"};
+    static const int32_t widths[] = {12, 120};
+    char err[512];
+    model_desc *m;
+    assert_int_equal(model_open(ref_path("tinyA-bf16.gguf"), &m, err, sizeof err), 0);
+    uint32_t V = m->vocab;
+    size_t n_out = (size_t)WIDE_PROBES * WIDE_DECODE * V;
+    float *wide = malloc(n_out * 4), *plain = malloc(n_out * 4), *alone = malloc(n_out * 4), *rows = malloc(V * 4);
+    for (int run = 0; run < 4; run++) {
+        const char *kernels = by_run[run];
+        if (kernels && !have(kernels))
+            continue;
+        float tolerance = run == 0 ? 1e-4f : run == 1 ? 2e-3f : run == 2 ? 1e-2f : 0.3f;
+        for (int wi = 0; wi < 2; wi++) {
+            int32_t n = widths[wi], probes[WIDE_PROBES] = {0, n / 2 + 1, n - 1};
+            wide_run(m, kernels, n, probes, wide);
+            if (kernels) {
+                setenv("INFERNO_CUDA_FUSE_HEADS", "0", 1);
+                wide_run(m, kernels, n, probes, plain);
+                unsetenv("INFERNO_CUDA_FUSE_HEADS");
+                float d = max_difference(wide, plain, n_out);
+                print_message("%s: %d sequences a step, heads finished in attention against by their own kernel: "
+                              "max |difference| %g\n",
+                              kernels, n, d);
+                if (d != 0.0f)
+                    fail_msg("%s, %d sequences: the heads' finish in attention differs by %g", kernels, n, d);
+            }
+            for (int p = 0; p < WIDE_PROBES; p++) { /* alone: the prompt, then one token a step */
+                engine *e = make_engine(m, kernels, 2, 16);
+                int32_t mine[WIDE_PROMPT + WIDE_DECODE], table = 5;
+                for (int i = 0; i < WIDE_PROMPT + WIDE_DECODE; i++)
+                    mine[i] = wide_token(probes[p], i);
+                engine_seq sp = {0, WIDE_PROMPT, 0, &table, 1, false};
+                engine_batch b = {mine, WIDE_PROMPT, &sp, 1};
+                assert_int_equal(engine_step(e, &b, rows, NULL, err, sizeof err), 0);
+                for (int d = 0; d < WIDE_DECODE; d++) {
+                    engine_seq sd = {0, 1, WIDE_PROMPT + d, &table, 1, false};
+                    engine_batch bd = {mine + WIDE_PROMPT + d, 1, &sd, 1};
+                    assert_int_equal(
+                        engine_step(e, &bd, alone + ((size_t)p * WIDE_DECODE + d) * V, NULL, err, sizeof err), 0);
+                }
+                engine_close(e);
+            }
+            float d = max_difference(wide, alone, n_out);
+            print_message("%s: %d sequences a decode step against alone, max |difference| %g\n",
+                          kernels ? kernels : "cpu", n, d);
+            if (d > tolerance)
+                fail_msg("%s, %d sequences: a sequence's logits in a wide decode step differ from its own by %g",
+                         kernels ? kernels : "cpu", n, d);
+        }
+    }
+    free(wide), free(plain), free(alone), free(rows);
+    model_close(m);
+}
+
 static void test_bad_batches(void **state) {
     (void)state;
     char err[512];
@@ -572,6 +682,7 @@ int main(void) {
         cmocka_unit_test(test_reference_f32_bf16),
         cmocka_unit_test(test_reference_q8_0),
         cmocka_unit_test(test_batch_and_paging_invariance),
+        cmocka_unit_test(test_wide_decode),
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_sampler),
         cmocka_unit_test(test_sample_plans),
