@@ -75,15 +75,17 @@ echo "== 2. compute-sanitizer memcheck"
 ids=$(seq -s, 100 137)
 # greedy, then sampling on the GPU (sample.cuh): top-p and a penalty (the
 # radix select and the edits), temperature alone (the id-order walk), top-k,
-# and greedy with a penalty (the argmax of the edited row)
+# greedy with a penalty (the argmax of the edited row), and a top_k past the
+# pick's candidates with top-p and min-p (sample_wide.cuh)
 for f in tinyA-bf16 tinyA-q8_0; do
-    for how in greedy sampled walk top-k greedy-edited; do
+    for how in greedy sampled walk top-k greedy-edited wide; do
         case $how in
         greedy) extra=() ;;
         sampled) extra=(--temperature 0.8 --top-p 0.9 --repetition-penalty 1.1 --seed 3) ;;
         walk) extra=(--temperature 0.8 --seed 3) ;;
         top-k) extra=(--temperature 0.8 --top-k 40 --seed 3) ;;
         greedy-edited) extra=(--repetition-penalty 1.3) ;;
+        wide) extra=(--temperature 1.5 --top-k 3000 --top-p 0.99 --min-p 0.001 --seed 3) ;;
         esac
         compute-sanitizer --tool memcheck --error-exitcode 9 build/bin/model-generate --backend cuda \
             --model "$INFERNO_REFERENCE_DIR/$f.gguf" --prompt-ids "$ids" --max-tokens 12 --print-ids "${extra[@]}" \

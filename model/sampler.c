@@ -206,12 +206,13 @@ int32_t sampler_draw(const sample_plan *p, const float *logits, int32_t vocab) {
                 c[heap] = top; /* popped items collect at the end, largest last */
                 cum += pr, kept++;
             }
-            /* move the kept (at c[n-kept..n), ascending) to the front, descending */
-            for (int32_t i = 0; i < kept; i++) {
-                cand t = c[n - 1 - i];
-                c[n - 1 - i] = c[i];
-                c[i] = t;
-            }
+            /* the kept (at c[n-kept..n), ascending) to the front, descending
+             * (swapping c[i] with c[n-1-i] for every kept i had swapped the
+             * middle back when more than half were kept: the draw then walked
+             * them out of order) */
+            for (int32_t i = 0; i < kept / 2; i++)
+                swap(&c[n - kept + i], &c[n - 1 - i]);
+            memmove(c, c + (n - kept), (size_t)kept * sizeof *c);
             n = kept;
         } else {
             double cum = 0, pmax = exp((double)(c[0].v - max)) / total;

@@ -52,6 +52,7 @@ extern "C" { /* the C headers this file shares with the rest of the tree */
 #include "gemv.cuh"
 #include "attention.cuh"
 #include "sample.cuh"
+#include "sample_wide.cuh"
 #include "persistent.cuh"
 
 #define GEMV_MAX_T         8
@@ -82,7 +83,6 @@ typedef struct {
 typedef struct {
     void *host, *dev;
     size_t cap; /* bytes */
-    float *row; /* host: one logits row, for the rows the host finishes */
 } sample_inputs;
 
 struct cuda_engine {
@@ -137,6 +137,7 @@ struct cuda_engine {
     sample_slice *sample_slices;
     uint32_t *sample_hist;
     bool pick_keys_fit; /* sample_pick_kernel's keys_in_smem is possible */
+    bool wide_keys_fit; /* and sample_wide_kernel's */
     bool keys_fused;    /* the last step's output head was gemv_head_kernel, which filled keys */
     bool one_each;      /* the step is one token a sequence */
     step_inputs in;
@@ -444,7 +445,7 @@ static void cuda_destroy(cuda_engine *e) {
     cudaFree(e->output_norm), cudaFree(e->inv_freq), cudaFree(e->wscratch), cudaFree(e->in.dev), cudaFree(e->qkv_done);
     cudaFree(e->persist_layers), cudaFree(e->grid_bar), cudaFree(e->trace);
     cudaFreeHost(e->in.host);
-    cudaFree(e->smp.dev), cudaFreeHost(e->smp.host), free(e->smp.row);
+    cudaFree(e->smp.dev), cudaFreeHost(e->smp.host);
     free_activations(e);
     if (e->blas)
         cublasDestroy(e->blas);
@@ -711,6 +712,12 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         free(e);
         return -1;
     }
+    if (m->vocab > WIDE_MAX_VOCAB) { /* sample_wide_kernel's fixed-point sums */
+        fail(err, errlen, "cuda engine: a vocabulary of %u ids (the GPU sampler takes up to %u)", m->vocab,
+             WIDE_MAX_VOCAB);
+        free(e);
+        return -1;
+    }
     e->block_size = cfg && cfg->block_size > 0 ? cfg->block_size : 16;
     int kv_tokens = cfg && cfg->kv_tokens > 0 ? cfg->kv_tokens : 4096;
     e->n_blocks = cfg && cfg->n_blocks > 0 ? cfg->n_blocks : (kv_tokens + e->block_size - 1) / e->block_size;
@@ -787,6 +794,11 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     e->pick_keys_fit = cudaFuncGetAttributes(&pick, sample_pick_kernel) == cudaSuccess &&
                        pick.sharedSizeBytes + pick_smem <= prop.sharedMemPerBlockOptin &&
                        cudaFuncSetAttribute(sample_pick_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            (int)pick_smem) == cudaSuccess;
+    cudaFuncAttributes wide;
+    e->wide_keys_fit = cudaFuncGetAttributes(&wide, sample_wide_kernel) == cudaSuccess &&
+                       wide.sharedSizeBytes + pick_smem <= prop.sharedMemPerBlockOptin &&
+                       cudaFuncSetAttribute(sample_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             (int)pick_smem) == cudaSuccess;
     (void)cudaGetLastError();
     const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
@@ -1330,19 +1342,27 @@ static int sample_rows(cuda_engine *e, int rows, const sample_plan *plans, int32
                               keys_in_smem ? sample_pick_smem(vocab) : 0, dim3(SAMPLE_PICK_BLOCKS),
                               (const float *)e->logits, vocab, dev_rows, (const sample_slice *)e->sample_slices,
                               (const uint32_t *)e->sample_hist, keys_in_smem, e->ids));
+    /* rows whose kept set the pick's candidates may not hold: the pick
+     * leaves them to sample_wide_kernel (its other rows return at once) */
+    bool wide = false;
+    for (int r = 0; r < rows && !wide; r++) {
+        const sample_plan *q = &plans[r];
+        bool top_k = q->top_k > 0 && (uint32_t)q->top_k < vocab;
+        bool nucleus = (q->top_p > 0.0f && q->top_p < 1.0f) || q->min_p > 0.0f;
+        wide = q->temperature > 0.0f && (top_k ? q->top_k > SAMPLE_CANDS : nucleus);
+    }
+    if (wide)
+        CUDA_CHECK(launch_cluster(e, sample_wide_kernel, dim3(SAMPLE_PICK_BLOCKS, rows), dim3(SAMPLE_THREADS),
+                                  e->wide_keys_fit ? sample_pick_smem(vocab) : 0, dim3(SAMPLE_PICK_BLOCKS),
+                                  (const float *)e->logits, vocab, dev_rows, (const sample_slice *)e->sample_slices,
+                                  e->wide_keys_fit, e->ids));
     /* through pinned memory: a copy into pageable memory took 13 us (H200) */
     CUDA_CHECK(cudaMemcpyAsync(e->ids_host, e->ids, (size_t)rows * 4, cudaMemcpyDeviceToHost, e->stream));
     CUDA_CHECK(cudaStreamSynchronize(e->stream));
     memcpy(ids, e->ids_host, (size_t)rows * 4);
-    for (int r = 0; r < rows; r++) {
-        if (ids[r] >= 0)
-            continue;
-        /* the kept set outgrew the GPU's candidates: the host draws from the edited row */
-        if (!e->smp.row && !(e->smp.row = (float *)malloc((size_t)vocab * 4)))
-            return fail(err, errlen, "cuda engine: out of host memory");
-        CUDA_CHECK(cudaMemcpy(e->smp.row, e->logits + (size_t)r * vocab, (size_t)vocab * 4, cudaMemcpyDeviceToHost));
-        ids[r] = sampler_draw(&plans[r], e->smp.row, (int32_t)vocab);
-    }
+    for (int r = 0; r < rows; r++)
+        if (ids[r] < 0 || (uint32_t)ids[r] >= vocab)
+            return fail(err, errlen, "cuda engine: sampling row %d drew no token (%d)", r, ids[r]);
     return 0;
 }
 

@@ -13,7 +13,7 @@
  *     (or top_k) largest, a bitonic sort orders them as the host does
  *     (value down, then id up), and one thread walks them. When top-p or
  *     min-p would keep more than SAMPLE_CANDS tokens, or top_k is larger,
- *     the row's id is -1 and the host finishes it from the edited logits.
+ *     the row's id is -1 and sample_wide_kernel (sample_wide.cuh) draws it.
  *
  * Three kernels, each over every row of the step (engine.cu's sample_rows):
  *   sample_edit_kernel: SAMPLE_SLICES blocks a row, each on a contiguous
@@ -67,8 +67,8 @@ __device__ __forceinline__ bool sample_nucleus(const sample_row &p) {
     return (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
 }
 
-/* Whether a row draws from the largest candidates (top-k, top-p, min-p),
- * on the GPU (false: temperature alone, or a top_k the host takes). */
+/* Whether a row draws from the largest candidates (top-k, top-p, min-p)
+ * (false: temperature alone, or a top_k past them, sample_wide_kernel's). */
 __device__ __forceinline__ bool sample_selects(const sample_row &p, uint32_t vocab) {
     bool top_k = sample_top_k(p, vocab);
     return (top_k || sample_nucleus(p)) && !(top_k && p.top_k > SAMPLE_CANDS);
@@ -148,7 +148,7 @@ __device__ __forceinline__ double block_exclusive_scan(double v, double *scratch
 }
 
 /* Applies row blockIdx.y's edits within slice blockIdx.x in place (the
- * host fallback reads them) and leaves the slice's max or argmax key;
+ * pick and sample_wide_kernel read them) and leaves the slice's max or argmax key;
  * block 0 of a row clears the row's top-byte counts (hist: [rows][256]).
  * Grid (SAMPLE_SLICES, rows), block SAMPLE_SLICE_THREADS. */
 __global__ void __launch_bounds__(SAMPLE_SLICE_THREADS)
@@ -373,7 +373,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
     if (!sample_selects(p, vocab)) {
         if (tid == 0)
-            *id_out = -1; /* top_k more than the GPU keeps: the host's */
+            *id_out = -1; /* top_k more than the candidates: sample_wide_kernel's */
         return;
     }
     /* from here on every block of the cluster, each on its part of the ids */
@@ -509,7 +509,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
             cum += pr, kept++;
         }
         if (kept == n && !top_k && (uint32_t)n < vocab) {
-            *id_out = -1; /* the set goes on past the candidates: the host's */
+            *id_out = -1; /* the set goes on past the candidates: sample_wide_kernel's */
             return;
         }
         n = kept;

@@ -545,6 +545,15 @@ static void test_sampler(void **state) {
         memcpy(logits, base, sizeof logits);
         assert_int_equal(sampler_sample(&s, logits, V, NULL, 0, 0, NULL), greedy);
     }
+    /* a nucleus of more than half the tokens is walked largest first: a draw
+     * near 0 takes the largest, near 1 the smallest kept */
+    {
+        float five[5] = {5.0f, 4.0f, 3.0f, 2.0f, 1.0f};
+        sample_plan plan = {.temperature = 1.0f, .top_p = 0.999f, .uniform = 1e-9};
+        assert_int_equal(sampler_draw(&plan, five, 5), 0);
+        plan.uniform = 1.0 - 1e-9;
+        assert_int_equal(sampler_draw(&plan, five, 5), 4);
+    }
     /* repetition and frequency penalties push the greedy token down */
     p = sampling_defaults();
     p.frequency_penalty = 100.0f;
@@ -579,7 +588,10 @@ static sampling_params plan_case(int c, const int32_t *bias_ids, const float *bi
     case 3: p.temperature = 0.7f, p.top_k = 1; break;
     case 4: p.temperature = 0.9f, p.top_k = 20; break;
     case 5: p.temperature = 1.3f, p.top_k = 256; break;
-    case 6: p.temperature = 1.0f, p.top_k = 300; break; /* more than the GPU's candidates */
+    case 6: /* more than the GPU's candidates (every other round with top-p and min-p in it) */
+        p.temperature = 1.0f, p.top_k = c % 24 < 12 ? 300 : 1000;
+        p.top_p = c % 24 < 12 ? 1.0f : 0.6f, p.min_p = c % 24 < 12 ? 0.0f : 0.01f;
+        break;
     case 7: p.temperature = 0.8f, p.top_p = 0.9f; break;
     case 8: p.temperature = 1.0f, p.min_p = 0.05f; break;
     case 9: p.temperature = 0.6f, p.top_k = 40, p.top_p = 0.8f, p.min_p = 0.02f; break;
@@ -631,8 +643,10 @@ static void test_sample_plans(void **state) {
     free(base), free(a), free(b), free(seen);
 }
 
-/* Each engine's own sampling (the GPU's sample kernel) against the host's,
- * on the same full-vocabulary logits: the same token for every row and plan. */
+/* Each engine's own sampling (the GPU's sample kernels) against the host's,
+ * on the same full-vocabulary logits: the same token for every row and plan
+ * (flat rows' top-p and min-p sets, and top_k past the pick's candidates,
+ * are sample_wide_kernel's). */
 static void test_engine_sampling(void **state) {
     (void)state;
     model_desc *m;
