@@ -250,20 +250,22 @@ static const char *kv_type_name(int kv_type) {
  * positions a step were faster there). */
 static bool lanes_head_dim(uint32_t hd) { return hd >= 16 && hd <= 128 && (hd & (hd - 1)) == 0; }
 
+/* KERNEL (attention_lanes_kernel or its finishing variant) for G heads a
+ * block and the engine's KV type: the cases of a switch on e->gsub */
+#define ATTL_CASE(KERNEL, G)                                                                                           \
+    case G:                                                                                                            \
+        return e->kv_type == CUDA_KV_FP8   ? KERNEL<G, __nv_fp8_e4m3>                                                  \
+               : e->kv_type == CUDA_KV_F16 ? KERNEL<G, __half>                                                         \
+                                           : KERNEL<G, float>;
+#define ATTL_CASES(KERNEL)                                                                                             \
+    ATTL_CASE(KERNEL, 1) ATTL_CASE(KERNEL, 2) ATTL_CASE(KERNEL, 4) ATTL_CASE(KERNEL, 7) ATTL_CASE(KERNEL, 8)
+
 /* The attention kernel for this head size and heads per block; NULL when none is built. */
 typedef void (*attention_fn)(attention_args);
 static attention_fn attention_kernel_for(const cuda_engine *e) {
     uint32_t hd = e->m->head_dim;
     if (lanes_head_dim(hd))
-        switch (e->gsub) {
-#define ATTL_CASE(G)                                                                                                   \
-    case G:                                                                                                            \
-        return e->kv_type == CUDA_KV_FP8   ? attention_lanes_kernel<G, __nv_fp8_e4m3>                                  \
-               : e->kv_type == CUDA_KV_F16 ? attention_lanes_kernel<G, __half>                                         \
-                                           : attention_lanes_kernel<G, float>;
-            ATTL_CASE(1) ATTL_CASE(2) ATTL_CASE(4) ATTL_CASE(7) ATTL_CASE(8)
-#undef ATTL_CASE
-        }
+        switch (e->gsub) { ATTL_CASES(attention_lanes_kernel) }
     if (e->kv_type == CUDA_KV_FP8) /* fp8 rows only in attention_lanes_kernel (cuda_create says so) */
         return NULL;
     int epl = (int)(hd + WARP - 1) / WARP, key = epl * 16 + (int)e->gsub;
@@ -285,17 +287,11 @@ static attention_finish_fn attention_finish_for(const cuda_engine *e) {
     uint32_t hd = e->m->head_dim;
     if (!lanes_head_dim(hd) || !env_allows("INFERNO_CUDA_FUSE_HEADS"))
         return NULL;
-    switch (e->gsub) {
-#define ATTF_CASE(G)                                                                                                   \
-    case G:                                                                                                            \
-        return e->kv_type == CUDA_KV_FP8   ? attention_lanes_finish_kernel<G, __nv_fp8_e4m3>                           \
-               : e->kv_type == CUDA_KV_F16 ? attention_lanes_finish_kernel<G, __half>                                  \
-                                           : attention_lanes_finish_kernel<G, float>;
-        ATTF_CASE(1) ATTF_CASE(2) ATTF_CASE(4) ATTF_CASE(7) ATTF_CASE(8)
-#undef ATTF_CASE
-    }
+    switch (e->gsub) { ATTL_CASES(attention_lanes_finish_kernel) }
     return NULL;
 }
+#undef ATTL_CASES
+#undef ATTL_CASE
 
 /* The prompt attention kernel for this head size (and its shared memory),
  * or NULL. */
