@@ -1341,12 +1341,8 @@ static int sample_rows(cuda_engine *e, int rows, const sample_plan *plans, int32
     /* rows whose kept set the pick's candidates may not hold: the pick
      * leaves them to sample_wide_kernel (its other rows return at once) */
     bool wide = false;
-    for (int r = 0; r < rows && !wide; r++) {
-        const sample_plan *q = &plans[r];
-        bool top_k = q->top_k > 0 && (uint32_t)q->top_k < vocab;
-        bool nucleus = (q->top_p > 0.0f && q->top_p < 1.0f) || q->min_p > 0.0f;
-        wide = q->temperature > 0.0f && (top_k ? q->top_k > SAMPLE_CANDS : nucleus);
-    }
+    for (int r = 0; r < rows && !wide; r++)
+        wide = sample_may_be_wide(((const sample_row *)e->smp.host)[r], vocab);
     if (wide)
         CUDA_CHECK(launch_cluster(e, sample_wide_kernel, dim3(SAMPLE_PICK_BLOCKS, rows), dim3(SAMPLE_THREADS),
                                   e->wide_keys_fit ? sample_pick_smem(vocab) : 0, dim3(SAMPLE_PICK_BLOCKS),

@@ -526,7 +526,8 @@ template <int E>
 __device__ __forceinline__ void qkv_head_finish_warp(const rope_args &a, uint32_t j, uint32_t t, float (&out)[E]) {
     const uint32_t lane = threadIdx.x % WARP, hd = a.head_dim, half = hd / 2, n_kv = a.kv_dim / hd;
     const uint32_t width = a.q_dim + 2 * a.kv_dim;
-    bool is_q = j<a.n_heads, is_v = j >= a.n_heads + n_kv, active = E> 1 || lane < hd;
+    bool is_q = j < a.n_heads, is_v = j >= a.n_heads + n_kv;
+    bool active = lane < hd || E > 1;
     float x[E];
 #pragma unroll
     for (int k = 0; k < E; k++) {

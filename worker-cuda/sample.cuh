@@ -60,10 +60,10 @@ struct sample_slice {
 };
 
 /* Whether a row keeps its top_k largest, or a nucleus (top-p, min-p). */
-__device__ __forceinline__ bool sample_top_k(const sample_row &p, uint32_t vocab) {
+__host__ __device__ __forceinline__ bool sample_top_k(const sample_row &p, uint32_t vocab) {
     return p.top_k > 0 && (uint32_t)p.top_k < vocab;
 }
-__device__ __forceinline__ bool sample_nucleus(const sample_row &p) {
+__host__ __device__ __forceinline__ bool sample_nucleus(const sample_row &p) {
     return (p.top_p > 0.0f && p.top_p < 1.0f) || p.min_p > 0.0f;
 }
 
@@ -72,6 +72,12 @@ __device__ __forceinline__ bool sample_nucleus(const sample_row &p) {
 __device__ __forceinline__ bool sample_selects(const sample_row &p, uint32_t vocab) {
     bool top_k = sample_top_k(p, vocab);
     return (top_k || sample_nucleus(p)) && !(top_k && p.top_k > SAMPLE_CANDS);
+}
+
+/* Whether the pick may leave a row to sample_wide_kernel: a top_k past
+ * its candidates, or a nucleus without top_k (which may outgrow them). */
+__host__ __device__ __forceinline__ bool sample_may_be_wide(const sample_row &p, uint32_t vocab) {
+    return p.temperature > 0.0f && (sample_top_k(p, vocab) ? p.top_k > SAMPLE_CANDS : sample_nucleus(p));
 }
 
 /* Slice z's ids, [*lo, *hi). */
