@@ -140,14 +140,17 @@ NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cud
 CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_GENCODE ?= -gencode=arch=compute_90,code=[sm_90,compute_90]
 CUDA_LIB  := $(LIB)/libinferno-cuda.so
-CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/tensor_types.o $(OBJ)/cuda/batch.o $(OBJ)/cuda/sampler.o
+CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/step.o $(OBJ)/cuda/sampling.o $(OBJ)/cuda/tensor_types.o \
+             $(OBJ)/cuda/batch.o $(OBJ)/cuda/sampler.o
 ifneq ($(NVCC),)
 tools tests: $(CUDA_LIB) $(BIN)/inferno-worker-cuda
 endif
 
-$(OBJ)/cuda/engine.o: worker-cuda/engine.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h model/sampler.h common/*.h
+# the engine's units; symbols hidden but inferno_cuda_api, so that none
+# of their internal names can bind to a program's own
+$(OBJ)/cuda/%.o: worker-cuda/%.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h model/sampler.h common/*.h
 	@mkdir -p $(dir $@)
-	$(NVCC) -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-Wall,-Wextra,-Werror,-Wno-missing-field-initializers \
+	$(NVCC) -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror,-Wno-missing-field-initializers \
 	  -Icommon -Imodel -Iworker-cpu -Iworker-cuda -c $< -o $@
 
 # the C parts the library carries itself: never sanitized, as the library is loaded by any build

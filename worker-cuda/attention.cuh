@@ -1,13 +1,13 @@
-/* The CUDA engine's attention kernels (worker-cuda/engine.cu runs them):
+/* The CUDA engine's attention kernels (worker-cuda/step.cu runs them):
  * attention_kernel for decode (a block per token), attention_prefill_kernel
  * for prompts (a block per tile of tokens). Both read the paged KV cache
- * that qkv_head_finish (kernels.cuh) writes. */
+ * that qkv_head_finish (device.cuh) writes. */
 #ifndef INFERNO_CUDA_ATTENTION_CUH
 #define INFERNO_CUDA_ATTENTION_CUH
 
 #include <cooperative_groups.h>
 
-#include "kernels.cuh"
+#include "device.cuh"
 
 /* Causal attention over each token's cached positions 0..pos[t]
  * (flash-decoding): block (g, t, z) takes the GSUB query heads of head

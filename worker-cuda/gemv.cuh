@@ -2,11 +2,13 @@
  * GEMV_MAX_T tokens): gemv_kernel (weights prefetched into registers),
  * gemv_staged_kernel (into shared memory, 2 to 8 tokens), the q|k|v
  * GEMV with the heads' finish (gemv_qkv_kernel) and the output head
- * with the argmax keys (gemv_head_kernel). engine.cu includes it after
- * kernels.cuh, whose helpers (pdl_*, bulk copies, unpack8, argmax keys,
- * qkv_head_finish) it uses. */
+ * with the argmax keys (gemv_head_kernel). step.cu includes it; it uses
+ * device.cuh's helpers (pdl_*, bulk copies, unpack8, argmax keys,
+ * qkv_head_finish). */
 #ifndef INFERNO_CUDA_GEMV_CUH
 #define INFERNO_CUDA_GEMV_CUH
+
+#include "device.cuh"
 
 /* Weight-streaming matrix-vector product for a few tokens (decode):
  * y[t][r] (=, +=) dot(W[r], x[t]) for t < NT, where with a gain x[t] is

@@ -65,8 +65,8 @@ struct persist_args {
     const persist_layer *layers; /* device memory, [n_layers] */
     dmat embd, output;
     const float *output_norm;
-    const int32_t *tokens, *pos, *slot, *table_off, *tables; /* the step's inputs, as engine.cu stages them */
-    float *x, *qkv, *att, *act, *part, *logits;              /* activations, as engine.cu's */
+    const int32_t *tokens, *pos, *slot, *table_off, *tables; /* the step's inputs, as step.cu stages them */
+    float *x, *qkv, *att, *act, *part, *logits;              /* activations, as step.cu's */
     unsigned *attn_done;                                     /* [T][n_kv_heads], 0 between steps */
     unsigned *grid_bar;                                      /* 0 at launch */
     uint32_t T, n_layers, hidden, ffn, vocab, n_heads, n_kv_heads, head_dim, q_dim, kv_dim, block_size;
@@ -88,7 +88,7 @@ __device__ __forceinline__ unsigned long long global_ns() {
     return t;
 }
 
-/* ---- the ring (bulk copies and mbarriers: kernels.cuh) ---- */
+/* ---- the ring (bulk copies and mbarriers: device.cuh) ---- */
 
 /* Dynamic shared memory: the ring, the stage area, then the layers'
  * descriptors, copied there at the start: reading them from global memory

@@ -15,7 +15,7 @@
  *     min-p would keep more than SAMPLE_CANDS tokens, or top_k is larger,
  *     the row's id is -1 and sample_wide_kernel (sample_wide.cuh) draws it.
  *
- * Three kernels, each over every row of the step (engine.cu's sample_rows):
+ * Three kernels, each over every row of the step (sampling.cu's sample_rows):
  *   sample_edit_kernel: SAMPLE_SLICES blocks a row, each on a contiguous
  *     slice of ids, apply the row's edits that fall in their slice and
  *     leave the slice's largest logit / T (greedy rows: its argmax_key);
@@ -33,7 +33,7 @@
 
 #include <cooperative_groups.h>
 
-#include "kernels.cuh"
+#include "device.cuh"
 
 #define SAMPLE_THREADS       1024 /* sample_pick_kernel's blocks */
 #define SAMPLE_SLICES        64   /* blocks a row in the edit and sum kernels: two a lane of a warp */
@@ -290,7 +290,7 @@ __device__ __forceinline__ float order_value(uint32_t key) {
  * block sorts and walks the candidates. With keys_in_smem, each block
  * computes its part's keys once into sample_pick_smem(vocab) bytes of
  * dynamic shared memory (a top-k pick 60 -> 38 us at batch 1; but at 32
- * rows, batch 32 fell 13.5k -> 12.1k tok/s: engine.cu's sample_rows
+ * rows, batch 32 fell 13.5k -> 12.1k tok/s: sampling.cu's sample_rows
  * asks for it for few rows only). */
 #define SAMPLE_PICK_BLOCKS 8
 #define SAMPLE_SMEM_ROWS   8 /* the most rows for which sample_pick_kernel keeps keys in shared memory */
