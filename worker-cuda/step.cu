@@ -497,13 +497,14 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     uint32_t hd = e->m->head_dim, heads = e->m->n_heads + 2 * e->m->n_kv_heads;
     if (T <= GEMV_MAX_T && hd % 8 == 0 && hd <= 256) {
         typedef void (*qkv_fn)(dmat, uint32_t, const float *, const float *, float, float *, rope_args, unsigned *);
-#define QKV_ROW(S)                                                                                                     \
+        /* staged from 2 tokens on (gemv_staged) */
+#define QKV_ROW(S, FIRST)                                                                                              \
     {                                                                                                                  \
-        gemv_qkv_kernel<1, S>, gemv_qkv_kernel<2, S>, gemv_qkv_kernel<3, S>, gemv_qkv_kernel<4, S>,                    \
-            gemv_qkv_kernel<5, S>, gemv_qkv_kernel<6, S>, gemv_qkv_kernel<7, S>, gemv_qkv_kernel<8, S>                 \
+        FIRST, gemv_qkv_kernel<2, S>, gemv_qkv_kernel<3, S>, gemv_qkv_kernel<4, S>, gemv_qkv_kernel<5, S>,             \
+            gemv_qkv_kernel<6, S>, gemv_qkv_kernel<7, S>, gemv_qkv_kernel<8, S>                                        \
     }
-        static const qkv_fn by_tokens[3][GEMV_MAX_T] = {QKV_ROW(QKV_REGISTERS), QKV_ROW(QKV_STAGED_BF16),
-                                                        QKV_ROW(QKV_STAGED_Q8)};
+        static const qkv_fn by_tokens[3][GEMV_MAX_T] = {QKV_ROW(QKV_REGISTERS, (gemv_qkv_kernel<1, QKV_REGISTERS>)),
+                                                        QKV_ROW(QKV_STAGED_BF16, NULL), QKV_ROW(QKV_STAGED_Q8, NULL)};
 #undef QKV_ROW
         uint32_t wpr = gemv_warps_per_row(e, w->rows, w->cols);
         size_t staged_bytes = gemv_staged_bytes(*w, wpr, false);
