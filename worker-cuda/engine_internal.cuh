@@ -164,7 +164,7 @@ static inline int fail(char *err, size_t errlen, const char *fmt, ...) {
 
 /* Launches kernel on the engine's stream, as a programmatic dependent
  * launch where the device has it: the kernel's blocks may be scheduled
- * while the previous kernel finishes, and wait in pdl_wait (kernels.cuh). */
+ * while the previous kernel finishes, and wait in pdl_wait (device.cuh). */
 template <typename... Params, typename... Args>
 static cudaError_t launch_cluster(const cuda_engine *e, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                                   dim3 cluster, Args... args) {
