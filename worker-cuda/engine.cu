@@ -290,7 +290,6 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         return -1;
     }
     sample_setup(e, &prop);
-    (void)cudaGetLastError();
     const char *profile = getenv("INFERNO_CUDA_PROFILE_DECODE");
     e->profile_decode = profile ? atoi(profile) : 0;
     e->pdl = prop.major >= 9 && env_allows("INFERNO_CUDA_PDL");

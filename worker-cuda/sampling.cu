@@ -25,6 +25,7 @@ void sample_setup(cuda_engine *e, const cudaDeviceProp *prop) {
                        wide.sharedSizeBytes + pick_smem <= prop->sharedMemPerBlockOptin &&
                        cudaFuncSetAttribute(sample_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             (int)pick_smem) == cudaSuccess;
+    (void)cudaGetLastError(); /* a probe that failed leaves its error */
 }
 
 /* The sampling scratch for cap_rows rows: [cap_rows][SAMPLE_SLICES]

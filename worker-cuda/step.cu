@@ -147,6 +147,12 @@ void attention_setup(cuda_engine *e, const cudaDeviceProp *prop) {
     (void)cudaGetLastError();
 }
 
+/* The widest activation row: hidden, ffn or q_dim columns. */
+static size_t widest_row(const cuda_engine *e) {
+    size_t widest = e->m->ffn > e->m->hidden ? e->m->ffn : e->m->hidden;
+    return widest > e->q_dim ? widest : e->q_dim;
+}
+
 /* ---- the persistent decode kernel ---- */
 
 /* Sets up decode_persistent_kernel when INFERNO_CUDA_PERSISTENT=1 asks for
@@ -166,8 +172,7 @@ int persist_setup(cuda_engine *e, const cudaDeviceProp *prop, char *err, size_t 
         ok = !e->layers[l].post_attn_norm && !e->layers[l].post_ffn_norm;
     if (!ok)
         return 0;
-    size_t widest = m->ffn > m->hidden ? m->ffn : m->hidden;
-    widest = widest > e->q_dim ? widest : e->q_dim;
+    size_t widest = widest_row(e);
     int gmax = G <= 2 ? 2 : 8;
     static void (*const kernels[4][2])(const persist_args) = {
         {decode_persistent_kernel<1, 2>, decode_persistent_kernel<1, 8>},
@@ -338,8 +343,7 @@ int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
         free_activations(e);
         int cap = T > e->cap_tokens ? (T < 16 ? 16 : T) : e->cap_tokens;
         int cap_rows = rows > e->cap_rows ? (rows < 16 ? 16 : rows) : e->cap_rows;
-        size_t widest = m->ffn > m->hidden ? m->ffn : m->hidden;
-        widest = widest > e->q_dim ? widest : e->q_dim;
+        size_t widest = widest_row(e);
         CUDA_CHECK(cudaMalloc((void **)&e->x, (size_t)cap * m->hidden * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->xn, (size_t)cap * widest * 4));
         CUDA_CHECK(cudaMalloc((void **)&e->qkv, (size_t)cap * e->qkv_dim * 4));
