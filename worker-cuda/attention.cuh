@@ -83,6 +83,7 @@ struct attention_args {
     uint32_t n_heads, group, head_dim, q_dim, kv_dim, block_size;
     uint32_t window; /* a token sees its `window` latest positions; 0 = all (sliding-window layers) */
     float scale;
+    uint32_t tokens, slices; /* attention_tc_kernel's: the step's tokens, and slices (at most) of a token */
 };
 
 /* Element `at` of the output: as float32, or split into hi and lo. */

@@ -304,8 +304,10 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     char cluster[48] = "";
     if (e->attn_cluster > 1)
         snprintf(cluster, sizeof cluster, ", attention clusters of %u", e->attn_cluster);
-    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s%s", prop.name, held,
-             kv_type_name(e->kv_type), e->pdl ? ", PDL" : "", cluster, e->persist ? ", persistent decode" : "");
+    snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s%s%s", prop.name, held,
+             kv_type_name(e->kv_type), e->pdl ? ", PDL" : "", cluster,
+             e->attention_tc && e->attention_tc_min_bytes != SIZE_MAX ? ", tensor-core decode attention" : "",
+             e->persist ? ", persistent decode" : "");
     *out = e;
     return 0;
 }

@@ -38,6 +38,7 @@
 #include "kernels.cuh"
 #include "gemv.cuh"
 #include "attention.cuh"
+#include "attention_tc.cuh"
 #include "persistent.cuh"
 
 /* ---- the kernels for this engine's shapes ---- */
@@ -104,6 +105,21 @@ static attention_prefill_fn attention_prefill_for(uint32_t head_dim, int kv_type
     return NULL;
 }
 
+/* attention_tc_kernel for this engine (and its shared memory), or NULL. */
+typedef void (*attention_tc_fn)(attention_args);
+static attention_tc_fn attention_tc_for(const cuda_engine *e, size_t *smem) {
+    uint32_t group = e->m->n_heads / e->m->n_kv_heads;
+    if (e->kv_type != CUDA_KV_F16 || group > 8 || !env_allows("INFERNO_CUDA_ATTN_TC"))
+        return NULL;
+    switch (e->m->head_dim) {
+#define ATTT_CASE(HD)                                                                                                  \
+    case HD: *smem = attt_shape<HD>::SMEM; return attention_tc_kernel<HD>;
+        ATTT_CASE(16) ATTT_CASE(32) ATTT_CASE(64) ATTT_CASE(128)
+#undef ATTT_CASE
+    }
+    return NULL;
+}
+
 /* Whether the device runs kernel as thread-block clusters of `size`
  * blocks of `threads` (sm_90 and later; past 8 blocks, where allowed). */
 template <typename... Params> static bool cluster_fits(void (*kernel)(Params...), unsigned threads, unsigned size) {
@@ -134,6 +150,24 @@ void attention_setup(cuda_engine *e, const cudaDeviceProp *prop) {
         cudaFuncSetAttribute(prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->attention_prefill_smem) ==
             cudaSuccess)
         e->attention_prefill = prefill, e->tile_tokens = ATTP_ROWS / group;
+    e->attention_tc = attention_tc_for(e, &e->attention_tc_smem);
+    int tc_per_sm = 0;
+    if (e->attention_tc && (cudaFuncSetAttribute(e->attention_tc, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 (int)e->attention_tc_smem) != cudaSuccess ||
+                            cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                                &tc_per_sm, e->attention_tc, ATTT_WARPS * WARP, e->attention_tc_smem) != cudaSuccess ||
+                            tc_per_sm < 1))
+        e->attention_tc = NULL;
+    e->attention_tc_blocks = tc_per_sm * e->n_sm;
+    /* where it wins: with GQA groups past 2 (attention_lanes_kernel then
+     * runs one block an SM) and steps that read 48 MiB of cache a layer or
+     * more. H200, Qwen2.5-shaped (7 query heads a KV head), tok/s: 256
+     * sequences at 512 positions 54.8k -> 62.1k, 128 at 2,048 25.3k ->
+     * 28.1k; but 16 at 512 5.5k -> 4.8k, 128 at 512 35.8k -> 35.2k; 0.6b
+     * (groups of 2) 42.0k -> 41.3k at 256. INFERNO_CUDA_ATTN_TC=1: every
+     * decode step past the GEMV sizes (tests), 0: none. */
+    const char *tc_env = getenv("INFERNO_CUDA_ATTN_TC");
+    e->attention_tc_min_bytes = tc_env && !strcmp(tc_env, "1") ? 0 : group > 2 ? (size_t)48 << 20 : SIZE_MAX;
     e->attention_finish = attention_finish_for(e);
     int finish_per_sm = 0;
     if (e->attention_finish && cudaOccupancyMaxActiveBlocksPerMultiprocessor(&finish_per_sm, e->attention_finish,
@@ -580,8 +614,27 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
      * loads (H200, 0.6b, f16 KV: batch 16 8,454 -> 8,781 tok/s, 64 25.1k
      * -> 25.5k, but 256, 4 waves, 42.6k -> 41.7k) */
     bool split_att = T > GEMV_MAX_T && !e->n_tiles && e->attention;
+    /* large steps there, with a half cache: attention on the tensor cores
+     * (attention_setup: where it wins) */
+    bool tc = split_att && e->attention_tc && e->step_kv_bytes >= e->attention_tc_min_bytes;
+    /* its work items (token, kv head, slice) over one wave of warps, each
+     * taking every W-th: slices (up to part's room, T slices <= 4 T + 256)
+     * such that the warps' shares are most even (a warp with one item more
+     * than the mean holds up the kernel: 1,152 items on 1,056 warps run as
+     * long as 2,112), fewer where it makes no difference */
+    uint32_t tc_items = (uint32_t)T * m->n_kv_heads, tc_warps = (uint32_t)e->attention_tc_blocks * ATTT_WARPS;
+    uint32_t tc_slices = 1, tc_room = (256 + 4 * (uint32_t)T) / (uint32_t)T;
+    double tc_even = 0.0;
+    for (uint32_t s = 1; tc && s <= ATTN_MAX_SLICES && s <= tc_room; s++) {
+        uint32_t items = tc_items * s, rounds = (items + tc_warps - 1) / tc_warps;
+        double even = (double)items / ((double)rounds * tc_warps);
+        if (even > tc_even + 0.02)
+            tc_slices = s, tc_even = even;
+    }
+    uint32_t tc_blocks = (tc_items * tc_slices + ATTT_WARPS - 1) / ATTT_WARPS;
+    tc_blocks = tc_blocks > (uint32_t)e->attention_tc_blocks ? (uint32_t)e->attention_tc_blocks : tc_blocks;
     bool fuse_heads =
-        split_att && e->one_each && e->attention_finish && groups * (uint32_t)T * slices <= e->attn_finish_wave;
+        split_att && !tc && e->one_each && e->attention_finish && groups * (uint32_t)T * slices <= e->attn_finish_wave;
     for (uint32_t l = 0; l < m->n_layers; l++) {
         const dlayer *L = &e->layers[l];
         rope_args ra = {e->qkv,     L->qkv_bias, L->q_norm, L->k_norm,  e->inv_freq + l * (hd / 2),
@@ -619,7 +672,11 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
                 return fail(err, errlen, "cuda engine: head_dim %u, group %u: no attention kernel", hd, e->gsub);
             if (split_att)
                 aa.out = NULL, aa.out_hi = e->hi, aa.out_lo = e->hi + (size_t)T * e->q_dim;
-            if (fuse_heads)
+            if (tc) {
+                aa.tokens = (uint32_t)T, aa.slices = tc_slices;
+                CUDA_CHECK(launch_shared(e, e->attention_tc, dim3(tc_blocks), dim3(ATTT_WARPS * WARP),
+                                         e->attention_tc_smem, aa));
+            } else if (fuse_heads)
                 CUDA_CHECK(
                     launch(e, e->attention_finish, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa, finish));
             else
@@ -687,7 +744,7 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *e
     /* the host buffer is free: every step ends with the stream synchronized */
     int32_t *tokens = e->in.host, *pos = tokens + T, *slot = pos + T, *table_off = slot + T, *out_src = table_off + T,
             *tables = out_src + rows;
-    size_t off = 0;
+    size_t off = 0, kv_rows = 0;
     int r = 0;
     for (int32_t s = 0; s < b->n_seqs; s++) {
         const engine_seq *q = &b->seqs[s];
@@ -696,7 +753,7 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *e
         for (int32_t i = 0; i < q->n_tokens; i++) {
             int32_t t = q->start + i, p = q->pos0 + i;
             tokens[t] = b->tokens[t];
-            pos[t] = p;
+            pos[t] = p, kv_rows += (size_t)p + 1;
             slot[t] = q->block_table[p / e->block_size] * e->block_size + p % e->block_size;
             table_off[t] = (int32_t)off;
             if (q->all_logits || i == q->n_tokens - 1)
@@ -704,6 +761,7 @@ static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *e
         }
         off += (size_t)n_table;
     }
+    e->step_kv_bytes = kv_rows * e->kv_dim * 2 * kv_elem_bytes(e->kv_type);
     int32_t *tile = e->in.host + e->tiles_at;
     for (int32_t s = 0; e->n_tiles && s < b->n_seqs; s++)
         for (int32_t i = 0; i < b->seqs[s].n_tokens; i += e->tile_tokens, tile += 2)

@@ -453,6 +453,88 @@ static void test_wide_decode(void **state) {
     model_close(m);
 }
 
+/* Sequence s's prompt length in test_decode_attention_tc: 20 to 219 positions. */
+static int32_t tc_prompt_len(int32_t s) { return 20 + (s * 37) % 200; }
+
+/* n sequences' prompts (one step each) on a half cache in blocks of
+ * block_size, sequence s's j-th block being block j * n + s (tables
+ * interleaved, out of order), then one decode step of all n: its logits
+ * into out, [n][V]. tc: whether the engine says it has tensor-core decode
+ * attention. */
+static void tc_decode_run(const model_desc *m, int32_t n, int block_size, float *out, bool *tc) {
+    uint32_t V = m->vocab;
+    int32_t per_seq = 221 / block_size + 2; /* the longest prompt (219) and a token */
+    engine_config cfg = {
+        .backend = "cuda", .n_threads = 1, .block_size = block_size, .n_blocks = n * per_seq, .kv_type = "f16"};
+    engine *e;
+    char err[512];
+    if (engine_open(m, &cfg, &e, err, sizeof err))
+        fail_msg("%s", err);
+    *tc = strstr(engine_describe(e), "tensor-core decode attention") != NULL;
+    int32_t *tables = malloc((size_t)n * per_seq * 4), *ids = malloc(256 * 4), *next = malloc((size_t)n * 4);
+    engine_seq *seqs = malloc((size_t)n * sizeof *seqs);
+    float *rows = malloc((size_t)V * 4);
+    for (int32_t s = 0; s < n; s++) {
+        for (int32_t j = 0; j < per_seq; j++)
+            tables[s * per_seq + j] = j * n + s;
+        int32_t len = tc_prompt_len(s);
+        for (int i = 0; i < len; i++)
+            ids[i] = wide_token(s, i);
+        engine_seq sp = {0, len, 0, tables + s * per_seq, per_seq, false};
+        engine_batch b = {ids, len, &sp, 1};
+        assert_int_equal(engine_step(e, &b, rows, NULL, err, sizeof err), 0);
+        seqs[s] = (engine_seq){s, 1, len, tables + s * per_seq, per_seq, false};
+        next[s] = wide_token(s, len);
+    }
+    engine_batch db = {next, n, seqs, n};
+    assert_int_equal(engine_step(e, &db, out, NULL, err, sizeof err), 0);
+    engine_close(e);
+    free(tables), free(ids), free(next), free(seqs), free(rows);
+}
+
+/* Large decode steps on a half cache run attention on the tensor cores
+ * (attention_tc_kernel; INFERNO_CUDA_ATTN_TC=1 takes it for every step
+ * past the GEMV sizes): its logits against the CUDA-core kernel's
+ * (INFERNO_CUDA_ATTN_TC=0), with contexts of many chunks, a token's
+ * positions in several slices merged by the last (12 and 40 sequences on
+ * the GPU's ~1,000 warps), block sizes that hold a chunk of 16 positions
+ * (16, 64) and ones that do not (5, 8). Both sum in float32 from ~22-bit
+ * operands, so they differ by rounding alone (1.5e-4 measured). */
+static void test_decode_attention_tc(void **state) {
+    (void)state;
+    if (!have("cuda-f16"))
+        return;
+    static const int block_sizes[] = {16, 64, 5, 8};
+    static const int32_t widths[] = {12, 40};
+    model_desc *m;
+    char err[512];
+    assert_int_equal(model_open(ref_path("tinyA-bf16.gguf"), &m, err, sizeof err), 0);
+    size_t n_out = (size_t)40 * m->vocab;
+    float *tc_rows = malloc(n_out * 4), *cores_rows = malloc(n_out * 4);
+    for (size_t b = 0; b < sizeof block_sizes / sizeof block_sizes[0]; b++)
+        for (int wi = 0; wi < 2; wi++) {
+            int32_t n = widths[wi];
+            bool tc, cores_tc;
+            setenv("INFERNO_CUDA_ATTN_TC", "1", 1); /* whatever the step's size (tinyA's groups are 2) */
+            tc_decode_run(m, n, block_sizes[b], tc_rows, &tc);
+            setenv("INFERNO_CUDA_ATTN_TC", "0", 1);
+            tc_decode_run(m, n, block_sizes[b], cores_rows, &cores_tc);
+            unsetenv("INFERNO_CUDA_ATTN_TC");
+            if (!tc || cores_tc)
+                fail_msg("INFERNO_CUDA_ATTN_TC: tensor-core attention %s with it 1, %s with it 0", tc ? "on" : "off",
+                         cores_tc ? "on" : "off");
+            float d = max_difference(tc_rows, cores_rows, (size_t)n * m->vocab);
+            print_message("cuda-f16, block size %d, %d sequences: decode attention on the tensor cores against "
+                          "the CUDA cores: max |difference| %g\n",
+                          block_sizes[b], n, d);
+            if (d > 1e-3f)
+                fail_msg("block size %d, %d sequences: tensor-core decode attention differs by %g", block_sizes[b], n,
+                         d);
+        }
+    free(tc_rows), free(cores_rows);
+    model_close(m);
+}
+
 static void test_bad_batches(void **state) {
     (void)state;
     char err[512];
@@ -697,6 +779,7 @@ int main(void) {
         cmocka_unit_test(test_reference_q8_0),
         cmocka_unit_test(test_batch_and_paging_invariance),
         cmocka_unit_test(test_wide_decode),
+        cmocka_unit_test(test_decode_attention_tc),
         cmocka_unit_test(test_bad_batches),
         cmocka_unit_test(test_sampler),
         cmocka_unit_test(test_sample_plans),
