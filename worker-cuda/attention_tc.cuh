@@ -1,5 +1,5 @@
 /* Decode attention on the tensor cores, for a half KV cache (step.cu runs
- * it for large steps past the GEMV sizes: cuda_engine.attention_tc).
+ * it for large steps past the GEMV sizes: attention_setup).
  * Included after attention.cuh, whose mma, ldmatrix and cp.async helpers
  * it shares. */
 #ifndef INFERNO_CUDA_ATTENTION_TC_CUH
@@ -196,6 +196,7 @@ template <int HD> __global__ void __launch_bounds__(ATTT_WARPS *WARP) attention_
         issued++, stage_in = stage_in + 1 == ATTT_STAGES ? 0 : stage_in + 1;
     };
     attt_cursor next, cur; /* the next chunk to fetch; the chunk to compute */
+    auto fetch_next = [&]() { fetch(next), attt_advance(a, stride, next), attt_lookup(a, one_block, bs_shift, next); };
     attt_seek(a, blockIdx.x * ATTT_WARPS + warp, stride, next);
     attt_lookup(a, one_block, bs_shift, next);
     cur = next;
@@ -204,10 +205,10 @@ template <int HD> __global__ void __launch_bounds__(ATTT_WARPS *WARP) attention_
      * fetched while the previous kernel (the q|k|v heads' finish) runs. */
     while (issued < ATTT_STAGES - 1 && (!next.valid || (next.i == cur.i && next.base + (next.c + 1) * ATTT_KEYS <=
                                                                                a.pos[next.t] + 1 - (int)a.tokens)))
-        fetch(next), attt_advance(a, stride, next), attt_lookup(a, one_block, bs_shift, next);
+        fetch_next();
     pdl_enter();
     while (issued < ATTT_STAGES - 1)
-        fetch(next), attt_advance(a, stride, next), attt_lookup(a, one_block, bs_shift, next);
+        fetch_next();
     /* ldmatrix rows of this lane, as attention_prefill_kernel's */
     int mat = lane / 8, k_lane = (8 * (mat / 2) + lane % 8) * S::LD + 8 * (mat % 2);
     int v_lane = (8 * (mat % 2) + lane % 8) * S::LD + 8 * (mat / 2);
@@ -235,8 +236,7 @@ template <int HD> __global__ void __launch_bounds__(ATTT_WARPS *WARP) attention_
             for (int d = 0; d < ND; d++)
                 o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
         }
-        fetch(next), attt_advance(a, stride, next),
-            attt_lookup(a, one_block, bs_shift, next); /* into the stage the last chunk left */
+        fetch_next(); /* into the stage the last chunk left */
         cp_async_wait<ATTT_STAGES - 1>();
         __syncwarp(); /* every lane's pieces of this chunk are in */
         const uint16_t *ks = ring + stage_out * S::STAGE, *vs = ks + ATTT_KEYS * S::LD;

@@ -306,8 +306,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
         snprintf(cluster, sizeof cluster, ", attention clusters of %u", e->attn_cluster);
     snprintf(e->describe, sizeof e->describe, "%.150s, %s weights, %s KV%s%s%s%s", prop.name, held,
              kv_type_name(e->kv_type), e->pdl ? ", PDL" : "", cluster,
-             e->attention_tc && e->attention_tc_min_bytes != SIZE_MAX ? ", tensor-core decode attention" : "",
-             e->persist ? ", persistent decode" : "");
+             e->attention_tc ? ", tensor-core decode attention" : "", e->persist ? ", persistent decode" : "");
     *out = e;
     return 0;
 }

@@ -78,12 +78,12 @@ struct cuda_engine {
     void (*attention_finish)(attention_args, rope_args);
     uint32_t attn_finish_wave; /* its blocks resident at once: past one wave, each wave would wait on the finish */
     unsigned attn_cluster;     /* decode attention's slices as clusters of up to this many; 1: not */
-    /* attention_tc_kernel (half KV, head sizes 16 to 128, groups up to 8)
-     * for large decode steps past the GEMV sizes, or NULL (INFERNO_CUDA_ATTN_TC=0: not) */
+    /* attention_tc_kernel (half KV, head sizes 16 to 128, groups 3 to 8)
+     * for large decode steps past the GEMV sizes, or NULL (attention_setup) */
     void (*attention_tc)(attention_args);
     size_t attention_tc_smem;
     int attention_tc_blocks;       /* its blocks resident at once */
-    size_t attention_tc_min_bytes; /* taken by steps that read this much KV cache a layer (SIZE_MAX: never) */
+    size_t attention_tc_min_bytes; /* taken by steps that read this much KV cache a layer */
     size_t step_kv_bytes;          /* this step's: its tokens' keys and values, one layer */
     void (*attention_prefill)(attention_args, const int32_t *); /* or NULL */
     size_t attention_prefill_smem;

@@ -109,7 +109,7 @@ static attention_prefill_fn attention_prefill_for(uint32_t head_dim, int kv_type
 typedef void (*attention_tc_fn)(attention_args);
 static attention_tc_fn attention_tc_for(const cuda_engine *e, size_t *smem) {
     uint32_t group = e->m->n_heads / e->m->n_kv_heads;
-    if (e->kv_type != CUDA_KV_F16 || group > 8 || !env_allows("INFERNO_CUDA_ATTN_TC"))
+    if (e->kv_type != CUDA_KV_F16 || group > 8)
         return NULL;
     switch (e->m->head_dim) {
 #define ATTT_CASE(HD)                                                                                                  \
@@ -150,7 +150,18 @@ void attention_setup(cuda_engine *e, const cudaDeviceProp *prop) {
         cudaFuncSetAttribute(prefill, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->attention_prefill_smem) ==
             cudaSuccess)
         e->attention_prefill = prefill, e->tile_tokens = ATTP_ROWS / group;
-    e->attention_tc = attention_tc_for(e, &e->attention_tc_smem);
+    /* decode attention on the tensor cores where it wins: with GQA groups
+     * past 2 (attention_lanes_kernel then runs one block an SM) and steps
+     * that read 48 MiB of cache a layer or more. H200, Qwen2.5-shaped (7
+     * query heads a KV head), tok/s: 256 sequences at 512 positions 54.8k
+     * -> 62.1k, 128 at 2,048 25.3k -> 28.1k; but 16 at 512 5.5k -> 4.8k,
+     * 128 at 512 35.8k -> 35.2k; 0.6b (groups of 2) 42.0k -> 41.3k at 256.
+     * INFERNO_CUDA_ATTN_TC=1: every decode step past the GEMV sizes
+     * (tests), 0: none. */
+    const char *tc_env = getenv("INFERNO_CUDA_ATTN_TC");
+    bool tc_forced = tc_env && !strcmp(tc_env, "1"), tc_off = tc_env && !strcmp(tc_env, "0");
+    e->attention_tc = tc_off || (group <= 2 && !tc_forced) ? NULL : attention_tc_for(e, &e->attention_tc_smem);
+    e->attention_tc_min_bytes = tc_forced ? 0 : (size_t)48 << 20;
     int tc_per_sm = 0;
     if (e->attention_tc && (cudaFuncSetAttribute(e->attention_tc, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  (int)e->attention_tc_smem) != cudaSuccess ||
@@ -159,15 +170,6 @@ void attention_setup(cuda_engine *e, const cudaDeviceProp *prop) {
                             tc_per_sm < 1))
         e->attention_tc = NULL;
     e->attention_tc_blocks = tc_per_sm * e->n_sm;
-    /* where it wins: with GQA groups past 2 (attention_lanes_kernel then
-     * runs one block an SM) and steps that read 48 MiB of cache a layer or
-     * more. H200, Qwen2.5-shaped (7 query heads a KV head), tok/s: 256
-     * sequences at 512 positions 54.8k -> 62.1k, 128 at 2,048 25.3k ->
-     * 28.1k; but 16 at 512 5.5k -> 4.8k, 128 at 512 35.8k -> 35.2k; 0.6b
-     * (groups of 2) 42.0k -> 41.3k at 256. INFERNO_CUDA_ATTN_TC=1: every
-     * decode step past the GEMV sizes (tests), 0: none. */
-    const char *tc_env = getenv("INFERNO_CUDA_ATTN_TC");
-    e->attention_tc_min_bytes = tc_env && !strcmp(tc_env, "1") ? 0 : group > 2 ? (size_t)48 << 20 : SIZE_MAX;
     e->attention_finish = attention_finish_for(e);
     int finish_per_sm = 0;
     if (e->attention_finish && cudaOccupancyMaxActiveBlocksPerMultiprocessor(&finish_per_sm, e->attention_finish,
