@@ -140,7 +140,7 @@ NVCC      ?= $(or $(shell command -v nvcc 2>/dev/null),$(wildcard /usr/local/cud
 CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_GENCODE ?= -gencode=arch=compute_90,code=[sm_90,compute_90]
 CUDA_LIB  := $(LIB)/libinferno-cuda.so
-CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/step.o $(OBJ)/cuda/sampling.o $(OBJ)/cuda/tensor_types.o \
+CUDA_OBJ  := $(OBJ)/cuda/engine.o $(OBJ)/cuda/buffers.o $(OBJ)/cuda/step.o $(OBJ)/cuda/sampling.o $(OBJ)/cuda/tensor_types.o \
              $(OBJ)/cuda/batch.o $(OBJ)/cuda/sampler.o
 ifneq ($(NVCC),)
 tools tests: $(CUDA_LIB) $(BIN)/inferno-worker-cuda

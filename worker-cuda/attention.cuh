@@ -681,8 +681,6 @@ __global__ void __launch_bounds__(ATTN_WARPS *WARP, GSUB > 2          ? 1
  * ldmatrix (V untransposed, .trans). */
 #define ATTP_ROWS       64
 #define ATTP_KEYS       32
-#define ATTP_SLICE_KEYS 128
-#define ATTP_MAX_SLICES 4
 
 /* Shared memory: K and V as [key][dim], each as hi and lo bf16, rows
  * padded by 8 so that the 8 rows of an ldmatrix hit distinct banks; then

@@ -189,6 +189,11 @@ __device__ __forceinline__ uint32_t order_key(float v) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* attention_prefill_kernel's slices of a tile's positions: one per this
+ * many, up to this many (stage_inputs picks the grid, reserve sizes part) */
+#define ATTP_SLICE_KEYS 128
+#define ATTP_MAX_SLICES 4
+
 /* Argmax over many blocks: each block folds its best (logit, id) of a row
  * into one of the row's ARGMAX_SLOTS keys with a 64-bit atomicMax (spread
  * over slots so that thousands of blocks do not queue on one address),

@@ -7,6 +7,9 @@
  * Threading: one stream, one step at a time (the caller's thread). */
 #include "engine_internal.cuh"
 
+/* cuBLAS's workspace: what NVIDIA's documentation recommends for Hopper */
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+
 static const char *kv_type_name(int kv_type) {
     return kv_type == CUDA_KV_FP8 ? "fp8 (e4m3)" : kv_type == CUDA_KV_F16 ? "f16" : "f32";
 }
@@ -102,16 +105,6 @@ static int upload_vector(const weight *w, float **out, char *err, size_t errlen)
 
 static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->scale), cudaFree(d->offset); }
 
-void free_activations(cuda_engine *e) {
-    cudaFree(e->x), cudaFree(e->xn), cudaFree(e->qkv), cudaFree(e->q), cudaFree(e->att), cudaFree(e->gu);
-    cudaFree(e->act), cudaFree(e->hi), cudaFree(e->stack), cudaFree(e->logits), cudaFree(e->ids), cudaFree(e->part);
-    cudaFree(e->attn_done), cudaFree(e->keys), cudaFreeHost(e->keys_host), cudaFreeHost(e->ids_host);
-    cudaFree(e->sample_slices), cudaFree(e->sample_hist);
-    e->attn_done = NULL, e->keys = e->keys_host = NULL, e->ids_host = NULL;
-    e->x = e->xn = e->qkv = e->q = e->att = e->gu = e->act = e->logits = e->part = NULL;
-    e->hi = NULL, e->stack = NULL, e->ids = NULL, e->sample_slices = NULL, e->sample_hist = NULL;
-}
-
 void drop_graphs(cuda_engine *e) {
     for (int i = 0; i <= GRAPH_MAX_T; i++)
         if (e->graph[i]) {
@@ -144,6 +137,7 @@ static void cuda_destroy(cuda_engine *e) {
     free_activations(e);
     if (e->blas)
         cublasDestroy(e->blas);
+    cudaFree(e->blas_workspace);
     if (e->stream)
         cudaStreamDestroy(e->stream);
     free(e);
@@ -248,7 +242,9 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     cudaDeviceProp prop;
     int ok = cudaSetDevice(e->device) == cudaSuccess && cudaGetDeviceProperties(&prop, e->device) == cudaSuccess &&
              cudaStreamCreateWithFlags(&e->stream, cudaStreamNonBlocking) == cudaSuccess &&
-             cublasCreate(&e->blas) == CUBLAS_STATUS_SUCCESS && cublasSetStream(e->blas, e->stream) == 0;
+             cublasCreate(&e->blas) == CUBLAS_STATUS_SUCCESS && cublasSetStream(e->blas, e->stream) == 0 &&
+             cudaMalloc(&e->blas_workspace, CUBLAS_WORKSPACE_BYTES) == cudaSuccess &&
+             cublasSetWorkspace(e->blas, e->blas_workspace, CUBLAS_WORKSPACE_BYTES) == CUBLAS_STATUS_SUCCESS;
     e->layers = (dlayer *)calloc(m->n_layers, sizeof *e->layers);
     if (!ok || !e->layers) {
         fail(err, errlen, "cuda engine: cannot set up device %d: %s", e->device,

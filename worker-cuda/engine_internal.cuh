@@ -32,8 +32,12 @@ struct persist_layer;
 struct persist_args;
 struct sample_slice;
 
-#define GEMV_MAX_T         8
-#define GRAPH_MAX_T        GEMV_MAX_T
+#define GEMV_MAX_T 8
+/* decode steps (one token a sequence) of up to this many tokens replay a
+ * CUDA graph captured for their size: past the GEMV sizes too (H200, 0.6b,
+ * f16 KV, batch 256: 42.2k -> 43.7k tok/s; its ~290 launches had each
+ * waited on the one before) */
+#define GRAPH_MAX_T        256
 #define ATTN_MAX_SLICES    32
 #define ATTN_CLUSTER_MAX_T 8
 /* tensor-core products of up to this many tokens take [hi; lo] as one
@@ -94,6 +98,7 @@ struct cuda_engine {
     char describe[320];
     cudaStream_t stream;
     cublasHandle_t blas;
+    void *blas_workspace; /* cuBLAS's, its own (not allocated while a graph is captured, nor one per graph) */
     dlayer *layers;
     dmat embd, output; /* output may be the embedding itself (tied) */
     float *output_norm, *inv_freq;
@@ -129,6 +134,7 @@ struct cuda_engine {
     /* decode graphs by batch size (attention finds each token's table through an offset, so tables of any
      * length fit) */
     cudaGraphExec_t graph[GRAPH_MAX_T + 1];
+    bool graph_tc[GRAPH_MAX_T + 1]; /* whether graph[T] runs attention_tc_kernel (a choice by the step's cache bytes) */
     /* the persistent decode kernel (persistent.cuh), per token bucket (1, 2, 4, 8); persist false: none */
     bool persist;
     persist_layer *persist_layers; /* device, [n_layers] */
@@ -219,13 +225,20 @@ static inline bool lanes_head_dim(uint32_t hd) { return hd >= 16 && hd <= 128 &&
 /* engine.cu */
 int upload(void **dev, const void *host, size_t bytes, char *err, size_t errlen);
 void drop_graphs(cuda_engine *e);
+
+/* buffers.cu: the step's buffers (activations for T tokens and rows logit
+ * rows; room for n bf16 weights; the step's inputs) */
+size_t widest_row(const cuda_engine *e);
 void free_activations(cuda_engine *e);
+int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen);
+int wscratch_reserve(cuda_engine *e, size_t n, char *err, size_t errlen);
+size_t widest_q8(const cuda_engine *e);
+int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *err, size_t errlen);
 
 /* step.cu: the attention kernels for this engine's shapes and device,
  * the persistent kernel's set-up, and the step */
 void attention_setup(cuda_engine *e, const cudaDeviceProp *prop);
 int persist_setup(cuda_engine *e, const cudaDeviceProp *prop, char *err, size_t errlen);
-int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen);
 int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen);
 int argmax_ids(cuda_engine *e, int rows, int32_t *ids, char *err, size_t errlen);
 int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen);

@@ -183,12 +183,6 @@ void attention_setup(cuda_engine *e, const cudaDeviceProp *prop) {
     (void)cudaGetLastError();
 }
 
-/* The widest activation row: hidden, ffn or q_dim columns. */
-static size_t widest_row(const cuda_engine *e) {
-    size_t widest = e->m->ffn > e->m->hidden ? e->m->ffn : e->m->hidden;
-    return widest > e->q_dim ? widest : e->q_dim;
-}
-
 /* ---- the persistent decode kernel ---- */
 
 /* Sets up decode_persistent_kernel when INFERNO_CUDA_PERSISTENT=1 asks for
@@ -371,43 +365,6 @@ static int persist_enqueue(cuda_engine *e, int T, char *err, size_t errlen) {
 
 /* ---- one step ---- */
 
-int reserve(cuda_engine *e, int T, int rows, char *err, size_t errlen) {
-    const model_desc *m = e->m;
-    if (T > e->cap_tokens || rows > e->cap_rows) {
-        drop_graphs(e); /* they point at the old buffers */
-        CUDA_CHECK(cudaStreamSynchronize(e->stream));
-        free_activations(e);
-        int cap = T > e->cap_tokens ? (T < 16 ? 16 : T) : e->cap_tokens;
-        int cap_rows = rows > e->cap_rows ? (rows < 16 ? 16 : rows) : e->cap_rows;
-        size_t widest = widest_row(e);
-        CUDA_CHECK(cudaMalloc((void **)&e->x, (size_t)cap * m->hidden * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->xn, (size_t)cap * widest * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->qkv, (size_t)cap * e->qkv_dim * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->q, (size_t)cap * e->q_dim * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->att, (size_t)cap * e->q_dim * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->gu, (size_t)cap * 2 * m->ffn * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->act, (size_t)cap * m->ffn * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->hi, (size_t)2 * cap * widest * 2));
-        uint32_t rows = e->qkv_dim > 2 * m->ffn ? e->qkv_dim : 2 * m->ffn;
-        e->stack_rows = rows > m->hidden ? rows : m->hidden;
-        CUDA_CHECK(
-            cudaMalloc((void **)&e->stack, (size_t)2 * (cap < STACK_MAX_T ? cap : STACK_MAX_T) * e->stack_rows * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->logits, (size_t)cap_rows * m->vocab * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->ids, (size_t)cap_rows * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->keys, (size_t)cap_rows * ARGMAX_SLOTS * 8));
-        CUDA_CHECK(cudaMallocHost((void **)&e->keys_host, (size_t)cap_rows * ARGMAX_SLOTS * 8));
-        CUDA_CHECK(cudaMallocHost((void **)&e->ids_host, (size_t)cap_rows * 4));
-        if (sample_reserve(e, cap_rows, err, errlen))
-            return -1;
-        CUDA_CHECK(
-            cudaMalloc((void **)&e->part, ((size_t)cap * ATTP_MAX_SLICES + 256) * m->n_heads * (m->head_dim + 2) * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->attn_done, (size_t)cap * m->n_heads * sizeof *e->attn_done));
-        CUDA_CHECK(cudaMemsetAsync(e->attn_done, 0, (size_t)cap * m->n_heads * sizeof *e->attn_done, e->stream));
-        e->cap_tokens = cap, e->cap_rows = cap_rows;
-    }
-    return 0;
-}
-
 /* Warps that share a row in gemv_kernel: enough that the grid gives every
  * SM two blocks (H200: o and down, 1024 rows, go from 8 to 2 rows a block;
  * more warps on the q|k|v rows were slower), as long as each lane keeps 8
@@ -483,14 +440,8 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
                           (const int32_t *)NULL, gain, eps, w->cols, (float *)NULL, hi, lo));
     const __nv_bfloat16 *wb = w->w;
     if (w->type == DMAT_Q8) {
-        size_t n = (size_t)w->rows * w->cols;
-        if (n > e->wscratch_elems) {
-            CUDA_CHECK(cudaStreamSynchronize(e->stream));
-            cudaFree(e->wscratch);
-            e->wscratch = NULL;
-            CUDA_CHECK(cudaMalloc((void **)&e->wscratch, n * 2));
-            e->wscratch_elems = n;
-        }
+        if (wscratch_reserve(e, (size_t)w->rows * w->cols, err, errlen))
+            return -1;
         CUDA_CHECK(launch(e, dequant_q8_kernel, dim3(1024), dim3(256), *w, e->wscratch));
         wb = e->wscratch;
     }
@@ -576,6 +527,14 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
     return 0;
 }
 
+/* Whether the step staged (stage_inputs) runs decode attention on the
+ * tensor cores: large steps past the GEMV sizes, with a half cache
+ * (attention_setup: where it wins). */
+static bool attention_tc_now(const cuda_engine *e, int T) {
+    return T > GEMV_MAX_T && !e->n_tiles && e->attention && e->attention_tc &&
+           e->step_kv_bytes >= e->attention_tc_min_bytes;
+}
+
 /* Whether a step's output head is gemv_head_kernel, which leaves each
  * row's argmax in e->keys as it goes. */
 static bool head_fills_keys(int rows, bool persistent) { return !persistent && rows <= GEMV_MAX_T; }
@@ -615,10 +574,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
      * where its grid is one wave: each wave of blocks waits on the finish's
      * loads (H200, 0.6b, f16 KV: batch 16 8,454 -> 8,781 tok/s, 64 25.1k
      * -> 25.5k, but 256, 4 waves, 42.6k -> 41.7k) */
-    bool split_att = T > GEMV_MAX_T && !e->n_tiles && e->attention;
-    /* large steps there, with a half cache: attention on the tensor cores
-     * (attention_setup: where it wins) */
-    bool tc = split_att && e->attention_tc && e->step_kv_bytes >= e->attention_tc_min_bytes;
+    bool split_att = T > GEMV_MAX_T && !e->n_tiles && e->attention, tc = attention_tc_now(e, T);
     /* its work items (token, kv head, slice) over one wave of warps, each
      * taking every W-th: slices (up to part's room, T slices <= 4 T + 256)
      * such that the warps' shares are most even (a warp with one item more
@@ -716,62 +672,6 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
     return 0;
 }
 
-/* Copies the step's int32 inputs to the device (fixed buffer, so graphs
- * captured against it stay valid while it does not grow). */
-static int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *err, size_t errlen) {
-    int T = b->n_tokens;
-    size_t tl = 0;
-    for (int32_t s = 0; s < b->n_seqs; s++)
-        tl += (size_t)(b->seqs[s].pos0 + b->seqs[s].n_tokens + e->block_size - 1) / e->block_size;
-    /* prompt tiles: mostly-prompt steps past the decode sizes (a step of
-     * single tokens keeps attention_kernel, which has no empty rows) */
-    e->n_tiles = 0, e->tile_slices = 1, e->tiles_at = 4 * (size_t)T + rows + tl;
-    if (e->tile_tokens && T > GEMV_MAX_T && T >= 4 * b->n_seqs)
-        for (int32_t s = 0; s < b->n_seqs; s++) {
-            e->n_tiles += (b->seqs[s].n_tokens + e->tile_tokens - 1) / e->tile_tokens;
-            if (b->seqs[s].pos0 + b->seqs[s].n_tokens > ATTP_SLICE_KEYS)
-                e->tile_slices = ATTP_MAX_SLICES;
-        }
-    size_t need = e->tiles_at + 2 * (size_t)e->n_tiles;
-    if (need > e->in.cap) {
-        drop_graphs(e);
-        CUDA_CHECK(cudaStreamSynchronize(e->stream));
-        cudaFreeHost(e->in.host), cudaFree(e->in.dev);
-        e->in.host = NULL, e->in.dev = NULL, e->in.cap = 0;
-        size_t cap = need < 4096 ? 4096 : need * 2;
-        CUDA_CHECK(cudaMallocHost((void **)&e->in.host, cap * 4));
-        CUDA_CHECK(cudaMalloc((void **)&e->in.dev, cap * 4));
-        e->in.cap = cap;
-    }
-    /* the host buffer is free: every step ends with the stream synchronized */
-    int32_t *tokens = e->in.host, *pos = tokens + T, *slot = pos + T, *table_off = slot + T, *out_src = table_off + T,
-            *tables = out_src + rows;
-    size_t off = 0, kv_rows = 0;
-    int r = 0;
-    for (int32_t s = 0; s < b->n_seqs; s++) {
-        const engine_seq *q = &b->seqs[s];
-        int32_t n_table = (q->pos0 + q->n_tokens + e->block_size - 1) / e->block_size;
-        memcpy(tables + off, q->block_table, (size_t)n_table * 4);
-        for (int32_t i = 0; i < q->n_tokens; i++) {
-            int32_t t = q->start + i, p = q->pos0 + i;
-            tokens[t] = b->tokens[t];
-            pos[t] = p, kv_rows += (size_t)p + 1;
-            slot[t] = q->block_table[p / e->block_size] * e->block_size + p % e->block_size;
-            table_off[t] = (int32_t)off;
-            if (q->all_logits || i == q->n_tokens - 1)
-                out_src[r++] = t;
-        }
-        off += (size_t)n_table;
-    }
-    e->step_kv_bytes = kv_rows * e->kv_dim * 2 * kv_elem_bytes(e->kv_type);
-    int32_t *tile = e->in.host + e->tiles_at;
-    for (int32_t s = 0; e->n_tiles && s < b->n_seqs; s++)
-        for (int32_t i = 0; i < b->seqs[s].n_tokens; i += e->tile_tokens, tile += 2)
-            tile[0] = b->seqs[s].start + i, tile[1] = min(e->tile_tokens, b->seqs[s].n_tokens - i);
-    CUDA_CHECK(cudaMemcpyAsync(e->in.dev, e->in.host, need * 4, cudaMemcpyHostToDevice, e->stream));
-    return 0;
-}
-
 /* The step up to the logits on the device (e->logits, one row per output row). */
 int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen) {
     int max_pos;
@@ -788,6 +688,15 @@ int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen) {
         CUDA_CHECK(cudaProfilerStop());
     if (e->profile_decode && one_each && ++e->decode_steps == e->profile_decode)
         CUDA_CHECK(cudaProfilerStart());
+    /* a graph fixes the attention kernel that its capture chose */
+    bool tc = attention_tc_now(e, T);
+    if (decode && e->graph[T] && e->graph_tc[T] != tc) {
+        CUDA_CHECK(cudaStreamSynchronize(e->stream));
+        cudaGraphExecDestroy(e->graph[T]);
+        e->graph[T] = NULL;
+    }
+    if (decode && !e->graph[T] && T > GEMV_MAX_T && wscratch_reserve(e, widest_q8(e), err, errlen))
+        return -1;
     if (decode && !e->graph[T]) {
         cudaGraph_t g;
         CUDA_CHECK(cudaStreamBeginCapture(e->stream, cudaStreamCaptureModeThreadLocal));
@@ -801,6 +710,7 @@ int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen) {
         cudaGraphDestroy(g);
         if (end != cudaSuccess)
             return fail(err, errlen, "cuda: instantiating a decode step: %s", cudaGetErrorString(end));
+        e->graph_tc[T] = tc;
     }
     if (decode)
         CUDA_CHECK(cudaGraphLaunch(e->graph[T], e->stream));

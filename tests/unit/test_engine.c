@@ -36,7 +36,8 @@ static bool kv_fp8_set(const char *kernels) { return kernels && strstr(kernels, 
 /* kernels: a CPU kernel set, NULL for the best one, or "cuda" for the GPU
  * engine; "cpu-f16" and "cuda-f16": the best CPU set or the GPU engine with
  * a half-precision KV cache; "cuda-fp8": the GPU engine with an fp8 one;
- * "cuda-persistent": the GPU engine with its persistent decode kernel */
+ * "cuda-persistent": the GPU engine with its persistent decode kernel;
+ * "-nographs" after a GPU one: decode steps launched without CUDA graphs */
 static engine *make_engine(const model_desc *m, const char *kernels, int threads, int block_size) {
     bool cuda = kernels && !strncmp(kernels, "cuda", 4), kv_f16 = kernels && strstr(kernels, "-f16"),
          kv_fp8 = kv_fp8_set(kernels);
@@ -44,6 +45,7 @@ static engine *make_engine(const model_desc *m, const char *kernels, int threads
                          .n_threads = threads,
                          .block_size = block_size,
                          .n_blocks = 128,
+                         .graphs = kernels && strstr(kernels, "-nographs") ? -1 : 0,
                          .kernels = cuda || kv_f16 ? NULL : kernels,
                          .kv_type = kv_f16   ? "f16"
                                     : kv_fp8 ? "fp8"
@@ -392,7 +394,9 @@ static float max_difference(const float *a, const float *b, size_t n) {
  * logits equal its own alone. Past the GPU's GEMV sizes the CUDA engine's
  * attention leaves its output split for the o product and, where its grid
  * is one wave, finishes the q|k|v heads itself: that must give the same
- * bits as the finish kernel (INFERNO_CUDA_FUSE_HEADS=0). 12 sequences give
+ * bits as the finish kernel (INFERNO_CUDA_FUSE_HEADS=0), and decode graphs
+ * (captured at the first decode step, replayed at the next two) the same
+ * bits as launches one by one. 12 sequences give
  * attention several slices of the positions (merged by the last), 120 one
  * slice. Alone, the prompt runs on the GEMVs, so a half or fp8 cache may
  * round its rows differently: bounds as the batch invariance test's. */
@@ -424,6 +428,14 @@ static void test_wide_decode(void **state) {
                               kernels, n, d);
                 if (d != 0.0f)
                     fail_msg("%s, %d sequences: the heads' finish in attention differs by %g", kernels, n, d);
+                char eager[64];
+                snprintf(eager, sizeof eager, "%s-nographs", kernels);
+                wide_run(m, eager, n, probes, plain);
+                d = max_difference(wide, plain, n_out);
+                print_message("%s: %d sequences a step, decode graphs against none: max |difference| %g\n", kernels, n,
+                              d);
+                if (d != 0.0f)
+                    fail_msg("%s, %d sequences: decode steps differ by %g with graphs and without", kernels, n, d);
             }
             for (int p = 0; p < WIDE_PROBES; p++) { /* alone: the prompt, then one token a step */
                 engine *e = make_engine(m, kernels, 2, 16);
