@@ -105,12 +105,16 @@ static int upload_vector(const weight *w, float **out, char *err, size_t errlen)
 
 static void free_matrix(dmat *d) { cudaFree(d->w), cudaFree(d->qs), cudaFree(d->scale), cudaFree(d->offset); }
 
+/* A launched graph may still run: CUDA frees it when it completes. */
+void drop_graph(cuda_engine *e, int T) {
+    if (e->graph[T])
+        cudaGraphExecDestroy(e->graph[T]);
+    e->graph[T] = NULL;
+}
+
 void drop_graphs(cuda_engine *e) {
     for (int i = 0; i <= GRAPH_MAX_T; i++)
-        if (e->graph[i]) {
-            cudaGraphExecDestroy(e->graph[i]);
-            e->graph[i] = NULL;
-        }
+        drop_graph(e, i);
 }
 
 static void cuda_destroy(cuda_engine *e) {

@@ -224,6 +224,7 @@ static inline bool lanes_head_dim(uint32_t hd) { return hd >= 16 && hd <= 128 &&
 
 /* engine.cu */
 int upload(void **dev, const void *host, size_t bytes, char *err, size_t errlen);
+void drop_graph(cuda_engine *e, int T);
 void drop_graphs(cuda_engine *e);
 
 /* buffers.cu: the step's buffers (activations for T tokens and rows logit

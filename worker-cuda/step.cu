@@ -535,6 +535,27 @@ static bool attention_tc_now(const cuda_engine *e, int T) {
            e->step_kv_bytes >= e->attention_tc_min_bytes;
 }
 
+/* attention_tc_kernel's grid for T tokens, and *slices of a token: its
+ * work items (token, kv head, slice) over one wave of warps, each taking
+ * every W-th, with slices (up to part's room, T slices <= 4 T + 256) such
+ * that the warps' shares are most even (a warp with one item more than
+ * the mean holds up the kernel: 1,152 items on 1,056 warps run as long as
+ * 2,112), fewer where it makes no difference. */
+static uint32_t attention_tc_grid(const cuda_engine *e, int T, uint32_t *slices) {
+    uint32_t items = (uint32_t)T * e->m->n_kv_heads, warps = (uint32_t)e->attention_tc_blocks * ATTT_WARPS;
+    uint32_t room = (256 + 4 * (uint32_t)T) / (uint32_t)T;
+    double best = 0.0;
+    *slices = 1;
+    for (uint32_t s = 1; s <= ATTN_MAX_SLICES && s <= room; s++) {
+        uint32_t rounds = (items * s + warps - 1) / warps;
+        double even = (double)(items * s) / ((double)rounds * warps);
+        if (even > best + 0.02)
+            *slices = s, best = even;
+    }
+    uint32_t blocks = (items * *slices + ATTT_WARPS - 1) / ATTT_WARPS;
+    return blocks < (uint32_t)e->attention_tc_blocks ? blocks : (uint32_t)e->attention_tc_blocks;
+}
+
 /* Whether a step's output head is gemv_head_kernel, which leaves each
  * row's argmax in e->keys as it goes. */
 static bool head_fills_keys(int rows, bool persistent) { return !persistent && rows <= GEMV_MAX_T; }
@@ -575,22 +596,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
      * loads (H200, 0.6b, f16 KV: batch 16 8,454 -> 8,781 tok/s, 64 25.1k
      * -> 25.5k, but 256, 4 waves, 42.6k -> 41.7k) */
     bool split_att = T > GEMV_MAX_T && !e->n_tiles && e->attention, tc = attention_tc_now(e, T);
-    /* its work items (token, kv head, slice) over one wave of warps, each
-     * taking every W-th: slices (up to part's room, T slices <= 4 T + 256)
-     * such that the warps' shares are most even (a warp with one item more
-     * than the mean holds up the kernel: 1,152 items on 1,056 warps run as
-     * long as 2,112), fewer where it makes no difference */
-    uint32_t tc_items = (uint32_t)T * m->n_kv_heads, tc_warps = (uint32_t)e->attention_tc_blocks * ATTT_WARPS;
-    uint32_t tc_slices = 1, tc_room = (256 + 4 * (uint32_t)T) / (uint32_t)T;
-    double tc_even = 0.0;
-    for (uint32_t s = 1; tc && s <= ATTN_MAX_SLICES && s <= tc_room; s++) {
-        uint32_t items = tc_items * s, rounds = (items + tc_warps - 1) / tc_warps;
-        double even = (double)items / ((double)rounds * tc_warps);
-        if (even > tc_even + 0.02)
-            tc_slices = s, tc_even = even;
-    }
-    uint32_t tc_blocks = (tc_items * tc_slices + ATTT_WARPS - 1) / ATTT_WARPS;
-    tc_blocks = tc_blocks > (uint32_t)e->attention_tc_blocks ? (uint32_t)e->attention_tc_blocks : tc_blocks;
+    uint32_t tc_slices = 1, tc_blocks = tc ? attention_tc_grid(e, T, &tc_slices) : 0;
     bool fuse_heads =
         split_att && !tc && e->one_each && e->attention_finish && groups * (uint32_t)T * slices <= e->attn_finish_wave;
     for (uint32_t l = 0; l < m->n_layers; l++) {
@@ -690,11 +696,8 @@ int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen) {
         CUDA_CHECK(cudaProfilerStart());
     /* a graph fixes the attention kernel that its capture chose */
     bool tc = attention_tc_now(e, T);
-    if (decode && e->graph[T] && e->graph_tc[T] != tc) {
-        CUDA_CHECK(cudaStreamSynchronize(e->stream));
-        cudaGraphExecDestroy(e->graph[T]);
-        e->graph[T] = NULL;
-    }
+    if (decode && e->graph[T] && e->graph_tc[T] != tc)
+        drop_graph(e, T);
     if (decode && !e->graph[T] && T > GEMV_MAX_T && wscratch_reserve(e, widest_q8(e), err, errlen))
         return -1;
     if (decode && !e->graph[T]) {
