@@ -4,7 +4,7 @@
 #ifndef INFERNO_PROTOCOL_H
 #define INFERNO_PROTOCOL_H
 
-#define INFERNO_PROTOCOL_VERSION 1
+#define INFERNO_PROTOCOL_VERSION 2 /* 2: pipelined steps (a StepSequence token of -1) */
 
 /* Largest message any inferno socket accepts. */
 #define INFERNO_MAX_MESSAGE_BYTES (16u << 20)

@@ -26,7 +26,9 @@ static void usage(FILE *out) {
                  "  --max-step-tokens  tokens in one batched step (default 512)\n"
                  "  --max-running      sequences in one step (default 64)\n"
                  "  --max-waiting      queued requests before answering overloaded (default 256)\n"
-                 "  --step-timeout-ms  a worker slower than this is declared dead (default 120000)\n");
+                 "  --step-timeout-ms  a worker slower than this is declared dead (default 120000)\n"
+                 "  --pipeline N       steps out to a worker at once: 2 sends the next while one runs\n"
+                 "                     (default), 1 waits for each answer\n");
 }
 
 int main(int argc, char **argv) {
@@ -39,11 +41,13 @@ int main(int argc, char **argv) {
                               {"--max-running", CLI_INT, &cfg.max_running},
                               {"--max-waiting", CLI_INT, &cfg.max_waiting},
                               {"--step-timeout-ms", CLI_INT, &cfg.step_timeout_ms},
+                              {"--pipeline", CLI_INT, &cfg.pipeline},
                               {NULL}};
     int rc = cli_parse(argc, argv, PROG, usage, flags);
     if (rc != CLI_RUN)
         return rc;
-    if (cfg.max_step_tokens < 1 || cfg.max_running < 1 || cfg.max_waiting < 1 || cfg.step_timeout_ms < 1) {
+    if (cfg.max_step_tokens < 1 || cfg.max_running < 1 || cfg.max_waiting < 1 || cfg.step_timeout_ms < 1 ||
+        cfg.pipeline < 1 || cfg.pipeline > 2) {
         usage(stderr);
         return 2;
     }

@@ -1,5 +1,15 @@
-/* Scheduling policy (see sched.h). Sequences live in one array in arrival
- * order; a state says whether each waits or runs. */
+/* Scheduling policy (see scheduler.h). Sequences live in one array in
+ * arrival order; a state says whether each waits or runs.
+ *
+ * Pipelined steps: the service may plan step N+1 while step N is still on
+ * the worker. A sequence then has positions sent but not computed
+ * (n_sent > n_computed) and maybe a token sampled but not yet known
+ * (pending), which step N+1 names as SCHED_TOKEN_PENDING. Such a sequence
+ * is never preempted or given back its blocks (step N writes them); one
+ * that finishes in step N had its step N+1 work computed for nothing, and
+ * completing N+1 skips it like any sequence gone since its plan. The
+ * worker runs steps in order, so a block freed while a step that writes
+ * it is in flight is written by that step before any later owner's. */
 #include "scheduler.h"
 
 #include <stdlib.h>
@@ -16,6 +26,8 @@ typedef struct {
     int32_t *tokens; /* prompt, then generated */
     int32_t n_tokens, cap_tokens, n_prompt;
     int32_t n_computed; /* tokens whose KV is in the blocks */
+    int32_t n_sent;     /* n_computed plus the positions of the step in flight */
+    int32_t pending;    /* its samples in steps planned and not completed */
     int32_t *blocks;
     int32_t n_blocks, cap_blocks;
     int32_t max_tokens, n_generated, eos_id;
@@ -34,8 +46,11 @@ struct sched {
     int32_t n_seqs, cap_seqs;
     uint64_t admissions, steps;
     sched_stats stats;
-    sched_seq_step *plan_seqs;
-    int32_t *plan_tokens;
+    /* two plans, used in turn: a step's stays valid while the next is
+     * planned (an empty plan does not take a turn) */
+    sched_seq_step *plan_seqs[2];
+    int32_t *plan_tokens[2];
+    int plan_turn;
 };
 
 sched *sched_create(const sched_config *cfg) {
@@ -45,9 +60,11 @@ sched *sched_create(const sched_config *cfg) {
     s->cfg = *cfg;
     s->pool = block_pool_create(cfg->n_blocks);
     s->cache = s->pool ? radix_create(s->pool, cfg->block_size) : NULL;
-    s->plan_seqs = calloc((size_t)cfg->max_running, sizeof *s->plan_seqs);
-    s->plan_tokens = calloc((size_t)cfg->max_step_tokens, sizeof *s->plan_tokens);
-    if (!s->cache || !s->plan_seqs || !s->plan_tokens) {
+    for (int i = 0; i < 2; i++) {
+        s->plan_seqs[i] = calloc((size_t)cfg->max_running, sizeof *s->plan_seqs[i]);
+        s->plan_tokens[i] = calloc((size_t)cfg->max_step_tokens, sizeof *s->plan_tokens[i]);
+    }
+    if (!s->cache || !s->plan_seqs[0] || !s->plan_tokens[0] || !s->plan_seqs[1] || !s->plan_tokens[1]) {
         sched_free(s);
         return NULL;
     }
@@ -58,7 +75,7 @@ static void release_blocks(sched *s, seq *q) {
     for (int32_t i = 0; i < q->n_blocks; i++)
         block_pool_unref(s->pool, q->blocks[i]);
     q->n_blocks = 0;
-    q->n_computed = 0;
+    q->n_computed = q->n_sent = q->pending = 0;
 }
 
 void sched_free(sched *s) {
@@ -70,7 +87,7 @@ void sched_free(sched *s) {
     }
     radix_free(s->cache);
     block_pool_free(s->pool);
-    free(s->seqs), free(s->plan_seqs), free(s->plan_tokens);
+    free(s->seqs), free(s->plan_seqs[0]), free(s->plan_tokens[0]), free(s->plan_seqs[1]), free(s->plan_tokens[1]);
     free(s);
 }
 
@@ -159,8 +176,8 @@ static bool preempt_newest(sched *s, const seq *keep) {
     seq *victim = NULL;
     for (int32_t i = 0; i < s->n_seqs; i++) {
         seq *q = &s->seqs[i];
-        /* never one already in this step: the worker is about to write its blocks */
-        if (q->state == SEQ_RUNNING && q != keep && q->planned != s->steps &&
+        /* never one in this step or the one in flight: the worker writes its blocks */
+        if (q->state == SEQ_RUNNING && q != keep && q->planned != s->steps && q->n_sent == q->n_computed &&
             (!victim || q->admitted > victim->admitted))
             victim = q;
     }
@@ -179,34 +196,57 @@ static bool blocks_for(sched *s, seq *q, int32_t end) {
     return true;
 }
 
+/* Adds q's next n positions; a pending token goes as SCHED_TOKEN_PENDING. */
 static void add_to_plan(sched *s, sched_step *p, seq *q, int32_t n, bool sample) {
     q->planned = s->steps;
     sched_seq_step *st = &p->seqs[p->n_seqs++];
-    *st = (sched_seq_step){q->id,       p->n_tokens, n,           q->n_computed, q->blocks,
-                           q->n_blocks, sample,      q->n_prompt, q->n_generated};
-    memcpy(p->tokens + p->n_tokens, q->tokens + q->n_computed, (size_t)n * sizeof *p->tokens);
+    *st = (sched_seq_step){
+        q->id, p->n_tokens, n, q->n_sent, q->blocks, q->n_blocks, sample, q->n_prompt, q->n_generated + q->pending};
+    if (q->pending)
+        p->tokens[p->n_tokens] = SCHED_TOKEN_PENDING;
+    else
+        memcpy(p->tokens + p->n_tokens, q->tokens + q->n_sent, (size_t)n * sizeof *p->tokens);
     p->n_tokens += n;
+    q->n_sent += n;
+    q->pending += sample;
+}
+
+/* A running sequence's next step is one token: the last prompt token, the
+ * last sampled one, or the one the step in flight samples, unless that
+ * token ends it by length. */
+static bool decodes_next(const seq *q) {
+    if (q->state != SEQ_RUNNING)
+        return false;
+    if (q->pending)
+        return q->pending == 1 && q->n_sent == q->n_tokens && q->n_generated + q->pending < q->max_tokens;
+    return q->n_tokens - q->n_sent == 1;
 }
 
 int32_t sched_plan(sched *s, sched_step *p) {
-    *p = (sched_step){0, 0, s->plan_seqs, s->plan_tokens};
+    *p = (sched_step){0, 0, s->plan_seqs[s->plan_turn], s->plan_tokens[s->plan_turn]};
     s->steps++;
     int32_t budget = s->cfg.max_step_tokens;
     /* decodes first: one token each */
     for (int32_t i = 0; i < s->n_seqs && p->n_seqs < s->cfg.max_running && budget > 0; i++) {
         seq *q = &s->seqs[i];
-        if (q->state != SEQ_RUNNING || q->n_tokens - q->n_computed != 1)
+        if (!decodes_next(q))
             continue;
-        if (!blocks_for(s, q, q->n_computed + 1))
+        if (!blocks_for(s, q, q->n_sent + 1))
             continue;
         add_to_plan(s, p, q, 1, true);
         budget--;
     }
-    /* then prompts (running prefills first, in arrival order, then waiting ones) */
+    /* then prompts (running prefills first, in arrival order, then waiting
+     * ones while fewer than max_running run: with a step in flight, some
+     * that run are in no step, their last token still to come) */
+    int32_t running = 0;
+    for (int32_t i = 0; i < s->n_seqs; i++)
+        running += s->seqs[i].state == SEQ_RUNNING;
     for (int pass = 0; pass < 2; pass++) {
         for (int32_t i = 0; i < s->n_seqs && p->n_seqs < s->cfg.max_running && budget > 0; i++) {
             seq *q = &s->seqs[i];
-            if (pass == 0 ? q->state != SEQ_RUNNING || q->n_tokens - q->n_computed <= 1 : q->state != SEQ_WAITING)
+            if (pass == 0 ? q->state != SEQ_RUNNING || q->pending || q->n_tokens - q->n_sent <= 1
+                          : q->state != SEQ_WAITING || running >= s->cfg.max_running)
                 continue;
             int32_t hit_tokens = -1;
             if (q->state == SEQ_WAITING) {
@@ -214,15 +254,19 @@ int32_t sched_plan(sched *s, sched_step *p) {
                 int32_t hit =
                     radix_match(s->cache, q->tokens, q->n_tokens, (q->n_tokens - 1) / s->cfg.block_size, q->blocks);
                 q->n_blocks = hit;
-                q->n_computed = hit_tokens = hit * s->cfg.block_size;
+                q->n_computed = q->n_sent = hit_tokens = hit * s->cfg.block_size;
                 q->state = SEQ_RUNNING;
                 q->admitted = ++s->admissions;
+                running++;
             }
-            int32_t n = q->n_tokens - q->n_computed < budget ? q->n_tokens - q->n_computed : budget;
-            if (!blocks_for(s, q, q->n_computed + n)) {
-                /* nothing to preempt and no blocks: wait for a finish */
-                release_blocks(s, q);
-                q->state = SEQ_WAITING;
+            int32_t n = q->n_tokens - q->n_sent < budget ? q->n_tokens - q->n_sent : budget;
+            if (!blocks_for(s, q, q->n_sent + n)) {
+                /* nothing to preempt and no blocks: wait for a finish (one
+                 * in flight keeps its blocks: its step writes them) */
+                if (q->n_sent == q->n_computed) {
+                    release_blocks(s, q);
+                    q->state = SEQ_WAITING;
+                }
                 break;
             }
             if (hit_tokens >= 0) {
@@ -234,10 +278,12 @@ int32_t sched_plan(sched *s, sched_step *p) {
                     q->cached = hit_tokens < q->n_prompt ? hit_tokens : q->n_prompt;
                 q->ever_admitted = true;
             }
-            add_to_plan(s, p, q, n, q->n_computed + n == q->n_tokens);
+            add_to_plan(s, p, q, n, q->n_sent + n == q->n_tokens);
             budget -= n;
         }
     }
+    if (p->n_seqs > 0)
+        s->plan_turn ^= 1;
     return p->n_seqs;
 }
 
@@ -267,6 +313,7 @@ void sched_complete(sched *s, const sched_step *step, const int32_t *sampled, sc
             continue; /* cancelled or preempted since the plan */
         q->n_computed += step->seqs[k].n_tokens;
         s->stats.computed_tokens += (uint64_t)step->seqs[k].n_tokens;
+        q->pending -= step->seqs[k].sample;
         /* full blocks are shareable from now on */
         radix_insert(s->cache, q->tokens, q->blocks, q->n_computed / s->cfg.block_size);
         if (!step->seqs[k].sample)

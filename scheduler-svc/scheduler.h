@@ -43,6 +43,10 @@ typedef struct {
 
 enum { SCHED_OK = 0, SCHED_INVALID = -1, SCHED_OVERLOADED = -2 };
 
+/* A step's token that the step before it samples: the worker puts there
+ * the token it drew for the sequence (see sched_plan). */
+#define SCHED_TOKEN_PENDING (-1)
+
 /* One sequence's part of a step: tokens[start..start+n_tokens) at positions
  * pos0.., its block table, and whether the worker samples after it. */
 typedef struct {
@@ -84,8 +88,12 @@ int sched_submit(sched *s, const sched_request *r);
  * Returns false for an unknown id. */
 bool sched_cancel(sched *s, uint64_t id, sched_event_fn fn, void *ctx);
 
-/* Plans the next step; out stays valid until the next call. Returns the
- * number of sequences (0: nothing to do). */
+/* Plans the next step; out stays valid until the call after next. Returns
+ * the number of sequences (0: nothing to do). It may be called once more
+ * before the step is completed (pipelining: the worker gets step N+1 while
+ * it runs N): a sequence that N samples then goes into N+1 as one
+ * SCHED_TOKEN_PENDING token, unless that token ends it by length. Steps
+ * are completed in the order they were planned. */
 int32_t sched_plan(sched *s, sched_step *out);
 /* The worker ran the planned step: sampled[i] is the token of seqs[i] when
  * it was sampled. Emits TOKEN and FINISHED events in sequence order. */

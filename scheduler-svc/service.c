@@ -31,7 +31,8 @@ void sched_service_defaults(sched_service_config *cfg) {
                                   .max_waiting = 256,
                                   .step_timeout_ms = 120000,
                                   .client_timeout_ms = 30000,
-                                  .orphan_timeout_ms = 60000};
+                                  .orphan_timeout_ms = 60000,
+                                  .pipeline = 2};
 }
 
 sched_service *sched_service_create(const sched_service_config *cfg) {
@@ -39,6 +40,8 @@ sched_service *sched_service_create(const sched_service_config *cfg) {
     if (!s)
         return NULL;
     s->cfg = *cfg;
+    if (s->cfg.pipeline < 1 || s->cfg.pipeline > 2)
+        s->cfg.pipeline = 2;
     pthread_mutex_init(&s->mu, NULL);
     /* sequence ids differ across scheduler restarts, so a worker never
      * confuses a new sequence with a stale one of the previous scheduler */

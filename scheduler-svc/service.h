@@ -24,6 +24,8 @@ typedef struct {
     int32_t step_timeout_ms;   /* a worker slower than this is declared dead (default 120000) */
     int32_t client_timeout_ms; /* a client that stops polling loses its requests (default 30000) */
     int32_t orphan_timeout_ms; /* a request with no live worker fails after this (default 60000) */
+    int32_t pipeline;          /* steps out to a worker at once: 2 (default) sends step N+1 while
+                                * N runs, so the worker never waits on the scheduler; 1 waits */
 } sched_service_config;
 
 void sched_service_defaults(sched_service_config *cfg);

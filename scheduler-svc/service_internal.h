@@ -44,6 +44,18 @@ typedef struct svc_request {
     double orphaned_at;
 } svc_request;
 
+/* One step sent to a worker and not yet answered, on a context of its own
+ * (a req socket's context has one request out at a time). */
+typedef struct {
+    svc_worker *w;
+    nng_ctx ctx;
+    nng_aio *aio; /* cancelled to stop the step */
+    bool done;    /* the aio has completed (io_mu) */
+    sched_step step;
+    uint64_t request_id;
+    double sent_at;
+} svc_step_slot;
+
 struct svc_worker {
     sched_service *svc;
     char *url, *model, *backend;
@@ -57,11 +69,10 @@ struct svc_worker {
     bool exited;       /* its thread has returned */
     pthread_t thread;
     pthread_cond_t wake;
-    nng_socket sock;       /* the thread's own */
-    nng_aio *aio;          /* the thread's own; cancelled to stop a step */
-    pthread_mutex_t io_mu; /* guards io_done: the aio's completion */
+    nng_socket sock;        /* the thread's own */
+    svc_step_slot slots[2]; /* steps on their way: up to cfg.pipeline at once */
+    pthread_mutex_t io_mu;  /* guards the slots' done flags */
     pthread_cond_t io_cv;
-    bool io_done;
     uint64_t *released; /* finished sequences to tell the worker about */
     int32_t n_released, cap_released;
     uint64_t steps;

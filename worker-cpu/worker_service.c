@@ -17,6 +17,9 @@ typedef struct {
     uint64_t id;
     int32_t *tokens;
     int32_t n, cap;
+    /* the token this worker last drew for the sequence and its position
+     * (-1: none): a pipelined step names it as SCHED_TOKEN_PENDING */
+    int32_t drawn, drawn_pos;
 } seq_history;
 
 struct worker_state {
@@ -66,7 +69,7 @@ static seq_history *history(worker_state *w, uint64_t id, bool create) {
             return NULL;
         w->hist = h, w->cap_hist = cap;
     }
-    w->hist[w->n_hist] = (seq_history){.id = id};
+    w->hist[w->n_hist] = (seq_history){.id = id, .drawn_pos = -1};
     return &w->hist[w->n_hist++];
 }
 
@@ -77,6 +80,23 @@ static void release(worker_state *w, uint64_t id) {
             w->hist[i] = w->hist[--w->n_hist];
             return;
         }
+}
+
+/* A pipelined step's first token may be the one this worker drew for the
+ * sequence in the step before, which the scheduler did not know yet when
+ * it planned this one (-1, SCHED_TOKEN_PENDING): filled in here, in the
+ * request itself. Any other negative id is left for the engine to refuse. */
+static int fill_pending(worker_state *w, Inferno__StepSequence *s, char *err, size_t errlen) {
+    if (s->n_tokens == 0 || s->tokens[0] != -1)
+        return 0;
+    const seq_history *h = history(w, s->seq_id, false);
+    if (s->n_tokens != 1 || !h || h->drawn_pos != s->pos0) {
+        snprintf(err, errlen, "sequence %llu: no token drawn for position %d to fill in", (unsigned long long)s->seq_id,
+                 s->pos0);
+        return -1;
+    }
+    s->tokens[0] = h->drawn;
+    return 0;
 }
 
 /* History covers positions 0..pos0 exactly, then the new tokens follow. */
@@ -244,6 +264,8 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
             return -1;
         }
         n_tokens += (int32_t)q->seqs[i]->n_tokens;
+        if (fill_pending(w, q->seqs[i], err, errlen))
+            return -1;
     }
     int32_t *tokens = malloc((size_t)n_tokens * sizeof *tokens);
     engine_seq *seqs = calloc(q->n_seqs, sizeof *seqs);
@@ -327,6 +349,7 @@ static int run_step(worker_state *w, const Inferno__StepRequest *q, Inferno__Ste
         }
         inferno__sampled_token__init(t);
         t->seq_id = s->seq_id, t->token = sr.token, t->logprob = sr.logprob;
+        h->drawn = sr.token, h->drawn_pos = s->pos0 + (int32_t)s->n_tokens;
         t->n_top_ids = t->n_top_logprobs = (size_t)sr.n_top;
         t->top_ids = (int32_t *)(t + 1);
         t->top_logprobs = (float *)(t->top_ids + sr.n_top);

@@ -3,7 +3,12 @@
  * tables it is given, and "samples" a hash of what it reads back through
  * them for positions 0..p. So any wrong block table, position, shared
  * prefix or lost token changes the output; correct scheduling reproduces
- * exactly what the same function gives on the true token sequence. */
+ * exactly what the same function gives on the true token sequence.
+ *
+ * Every test runs twice: each step completed before the next is planned,
+ * and pipelined (step N+1 planned while N is in flight, as the service
+ * does), where the fake worker fills in SCHED_TOKEN_PENDING with the token
+ * it sampled for that sequence in the step before. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,21 +30,55 @@ static int32_t next_token(const int32_t *toks, int32_t n) {
 
 typedef struct {
     int32_t kv[512][BS];
+    int32_t last[MAXR], last_pos[MAXR]; /* each sequence's last sampled token and its position */
+    int32_t n_pending;                  /* SCHED_TOKEN_PENDING tokens filled in */
 } fake_worker;
+
+static int pipelined; /* the mode of the test running (its prestate) */
+
+/* A planned step as the worker receives it: the service packs a plan as
+ * soon as it is made, block tables included (a sequence that finishes
+ * while its next step is in flight frees its table). */
+typedef struct {
+    sched_step st;
+    sched_seq_step seqs[MAXR];
+    int32_t tokens[512];
+    int32_t tables[MAXR][MAXLEN / BS + 1];
+} step_copy;
+
+static int32_t plan(sched *s, step_copy *c) {
+    sched_step p;
+    int32_t n = sched_plan(s, &p);
+    assert_true(n <= MAXR && p.n_tokens <= 512);
+    c->st = (sched_step){p.n_seqs, p.n_tokens, c->seqs, c->tokens};
+    memcpy(c->tokens, p.tokens, (size_t)p.n_tokens * sizeof *p.tokens);
+    for (int32_t k = 0; k < n; k++) {
+        c->seqs[k] = p.seqs[k];
+        assert_true(p.seqs[k].n_table <= MAXLEN / BS + 1);
+        memcpy(c->tables[k], p.seqs[k].block_table, (size_t)p.seqs[k].n_table * sizeof(int32_t));
+        c->seqs[k].block_table = c->tables[k];
+    }
+    return n;
+}
 
 static void worker_step(fake_worker *w, const sched_step *st, int32_t *sampled) {
     for (int32_t k = 0; k < st->n_seqs; k++) {
         const sched_seq_step *q = &st->seqs[k];
         for (int32_t i = 0; i < q->n_tokens; i++) {
-            int32_t pos = q->pos0 + i;
+            int32_t pos = q->pos0 + i, tok = st->tokens[q->start + i];
             assert_true(pos / BS < q->n_table);
-            w->kv[q->block_table[pos / BS]][pos % BS] = st->tokens[q->start + i];
+            if (tok == SCHED_TOKEN_PENDING) {
+                assert_true(pipelined && q->n_tokens == 1 && w->last_pos[q->id] == pos);
+                tok = w->last[q->id], w->n_pending++;
+            }
+            w->kv[q->block_table[pos / BS]][pos % BS] = tok;
         }
         if (q->sample) {
             int32_t last = q->pos0 + q->n_tokens, seen[MAXLEN];
             for (int32_t pos = 0; pos < last; pos++)
                 seen[pos] = w->kv[q->block_table[pos / BS]][pos % BS];
             sampled[k] = next_token(seen, last);
+            w->last[q->id] = sampled[k], w->last_pos[q->id] = last;
         }
     }
 }
@@ -73,20 +112,29 @@ static void expected(const int32_t *prompt, int32_t n, int32_t max_tokens, int32
     }
 }
 
+/* Runs steps until none is left or max_steps are done (none left in flight). */
 static int run_to_end(sched *s, fake_worker *w, results *r, int max_steps) {
-    sched_step st;
+    static step_copy st[2];
     int32_t sampled[MAXR];
-    int steps = 0;
-    while (sched_plan(s, &st) > 0 && steps < max_steps) {
-        worker_step(w, &st, sampled);
-        sched_complete(s, &st, sampled, on_event, r);
-        steps++;
+    int steps = 0, cur = 0;
+    bool have = max_steps > 0 && plan(s, &st[0]) > 0;
+    while (have) {
+        /* pipelined: the next step is planned while this one is in flight */
+        bool next = pipelined && steps + 1 < max_steps && plan(s, &st[cur ^ 1]) > 0;
+        worker_step(w, &st[cur].st, sampled);
+        sched_complete(s, &st[cur].st, sampled, on_event, r);
+        if (++steps == max_steps)
+            break;
+        /* none could be planned beside it (or not pipelined): plan now */
+        if (!next)
+            next = plan(s, &st[cur ^ 1]) > 0;
+        cur ^= 1, have = next;
     }
     return steps;
 }
 
 static void test_concurrent_equals_alone(void **state) {
-    (void)state;
+    pipelined = *(int *)*state;
     sched_config cfg = {.block_size = BS,
                         .n_blocks = 90,
                         .max_step_tokens = 64,
@@ -95,6 +143,7 @@ static void test_concurrent_equals_alone(void **state) {
                         .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
+    memset(&w, 0, sizeof w);
     static results r;
     memset(&r, 0, sizeof r);
     int32_t prompts[32][100], lens[32];
@@ -123,13 +172,15 @@ static void test_concurrent_equals_alone(void **state) {
         (unsigned long long)st.computed_tokens, (unsigned long long)st.preemptions);
     assert_true(st.prefix_hit_tokens > 0);
     assert_true(st.preemptions > 0); /* 90 blocks cannot hold 32 sequences of ~80 tokens */
+    if (pipelined)
+        assert_true(w.n_pending > 0);
     assert_int_equal(st.running + st.waiting, 0);
     assert_int_equal(st.blocks_used, st.blocks_cached); /* only the cache holds blocks now */
     sched_free(s);
 }
 
 static void test_prefix_reuse_skips_prefill(void **state) {
-    (void)state;
+    pipelined = *(int *)*state;
     sched_config cfg = {.block_size = BS,
                         .n_blocks = 64,
                         .max_step_tokens = 512,
@@ -138,6 +189,7 @@ static void test_prefix_reuse_skips_prefill(void **state) {
                         .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
+    memset(&w, 0, sizeof w);
     static results r;
     memset(&r, 0, sizeof r);
     int32_t a[64], b[64];
@@ -160,7 +212,7 @@ static void test_prefix_reuse_skips_prefill(void **state) {
 }
 
 static void test_cancel_frees_blocks(void **state) {
-    (void)state;
+    pipelined = *(int *)*state;
     sched_config cfg = {.block_size = BS,
                         .n_blocks = 64,
                         .max_step_tokens = 32,
@@ -169,6 +221,7 @@ static void test_cancel_frees_blocks(void **state) {
                         .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
+    memset(&w, 0, sizeof w);
     static results r;
     memset(&r, 0, sizeof r);
     int32_t p[4][30];
@@ -196,7 +249,7 @@ static void test_cancel_frees_blocks(void **state) {
 /* A long prompt arriving while others decode: every step still carries a
  * decode token for each of them. */
 static void test_decodes_never_stall(void **state) {
-    (void)state;
+    pipelined = *(int *)*state;
     sched_config cfg = {.block_size = BS,
                         .n_blocks = 200,
                         .max_step_tokens = 16,
@@ -205,6 +258,7 @@ static void test_decodes_never_stall(void **state) {
                         .max_context = MAXLEN};
     sched *s = sched_create(&cfg);
     static fake_worker w;
+    memset(&w, 0, sizeof w);
     static results r;
     memset(&r, 0, sizeof r);
     int32_t shortp[3] = {1, 2, 3}, longp[200];
@@ -234,7 +288,7 @@ static void test_decodes_never_stall(void **state) {
 }
 
 static void test_limits(void **state) {
-    (void)state;
+    pipelined = *(int *)*state;
     sched_config cfg = {
         .block_size = BS, .n_blocks = 8, .max_step_tokens = 16, .max_running = 4, .max_waiting = 2, .max_context = 24};
     sched *s = sched_create(&cfg);
@@ -249,6 +303,7 @@ static void test_limits(void **state) {
     assert_int_equal(sched_submit(s, &ok), SCHED_OVERLOADED);
     /* EOS ends a request early */
     static fake_worker w;
+    memset(&w, 0, sizeof w);
     static results r;
     memset(&r, 0, sizeof r);
     int32_t want[8], n_want;
@@ -263,13 +318,82 @@ static void test_limits(void **state) {
     sched_free(s);
 }
 
+/* Pipelined, step by step: a sequence's next step is planned before its
+ * token is known (SCHED_TOKEN_PENDING at the next position); the step
+ * planned past its EOS is computed for nothing and completes with no
+ * event; none is planned past max_tokens. */
+static void test_pipelined_eos(void **state) {
+    (void)state;
+    pipelined = 1;
+    sched_config cfg = {.block_size = BS,
+                        .n_blocks = 32,
+                        .max_step_tokens = 64,
+                        .max_running = 8,
+                        .max_waiting = 8,
+                        .max_context = MAXLEN};
+    sched *s = sched_create(&cfg);
+    static fake_worker w;
+    memset(&w, 0, sizeof w);
+    static results r;
+    memset(&r, 0, sizeof r);
+    int32_t prompt[5] = {11, 12, 13, 14, 15}, want[16], n_want;
+    expected(prompt, 5, 10, -1, want, &n_want);
+    sched_request eos = {0, prompt, 5, 10, want[2]}; /* ends at its third token */
+    assert_int_equal(sched_submit(s, &eos), SCHED_OK);
+    static step_copy c[4];
+    int32_t sampled[MAXR];
+    assert_int_equal(plan(s, &c[0]), 1); /* the prompt */
+    for (int k = 1; k < 4; k++) {
+        /* planned while step k-1 is in flight */
+        assert_int_equal(plan(s, &c[k]), 1);
+        assert_int_equal(c[k].st.seqs[0].pos0, 4 + k);
+        assert_int_equal(c[k].st.seqs[0].n_tokens, 1);
+        assert_int_equal(c[k].st.tokens[c[k].st.seqs[0].start], SCHED_TOKEN_PENDING);
+        assert_int_equal(c[k].st.seqs[0].n_generated, k); /* counts the pending token */
+        worker_step(&w, &c[k - 1].st, sampled);
+        sched_complete(s, &c[k - 1].st, sampled, on_event, &r);
+    }
+    assert_int_equal(r.finished[0], 1); /* step 2 drew the EOS; step 3 was already planned */
+    assert_int_equal(r.reason[0], FINISH_EOS);
+    worker_step(&w, &c[3].st, sampled);
+    sched_complete(s, &c[3].st, sampled, on_event, &r);
+    assert_int_equal(r.n_out[0], 3);
+    assert_memory_equal(r.out[0], want, 3 * sizeof(int32_t));
+    sched_stats stats;
+    sched_get_stats(s, &stats);
+    assert_int_equal(stats.running + stats.waiting, 0);
+    assert_int_equal(stats.computed_tokens, 5 + 2);
+    assert_int_equal(stats.blocks_used, stats.blocks_cached);
+    /* max_tokens 2: the step after the one drawing the second token is not planned */
+    sched_request two = {1, prompt, 5, 2, -1};
+    assert_int_equal(sched_submit(s, &two), SCHED_OK);
+    assert_int_equal(plan(s, &c[0]), 1);
+    assert_int_equal(plan(s, &c[1]), 1);
+    assert_int_equal(plan(s, &c[2]), 0);
+    worker_step(&w, &c[0].st, sampled);
+    sched_complete(s, &c[0].st, sampled, on_event, &r);
+    assert_int_equal(plan(s, &c[2]), 0);
+    worker_step(&w, &c[1].st, sampled);
+    sched_complete(s, &c[1].st, sampled, on_event, &r);
+    assert_int_equal(r.n_out[1], 2);
+    assert_int_equal(r.reason[1], FINISH_LENGTH);
+    sched_free(s);
+}
+
 int main(void) {
+    static int off = 0, on = 1;
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_concurrent_equals_alone),
-        cmocka_unit_test(test_prefix_reuse_skips_prefill),
-        cmocka_unit_test(test_cancel_frees_blocks),
-        cmocka_unit_test(test_decodes_never_stall),
-        cmocka_unit_test(test_limits),
+        cmocka_unit_test_prestate(test_concurrent_equals_alone, &off),
+        cmocka_unit_test_prestate(test_concurrent_equals_alone, &on),
+        cmocka_unit_test_prestate(test_prefix_reuse_skips_prefill, &off),
+        cmocka_unit_test_prestate(test_prefix_reuse_skips_prefill, &on),
+        cmocka_unit_test_prestate(test_cancel_frees_blocks, &off),
+        cmocka_unit_test_prestate(test_cancel_frees_blocks, &on),
+        cmocka_unit_test_prestate(test_decodes_never_stall, &off),
+        cmocka_unit_test_prestate(test_decodes_never_stall, &on),
+        cmocka_unit_test_prestate(test_limits, &off),
+        cmocka_unit_test_prestate(test_limits, &on),
+        cmocka_unit_test(test_pipelined_eos),
     };
     return cmocka_run_group_tests_name("sched", tests, NULL, NULL);
 }

@@ -67,17 +67,21 @@ typedef struct {
 } gen_seq;
 
 /* One step over the given sequences: each sends its uncomputed tokens;
- * sampled tokens are appended. */
-static void step(gen_seq **seqs, int n) {
+ * sampled tokens are appended. Pipelined, a decoding sequence sends -1,
+ * as the scheduler does before it knows the token the worker drew. */
+static void step_as(gen_seq **seqs, int n, bool pipelined) {
     Inferno__WorkerRequest q = INFERNO__WORKER_REQUEST__INIT;
     Inferno__StepRequest sr = INFERNO__STEP_REQUEST__INIT;
     Inferno__StepSequence ss[8], *ptrs[8];
+    int32_t pending[8];
     q.version = INFERNO_PROTOCOL_VERSION, q.body_case = INFERNO__WORKER_REQUEST__BODY_STEP, q.step = &sr;
     for (int i = 0; i < n; i++) {
         gen_seq *g = seqs[i];
         inferno__step_sequence__init(&ss[i]);
         ss[i].seq_id = g->id, ss[i].pos0 = g->computed;
         ss[i].tokens = g->tokens + g->computed, ss[i].n_tokens = (size_t)(g->n - g->computed);
+        if (pipelined && g->computed > 0 && ss[i].n_tokens == 1)
+            pending[i] = -1, ss[i].tokens = &pending[i];
         ss[i].block_table = g->table, ss[i].n_block_table = 16;
         ss[i].sample = true, ss[i].sampling = &g->sp;
         ss[i].n_prompt = g->n_prompt, ss[i].n_generated = g->n - g->n_prompt;
@@ -95,6 +99,8 @@ static void step(gen_seq **seqs, int n) {
     }
     inferno__worker_response__free_unpacked(r, NULL);
 }
+
+static void step(gen_seq **seqs, int n) { step_as(seqs, n, false); }
 
 static void load_prompt(gen_seq *g, uint64_t id, int prompt, int first_block) {
     memset(g, 0, sizeof *g);
@@ -145,6 +151,20 @@ static void test_greedy_alone_and_batched(void **state) {
     gen_seq *both[2] = {&a, &b};
     for (int i = 0; i < 20; i++)
         step(both, 2);
+    expect_greedy(&a, 1);
+    expect_greedy(&b, 2);
+}
+
+/* Decode steps that name their token -1 (pipelined: the worker fills in
+ * what it drew) give the reference continuations too. */
+static void test_pipelined_steps(void **state) {
+    (void)state;
+    gen_seq a, b;
+    load_prompt(&a, 20, 1, 0);
+    load_prompt(&b, 21, 2, 16);
+    gen_seq *both[2] = {&a, &b};
+    for (int i = 0; i < 24; i++)
+        step_as(both, 2, true);
     expect_greedy(&a, 1);
     expect_greedy(&b, 2);
 }
@@ -202,6 +222,13 @@ static void test_errors(void **state) {
     ss.pos0 = 0, ss.n_tokens = 0;
     len = inferno__worker_request__pack(&q, buf);
     expect_error(buf, len, "no tokens");
+    /* a pending token where this worker drew none */
+    toks[0] = -1, ss.n_tokens = 1, ss.pos0 = 5, ss.seq_id = 99;
+    len = inferno__worker_request__pack(&q, buf);
+    expect_error(buf, len, "no token drawn for position 5");
+    toks[1] = -1, ss.n_tokens = 2, ss.pos0 = 0, toks[0] = 1;
+    len = inferno__worker_request__pack(&q, buf);
+    expect_error(buf, len, "outside the vocabulary");
 }
 
 static void test_process(void **state) {
@@ -247,6 +274,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_info),
         cmocka_unit_test(test_greedy_alone_and_batched),
+        cmocka_unit_test(test_pipelined_steps),
         cmocka_unit_test(test_seeded_sampling_ignores_batch),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_process),
