@@ -133,19 +133,22 @@ static int run_to_end(sched *s, fake_worker *w, results *r, int max_steps) {
     return steps;
 }
 
+static sched *new_sched(int32_t n_blocks, int32_t max_step_tokens, int32_t max_running, int32_t max_waiting) {
+    sched_config cfg = {.block_size = BS,
+                        .n_blocks = n_blocks,
+                        .max_step_tokens = max_step_tokens,
+                        .max_running = max_running,
+                        .max_waiting = max_waiting,
+                        .max_context = MAXLEN};
+    return sched_create(&cfg);
+}
+
 static void test_concurrent_equals_alone(void **state) {
     pipelined = *(int *)*state;
-    sched_config cfg = {.block_size = BS,
-                        .n_blocks = 90,
-                        .max_step_tokens = 64,
-                        .max_running = 16,
-                        .max_waiting = 64,
-                        .max_context = MAXLEN};
-    sched *s = sched_create(&cfg);
+    sched *s = new_sched(90, 64, 16, 64);
     static fake_worker w;
-    memset(&w, 0, sizeof w);
     static results r;
-    memset(&r, 0, sizeof r);
+    memset(&w, 0, sizeof w), memset(&r, 0, sizeof r);
     int32_t prompts[32][100], lens[32];
     uint64_t x = 7;
     for (int i = 0; i < 32; i++) { /* 8 families sharing 40-token prefixes, then their own tails */
@@ -181,17 +184,10 @@ static void test_concurrent_equals_alone(void **state) {
 
 static void test_prefix_reuse_skips_prefill(void **state) {
     pipelined = *(int *)*state;
-    sched_config cfg = {.block_size = BS,
-                        .n_blocks = 64,
-                        .max_step_tokens = 512,
-                        .max_running = 8,
-                        .max_waiting = 8,
-                        .max_context = MAXLEN};
-    sched *s = sched_create(&cfg);
+    sched *s = new_sched(64, 512, 8, 8);
     static fake_worker w;
-    memset(&w, 0, sizeof w);
     static results r;
-    memset(&r, 0, sizeof r);
+    memset(&w, 0, sizeof w), memset(&r, 0, sizeof r);
     int32_t a[64], b[64];
     for (int i = 0; i < 64; i++)
         a[i] = i + 1, b[i] = i < 60 ? i + 1 : 999;
@@ -213,17 +209,10 @@ static void test_prefix_reuse_skips_prefill(void **state) {
 
 static void test_cancel_frees_blocks(void **state) {
     pipelined = *(int *)*state;
-    sched_config cfg = {.block_size = BS,
-                        .n_blocks = 64,
-                        .max_step_tokens = 32,
-                        .max_running = 8,
-                        .max_waiting = 8,
-                        .max_context = MAXLEN};
-    sched *s = sched_create(&cfg);
+    sched *s = new_sched(64, 32, 8, 8);
     static fake_worker w;
-    memset(&w, 0, sizeof w);
     static results r;
-    memset(&r, 0, sizeof r);
+    memset(&w, 0, sizeof w), memset(&r, 0, sizeof r);
     int32_t p[4][30];
     for (int i = 0; i < 4; i++) {
         for (int k = 0; k < 30; k++)
@@ -250,17 +239,10 @@ static void test_cancel_frees_blocks(void **state) {
  * decode token for each of them. */
 static void test_decodes_never_stall(void **state) {
     pipelined = *(int *)*state;
-    sched_config cfg = {.block_size = BS,
-                        .n_blocks = 200,
-                        .max_step_tokens = 16,
-                        .max_running = 8,
-                        .max_waiting = 8,
-                        .max_context = MAXLEN};
-    sched *s = sched_create(&cfg);
+    sched *s = new_sched(200, 16, 8, 8);
     static fake_worker w;
-    memset(&w, 0, sizeof w);
     static results r;
-    memset(&r, 0, sizeof r);
+    memset(&w, 0, sizeof w), memset(&r, 0, sizeof r);
     int32_t shortp[3] = {1, 2, 3}, longp[200];
     for (int i = 0; i < 200; i++)
         longp[i] = 500 + i % 300;
@@ -325,17 +307,10 @@ static void test_limits(void **state) {
 static void test_pipelined_eos(void **state) {
     (void)state;
     pipelined = 1;
-    sched_config cfg = {.block_size = BS,
-                        .n_blocks = 32,
-                        .max_step_tokens = 64,
-                        .max_running = 8,
-                        .max_waiting = 8,
-                        .max_context = MAXLEN};
-    sched *s = sched_create(&cfg);
+    sched *s = new_sched(32, 64, 8, 8);
     static fake_worker w;
-    memset(&w, 0, sizeof w);
     static results r;
-    memset(&r, 0, sizeof r);
+    memset(&w, 0, sizeof w), memset(&r, 0, sizeof r);
     int32_t prompt[5] = {11, 12, 13, 14, 15}, want[16], n_want;
     expected(prompt, 5, 10, -1, want, &n_want);
     sched_request eos = {0, prompt, 5, 10, want[2]}; /* ends at its third token */
