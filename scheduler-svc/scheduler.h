@@ -15,6 +15,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "protocol.h"
+
 typedef struct sched sched;
 
 typedef struct {
@@ -45,7 +47,7 @@ enum { SCHED_OK = 0, SCHED_INVALID = -1, SCHED_OVERLOADED = -2 };
 
 /* A step's token that the step before it samples: the worker puts there
  * the token it drew for the sequence (see sched_plan). */
-#define SCHED_TOKEN_PENDING (-1)
+#define SCHED_TOKEN_PENDING INFERNO_TOKEN_PENDING
 
 /* One sequence's part of a step: tokens[start..start+n_tokens) at positions
  * pos0.., its block table, and whether the worker samples after it. */

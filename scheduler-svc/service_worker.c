@@ -206,8 +206,10 @@ static int send_steps(sched_service *s, svc_worker *w, int head, int *n_out, uin
         size_t len;
         uint8_t *buf = pack_step(s, w, &slot->step, ++*request_id, &len);
         if (!buf) {
+            /* no second plan now: it would take the turn of the plan
+             * buffer that the step out still uses (see sched_plan) */
             fail_step(s, &slot->step, "scheduler out of memory");
-            continue;
+            return 0;
         }
         slot->request_id = *request_id;
         pthread_mutex_unlock(&s->mu);

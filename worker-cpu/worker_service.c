@@ -18,7 +18,7 @@ typedef struct {
     int32_t *tokens;
     int32_t n, cap;
     /* the token this worker last drew for the sequence and its position
-     * (-1: none): a pipelined step names it as SCHED_TOKEN_PENDING */
+     * (-1: none): a pipelined step names it as INFERNO_TOKEN_PENDING */
     int32_t drawn, drawn_pos;
 } seq_history;
 
@@ -84,10 +84,10 @@ static void release(worker_state *w, uint64_t id) {
 
 /* A pipelined step's first token may be the one this worker drew for the
  * sequence in the step before, which the scheduler did not know yet when
- * it planned this one (-1, SCHED_TOKEN_PENDING): filled in here, in the
+ * it planned this one (INFERNO_TOKEN_PENDING): filled in here, in the
  * request itself. Any other negative id is left for the engine to refuse. */
 static int fill_pending(worker_state *w, Inferno__StepSequence *s, char *err, size_t errlen) {
-    if (s->n_tokens == 0 || s->tokens[0] != -1)
+    if (s->n_tokens == 0 || s->tokens[0] != INFERNO_TOKEN_PENDING)
         return 0;
     const seq_history *h = history(w, s->seq_id, false);
     if (s->n_tokens != 1 || !h || h->drawn_pos != s->pos0) {
