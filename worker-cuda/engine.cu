@@ -294,6 +294,7 @@ static int cuda_create(const model_desc *m, const cuda_engine_config *cfg, cuda_
     e->profile_decode = profile ? atoi(profile) : 0;
     e->pdl = prop.major >= 9 && env_allows("INFERNO_CUDA_PDL");
     e->staged = prop.major >= 9 && env_allows("INFERNO_CUDA_STAGED");
+    gemv_wide_setup(e, &prop);
     /* how the GPU holds the weights (the first layer's q), and from which type */
     char held[64];
     uint32_t wtype = m->layers[0].wq.type;

@@ -74,6 +74,7 @@ struct cuda_engine {
     bool pdl;    /* programmatic dependent launch (sm_90 and later; INFERNO_CUDA_PDL=0 turns it off) */
     int kv_type; /* the KV cache's elements: CUDA_KV_F32, _F16 or _FP8 */
     bool staged; /* GEMVs of 2 to 8 tokens stage their rows in shared memory (gemv_rows_staged) */
+    bool wide;   /* one-token bf16 GEMVs run as one wave of whole-row copies (gemv_wide_rows) */
     uint32_t q_dim, kv_dim, qkv_dim;
     uint32_t gsub;                     /* query heads per attention block: the largest divisor of the group up to 8 */
     void (*attention)(attention_args); /* attention_kernel for this head size, or NULL */
@@ -239,6 +240,7 @@ int stage_inputs(cuda_engine *e, const engine_batch *b, int rows, char *err, siz
 /* step.cu: the attention kernels for this engine's shapes and device,
  * the persistent kernel's set-up, and the step */
 void attention_setup(cuda_engine *e, const cudaDeviceProp *prop);
+void gemv_wide_setup(cuda_engine *e, const cudaDeviceProp *prop);
 int persist_setup(cuda_engine *e, const cudaDeviceProp *prop, char *err, size_t errlen);
 int run_step(cuda_engine *e, const engine_batch *b, char *err, size_t errlen);
 int argmax_ids(cuda_engine *e, int rows, int32_t *ids, char *err, size_t errlen);

@@ -1,7 +1,9 @@
 /* The CUDA engine's weight-streaming GEMVs for decode steps (up to
  * GEMV_MAX_T tokens): gemv_kernel (weights prefetched into registers),
- * gemv_staged_kernel (into shared memory, 2 to 8 tokens), the q|k|v
- * GEMV with the heads' finish (gemv_qkv_kernel) and the output head
+ * gemv_staged_kernel (into shared memory, 2 to 8 tokens),
+ * gemv_wide_kernel (one token, bf16: a block an SM, its rows whole in
+ * shared memory), the q|k|v GEMV with the heads' finish
+ * (gemv_qkv_kernel, gemv_qkv_wide_kernel) and the output head
  * with the argmax keys (gemv_head_kernel). step.cu includes it; it uses
  * device.cuh's helpers (pdl_*, bulk copies, unpack8, argmax keys,
  * qkv_head_finish). */
@@ -173,9 +175,10 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, MODE >= OUT_SILU_PAIR ? 3 : 
  * too, batch 2 1,640 -> 1,793 tok/s, batch 4 2,135 -> 2,421, batch 8
  * 2,864 -> 3,170; 8-bit (q8_0) 1,659 -> 1,760, 2,093 -> 2,348 and 2,703
  * -> 2,828; Gemma-3-270M-shaped (q4_k_m as 8-bit) 2,300 -> 2,539, 3,233 ->
- * 3,785, 4,569 -> 5,330. Not for one token, where the registers win: 1,047
- * against 1,137 tok/s capped at 32 registers (so that two kernels' blocks
- * would share an SM), 1,089 with gemv_rows' unrolled chunks. Dynamic
+ * 3,785, 4,569 -> 5,330. For one token it lost to the registers (1,047
+ * against 1,137 tok/s capped at 32 registers, so that two kernels' blocks
+ * would share an SM; 1,089 with gemv_rows' unrolled chunks); bf16 takes
+ * gemv_wide_rows there. Dynamic
  * shared memory: gemv_staged_bytes, the block's N_ROWS ranges of
  * GEMV_WARPS / wpr rows, then (DMAT_Q8) their scales and offsets. */
 template <int NT, int MODE, bool Q8>
@@ -253,6 +256,119 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, 4)
     gemv_rows_staged<NT, MODE, Q8>(m, rows, wpr, x, gain, eps, y, ldy);
 }
 
+/* The GEMV of a one-token step (bf16 weights) as one wave of a block an
+ * SM, each block's rows (per_block of them, both halves of a gate|up pair)
+ * bulk-copied whole into shared memory before the wait on the previous
+ * kernel. A block takes at most 112 KiB and 256 threads of at most 128
+ * registers, so the next kernel's block fits beside it on the SM: its
+ * weights stream in while this one computes. gemv_rows keeps its weights
+ * in registers, 3 or 4 blocks an SM, so the next kernel's blocks landed
+ * only as this one's left and loaded their weights then (a globaltimer
+ * trace of a batch-1 step: gate|up's blocks landed at Wo's completion).
+ * After the wait the block reads x (and the rows it adds to) in one
+ * round of loads into shared memory, then a warp takes units (rows, or
+ * gate|up row pairs) warp, warp + 8, ..., WIDE_UNITS at a time, a lane 8
+ * columns of each 256, and thread i writes unit i. (A first form read x
+ * from each warp, a round of loads per 4 chunks: 6-7 us a GEMV against
+ * 4-5.) H200, 0.6b bf16, f16 KV, batch 1: 1,112-1,114 -> 1,214-1,216
+ * tok/s; with only one of the four products wide, each was slower than
+ * none. cols a multiple of 8. Grid ceil(rows / per_block), block 256;
+ * dynamic shared memory gemv_wide_bytes. */
+#define WIDE_UNITS 4
+template <int MODE>
+__device__ __forceinline__ void gemv_wide_rows(const dmat &m, uint32_t rows, uint32_t per_block, const float *x,
+                                               const float *gain, float eps, float *y) {
+    const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
+    extern __shared__ __align__(128) unsigned char staged[];
+    __shared__ __align__(8) uint64_t bar;
+    __shared__ float ss_part[GEMV_WARPS], result[256];
+    uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, row_bytes = m.cols * 2;
+    uint32_t r0 = blockIdx.x * per_block, n = min(per_block, rows - r0);
+    float *xs = (float *)(staged + (size_t)N_ROWS * per_block * row_bytes); /* x, scaled by the gain */
+    if (threadIdx.x == 0) {
+        mbar_init(&bar, 1);
+        mbar_init_fence();
+        mbar_expect_tx(&bar, N_ROWS * n * row_bytes);
+        for (int j = 0; j < N_ROWS; j++)
+            bulk_copy(staged + (size_t)j * per_block * row_bytes, m.w + ((size_t)j * rows + r0) * m.cols, n * row_bytes,
+                      &bar);
+    }
+    __syncthreads(); /* the barrier's init, before anyone waits on it */
+    pdl_enter();
+    /* x (and the rows added to) in one round of loads from the whole block */
+    float before = MODE == OUT_ADD && threadIdx.x < n ? y[r0 + threadIdx.x] : 0.0f, ss = 0.0f;
+#pragma unroll 4
+    for (uint32_t i = threadIdx.x * 4; i < m.cols; i += GEMV_WARPS * WARP * 4) {
+        float4 a = __ldg((const float4 *)(x + i));
+        ss += a.x * a.x + a.y * a.y + a.z * a.z + a.w * a.w;
+        if (gain) {
+            float4 g = __ldg((const float4 *)(gain + i));
+            a.x *= g.x, a.y *= g.y, a.z *= g.z, a.w *= g.w;
+        }
+        *(float4 *)(xs + i) = a;
+    }
+    ss = warp_sum(ss);
+    if (lane == 0)
+        ss_part[warp] = ss;
+    __syncthreads();
+    float norm = 1.0f;
+    if (gain) {
+        ss = 0.0f;
+        for (int w = 0; w < GEMV_WARPS; w++)
+            ss += ss_part[w];
+        norm = rsqrtf(ss / (float)m.cols + eps);
+    }
+    mbar_wait(&bar, 0);
+    for (uint32_t u0 = warp; u0 < n; u0 += GEMV_WARPS * WIDE_UNITS) {
+        float acc[WIDE_UNITS][N_ROWS];
+        for (int u = 0; u < WIDE_UNITS; u++)
+            for (int j = 0; j < N_ROWS; j++)
+                acc[u][j] = 0.0f;
+#pragma unroll 4
+        for (uint32_t k = lane * 8; k < m.cols; k += WARP * 8) {
+            float4 a = *(const float4 *)(xs + k), b = *(const float4 *)(xs + k + 4);
+#pragma unroll
+            for (int u = 0; u < WIDE_UNITS; u++) {
+                uint32_t unit = u0 + u * GEMV_WARPS;
+                if (unit >= n)
+                    break;
+#pragma unroll
+                for (int j = 0; j < N_ROWS; j++) {
+                    float w[8];
+                    unpack8(DMAT_BF16, *(const uint4 *)(staged + ((size_t)j * per_block + unit) * row_bytes + k * 2),
+                            w);
+                    acc[u][j] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y +
+                                 w[6] * b.z + w[7] * b.w;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < WIDE_UNITS; u++) {
+            float dot[N_ROWS];
+            for (int j = 0; j < N_ROWS; j++)
+                dot[j] = warp_sum(acc[u][j]) * norm;
+            uint32_t unit = u0 + u * GEMV_WARPS;
+            if (lane == 0 && unit < n)
+                result[unit] = N_ROWS == 2 ? gated<MODE>(dot[0], dot[N_ROWS - 1]) : dot[0];
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x < n)
+        y[r0 + threadIdx.x] = before + result[threadIdx.x];
+}
+
+template <int MODE>
+__global__ void __launch_bounds__(GEMV_WARPS *WARP, 2)
+    gemv_wide_kernel(dmat m, uint32_t rows, uint32_t per_block, const float *x, const float *gain, float eps,
+                     float *y) {
+    gemv_wide_rows<MODE>(m, rows, per_block, x, gain, eps, y);
+}
+
+/* Shared memory of gemv_wide_rows: per_block rows (pairs) of m, then x as floats. */
+static inline size_t gemv_wide_bytes(const dmat &m, uint32_t per_block, bool pair) {
+    return (size_t)(pair ? 2 : 1) * per_block * m.cols * sizeof(__nv_bfloat16) + m.cols * sizeof(float);
+}
+
 /* The output head of a decode step, y[t][r] = dot(W[r], x[t]), with each
  * token's argmax folded into keys ([NT][ARGMAX_SLOTS]) on the way, saving
  * a pass over the logits. Its rows are many (151,936 of 1,024 columns),
@@ -312,6 +428,19 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, HEAD_BLOCKS_PER_SM)
 }
 
 enum { QKV_REGISTERS, QKV_STAGED_BF16, QKV_STAGED_Q8 };
+
+/* gemv_qkv_kernel's one-token form over gemv_wide_rows: per_block divides
+ * head_dim. Grid q_dim + 2 kv_dim over per_block, block 256. */
+__global__ void __launch_bounds__(GEMV_WARPS *WARP, 2)
+    gemv_qkv_wide_kernel(dmat m, uint32_t per_block, const float *x, const float *gain, float eps, float *qkv,
+                         rope_args ra, unsigned *head_done) {
+    __shared__ float v[512];
+    gemv_wide_rows<OUT_STORE>(m, m.rows, per_block, x, gain, eps, qkv);
+    uint32_t j = blockIdx.x * per_block / ra.head_dim;
+    if (!block_is_last(&head_done[j], ra.head_dim / per_block))
+        return;
+    qkv_head_finish(ra, j, 0, v);
+}
 
 /* The q|k|v GEMV of a decode step with qk_rope_kernel's work as its tail:
  * a block's 8 / wpr rows lie in one head (head_dim a multiple of 8), and

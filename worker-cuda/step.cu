@@ -376,6 +376,44 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
     return wpr;
 }
 
+/* The most shared memory a gemv_wide_rows block takes, so that two kernels' blocks fit an SM
+ * (228 KiB on sm_90). */
+#define WIDE_MAX_BYTES (112 * 1024)
+
+void gemv_wide_setup(cuda_engine *e, const cudaDeviceProp *prop) {
+    int bytes = WIDE_MAX_BYTES;
+    e->wide =
+        prop->major >= 9 && env_allows("INFERNO_CUDA_WIDE") &&
+        cudaFuncSetAttribute(gemv_wide_kernel<OUT_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(gemv_wide_kernel<OUT_ADD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(gemv_wide_kernel<OUT_SILU_PAIR>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(gemv_wide_kernel<OUT_GELU_PAIR>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
+            cudaSuccess &&
+        cudaFuncSetAttribute(gemv_qkv_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
+    (void)cudaGetLastError(); /* a refusal above leaves its error; the GEMVs then stay as they were */
+}
+
+/* Rows a gemv_wide_rows block takes for a one-token GEMV of w (rows
+ * outputs), or 0 where it does not (not bf16, or too large for an SM
+ * beside the next kernel); with a head size, a divisor of it (q|k|v). */
+static uint32_t gemv_wide_rows_per_block(const cuda_engine *e, const dmat *w, uint32_t rows, bool pair,
+                                         uint32_t head_dim) {
+    if (!e->wide || w->type != DMAT_BF16 || w->cols % 8)
+        return 0;
+    uint32_t n_sm = (uint32_t)e->n_sm, per_block = (rows + n_sm - 1) / n_sm;
+    if (head_dim) {
+        per_block = head_dim;
+        while (per_block % 2 == 0 && (rows + per_block / 2 - 1) / (per_block / 2) <= n_sm)
+            per_block /= 2;
+        if ((rows + per_block - 1) / per_block > n_sm)
+            return 0;
+    }
+    return per_block <= GEMV_WARPS * WARP && gemv_wide_bytes(*w, per_block, pair) <= WIDE_MAX_BYTES ? per_block : 0;
+}
+
 /* Whether a GEMV of T tokens is gemv_rows_staged (gemv.cuh says when
  * it wins), its shared memory within the default 48 KiB. */
 static bool gemv_staged(const cuda_engine *e, int T, size_t staged_bytes) {
@@ -392,6 +430,15 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
     float eps = e->m->rms_eps;
     bool pair = mode == OUT_SILU_PAIR || mode == OUT_GELU_PAIR;
     uint32_t rows = pair ? w->rows / 2 : w->rows;
+    uint32_t per_block = T == 1 ? gemv_wide_rows_per_block(e, w, rows, pair, 0) : 0;
+    if (per_block) {
+        typedef void (*wide_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *);
+        static const wide_fn by_mode[4] = {gemv_wide_kernel<OUT_STORE>, gemv_wide_kernel<OUT_ADD>,
+                                           gemv_wide_kernel<OUT_SILU_PAIR>, gemv_wide_kernel<OUT_GELU_PAIR>};
+        CUDA_CHECK(launch_shared(e, by_mode[mode], dim3((rows + per_block - 1) / per_block), dim3(GEMV_WARPS * WARP),
+                                 gemv_wide_bytes(*w, per_block, pair), *w, rows, per_block, x, gain, eps, y));
+        return 0;
+    }
     if (T <= GEMV_MAX_T) {
         typedef void (*gemv_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *, uint32_t);
 #define GEMV_ROW(NT)                                                                                                   \
@@ -497,6 +544,13 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
         static const qkv_fn by_tokens[3][GEMV_MAX_T] = {QKV_ROW(QKV_REGISTERS, (gemv_qkv_kernel<1, QKV_REGISTERS>)),
                                                         QKV_ROW(QKV_STAGED_BF16, NULL), QKV_ROW(QKV_STAGED_Q8, NULL)};
 #undef QKV_ROW
+        uint32_t per_block = T == 1 ? gemv_wide_rows_per_block(e, w, w->rows, false, hd) : 0;
+        if (per_block) {
+            CUDA_CHECK(launch_shared(e, gemv_qkv_wide_kernel, dim3(w->rows / per_block), dim3(GEMV_WARPS * WARP),
+                                     gemv_wide_bytes(*w, per_block, false), *w, per_block, (const float *)e->x, gain,
+                                     e->m->rms_eps, e->qkv, ra, e->qkv_done));
+            return 0;
+        }
         uint32_t wpr = gemv_warps_per_row(e, w->rows, w->cols);
         size_t staged_bytes = gemv_staged_bytes(*w, wpr, false);
         bool staged = gemv_staged(e, T, staged_bytes);
