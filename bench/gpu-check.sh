@@ -9,7 +9,7 @@
 #   3. 0.6b-shaped models (BF16, also with an f16 KV cache on both engines;
 #      Q8_0, Q4_K_M), a Qwen2.5-0.5B-shaped Q4_K_M one, a Gemma-3-270M-shaped
 #      Q4_K_M one and a tiny gemma3 with a sliding window of 4: GPU logits
-#      against the CPU engine's;
+#      against the CPU engine's, after prompts of 1 (a decode-graph step), 5 and 100 tokens;
 #   4. inferno-bench --backend cuda on them;
 #   5. a cluster of two inferno-worker-cuda workers (deploy/inferno) serving
 #      chat completions;
@@ -145,9 +145,9 @@ for type in bf16 bf16-kvf16 q8_0 q4_k_m qwen2.5-q4_k_m gemma3-270m gemma3-tiny; 
     # both engines with a half-precision cache (the same rounding): at 5 tokens
     # a step takes the decode attention kernel, whose half path differs from float's
     [[ $type == bf16-kvf16 ]] && model=$work/0.6b-bf16.gguf kv=(--kv-type f16)
-    lengths="5 100"
-    [[ $type == gemma3-270m ]] && lengths="5 100 700" # 700: past the 512-token window
-    [[ $type == bf16 ]] && lengths="5 100 300"        # 300: the prompt attention's slices and their merge
+    lengths="1 5 100" # 1: a one-token step (the decode graph's one-wave GEMVs)
+    [[ $type == gemma3-270m ]] && lengths="1 5 100 700" # 700: past the 512-token window
+    [[ $type == bf16 ]] && lengths="1 5 100 300"        # 300: the prompt attention's slices and their merge
     for n in $lengths; do
         prompt=$(seq -s, 1000 $((999 + n)))
         # the CPU reference: float32 activations, as the GPU keeps them
