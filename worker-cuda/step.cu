@@ -380,19 +380,15 @@ static uint32_t gemv_warps_per_row(const cuda_engine *e, uint32_t rows, uint32_t
  * (228 KiB on sm_90). */
 #define WIDE_MAX_BYTES (112 * 1024)
 
+/* Lets kernel take WIDE_MAX_BYTES of dynamic shared memory. */
+template <typename... Params> static bool wide_smem(void (*kernel)(Params...)) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WIDE_MAX_BYTES) == cudaSuccess;
+}
+
 void gemv_wide_setup(cuda_engine *e, const cudaDeviceProp *prop) {
-    int bytes = WIDE_MAX_BYTES;
-    e->wide =
-        prop->major >= 9 && env_allows("INFERNO_CUDA_WIDE") &&
-        cudaFuncSetAttribute(gemv_wide_kernel<OUT_STORE>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
-            cudaSuccess &&
-        cudaFuncSetAttribute(gemv_wide_kernel<OUT_ADD>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
-            cudaSuccess &&
-        cudaFuncSetAttribute(gemv_wide_kernel<OUT_SILU_PAIR>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
-            cudaSuccess &&
-        cudaFuncSetAttribute(gemv_wide_kernel<OUT_GELU_PAIR>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
-            cudaSuccess &&
-        cudaFuncSetAttribute(gemv_qkv_wide_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
+    e->wide = prop->major >= 9 && env_allows("INFERNO_CUDA_WIDE") && wide_smem(gemv_wide_kernel<OUT_STORE>) &&
+              wide_smem(gemv_wide_kernel<OUT_ADD>) && wide_smem(gemv_wide_kernel<OUT_SILU_PAIR>) &&
+              wide_smem(gemv_wide_kernel<OUT_GELU_PAIR>) && wide_smem(gemv_qkv_wide_kernel);
     (void)cudaGetLastError(); /* a refusal above leaves its error; the GEMVs then stay as they were */
 }
 
