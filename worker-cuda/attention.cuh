@@ -616,6 +616,7 @@ __device__ __forceinline__ void attention_lanes(const attention_args &a, const r
     }
     if (FINISH)
         __syncthreads(); /* q is read before any warp's output overwrites it */
+    trace_mark(0);
     for (int w0 = w_first; w0 < end; w0 += stride) {
         int p0 = w0 + (int)grp * B;
         kv_raw8<KV> kr[B], vr[B];
@@ -633,8 +634,10 @@ __device__ __forceinline__ void attention_lanes(const attention_args &a, const r
             for (int i = 0; i < 8; i++)
                 acc_w[warp][g][sub * 8 + i] = acc[g][i];
     }
+    trace_mark(1);
     attention_block_finish<ATTN_WARPS>(a, t, h0, GSUB, &m_w[0][0], &l_w[0][0], &acc_w[0][0][0], 256, weight, blockIdx.z,
                                        gridDim.z, a.done + (size_t)t * gridDim.x + blockIdx.x);
+    trace_mark(2);
 }
 
 template <int GSUB, typename KV>

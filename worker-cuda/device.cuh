@@ -48,6 +48,39 @@ template <int MODE> __device__ __forceinline__ float gated(float g, float u) {
 
 #define WARP 32
 
+#ifdef INFERNO_KERNEL_TRACE
+/* make CUDA_TRACE=1 (INFERNO_KERNEL_TRACE): in the step that
+ * INFERNO_CUDA_TRACE_STEP names, each block's thread 0 records the global
+ * timer before and after its wait on the previous kernel (pdl_wait), its
+ * SM and dynamic shared memory, and the timer and clock at trace_mark(k)
+ * points (k < 4); trace_dump (step.cu) prints them a kernel a line. Costs
+ * ~2.5% of a batch-1 step. */
+struct trace_rec {
+    unsigned long long grid, t0, t1, mark[4], clk[4];
+    unsigned blocks, sm, dyn_smem;
+};
+#define TRACE_CAP 200000
+static __device__ trace_rec trace_buf[TRACE_CAP];
+static __device__ unsigned trace_n;
+static __device__ int trace_on;
+__device__ __forceinline__ unsigned long long trace_time() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ unsigned &trace_slot() {
+    __shared__ unsigned slot;
+    return slot;
+}
+/* no loads here: one under the next kernel's weight copies takes microseconds */
+__device__ __forceinline__ void trace_mark(int k) {
+    if (threadIdx.x == 0 && trace_slot() < TRACE_CAP)
+        trace_buf[trace_slot()].mark[k] = trace_time(), trace_buf[trace_slot()].clk[k] = clock64();
+}
+#else
+__device__ __forceinline__ void trace_mark(int) {}
+#endif
+
 /* Programmatic dependent launch (sm_90): a kernel launched with the PDL
  * attribute may start while the one before it finishes. pdl_wait() blocks
  * until the previous kernel has completed and its writes are visible, so
@@ -58,7 +91,25 @@ template <int MODE> __device__ __forceinline__ float gated(float g, float u) {
  * attribute both are no-ops. */
 __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef INFERNO_KERNEL_TRACE
+    int on = threadIdx.x == 0 && *(volatile int *)&trace_on; /* set before the step, read before the wait */
+    unsigned long long t0 = trace_time();
+#endif
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#ifdef INFERNO_KERNEL_TRACE
+    unsigned long long t1 = trace_time();
+    if (threadIdx.x == 0) {
+        unsigned i = on ? atomicAdd(&trace_n, 1) : TRACE_CAP;
+        unsigned long long g;
+        asm volatile("mov.u64 %0, %%gridid;" : "=l"(g));
+        trace_slot() = i;
+        unsigned sm, dyn;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        asm volatile("mov.u32 %0, %%dynamic_smem_size;" : "=r"(dyn));
+        if (i < TRACE_CAP)
+            trace_buf[i] = {g, t0, t1, {0, 0, 0, 0}, {0, 0, 0, 0}, gridDim.x * gridDim.y * gridDim.z, sm, dyn};
+    }
+#endif
 #endif
 }
 

@@ -326,7 +326,9 @@ __device__ __forceinline__ void gemv_wide_rows(const dmat &m, uint32_t rows, uin
             ss += ss_part[w];
         norm = rsqrtf(ss / (float)m.cols + eps);
     }
+    trace_mark(0);
     mbar_wait(&bar, 0);
+    trace_mark(1);
     for (uint32_t u0 = warp; u0 < n; u0 += GEMV_WARPS * WIDE_UNITS) {
         float acc[WIDE_UNITS][N_ROWS];
         for (int u = 0; u < WIDE_UNITS; u++)
@@ -360,6 +362,7 @@ __device__ __forceinline__ void gemv_wide_rows(const dmat &m, uint32_t rows, uin
                 result[unit] = N_ROWS == 2 ? gated<MODE>(dot[0], dot[N_ROWS - 1]) : dot[0];
         }
     }
+    trace_mark(2);
     __syncthreads();
     if (threadIdx.x < n)
         y[r0 + threadIdx.x] = before + result[threadIdx.x];
@@ -447,6 +450,7 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, 2)
     uint32_t j = blockIdx.x * per_block / ra.head_dim;
     if (!block_is_last(&head_done[j], ra.head_dim / per_block))
         return;
+    trace_mark(3);
     qkv_head_finish(ra, j, 0, v);
 }
 

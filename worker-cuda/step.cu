@@ -794,9 +794,93 @@ int argmax_ids(cuda_engine *e, int rows, int32_t *ids, char *err, size_t errlen)
     return 0;
 }
 
+#ifdef INFERNO_KERNEL_TRACE
+/* Prints the records of one step (INFERNO_CUDA_TRACE_STEP=N, counting
+ * cuda_forward's calls), a kernel (grid) a line: its blocks, those
+ * recorded, the SMs they ran on, when its first and last blocks landed
+ * and were released, and the last block's time at each trace_mark (-1:
+ * none); microseconds from the step's first release. With
+ * INFERNO_CUDA_TRACE_RAW=FILE, every block's record to FILE. A debugging
+ * build's tool: the step count is the process's, not the engine's. */
+static int trace_dump(int step, char *err, size_t errlen) {
+    unsigned n = 0;
+    CUDA_CHECK(cudaMemcpyFromSymbol(&n, trace_n, sizeof n));
+    n = n < TRACE_CAP ? n : TRACE_CAP;
+    trace_rec *r = (trace_rec *)calloc(n ? n : 1, sizeof *r);
+    if (!r)
+        return fail(err, errlen, "trace: out of memory for %u records", n);
+    cudaError_t rc = cudaMemcpyFromSymbol(r, trace_buf, n * sizeof *r);
+    if (rc != cudaSuccess) {
+        free(r);
+        return fail(err, errlen, "trace: %s", cudaGetErrorString(rc));
+    }
+    qsort(r, n, sizeof *r, [](const void *a, const void *b) {
+        unsigned long long x = ((const trace_rec *)a)->grid, y = ((const trace_rec *)b)->grid;
+        return x < y ? -1 : x > y;
+    });
+    unsigned long long base = ~0ull;
+    for (unsigned i = 0; i < n; i++)
+        base = r[i].t1 < base ? r[i].t1 : base;
+    if (getenv("INFERNO_CUDA_TRACE_RAW")) {
+        FILE *f = fopen(getenv("INFERNO_CUDA_TRACE_RAW"), "w");
+        for (unsigned i = 0; f && i < n; i++) {
+            fprintf(f, "%llu %u %u %lld %lld", r[i].grid, r[i].blocks, r[i].sm, (long long)(r[i].t0 - base),
+                    (long long)(r[i].t1 - base));
+            for (int k = 0; k < 4; k++)
+                fprintf(f, " %lld %lld", r[i].mark[k] ? (long long)(r[i].mark[k] - base) : -1LL,
+                        (long long)r[i].clk[k]);
+            fprintf(f, " %u\n", r[i].dyn_smem);
+        }
+        if (f)
+            fclose(f);
+    }
+    fprintf(stderr, "trace step %d: %u records\n  grid blocks seen sms land0 land1 rel0 rel1 mark0 mark1 mark2 mark3\n",
+            step, n);
+    for (unsigned i = 0, j; i < n; i = j) {
+        unsigned long long land0 = ~0ull, land1 = 0, rel0 = ~0ull, rel1 = 0, mark[4] = {0, 0, 0, 0};
+        unsigned char on_sm[1024] = {0};
+        unsigned sms = 0;
+        for (j = i; j < n && r[j].grid == r[i].grid; j++) {
+            if (r[j].sm < sizeof on_sm && !on_sm[r[j].sm]++)
+                sms++;
+            land0 = r[j].t0 < land0 ? r[j].t0 : land0, land1 = r[j].t0 > land1 ? r[j].t0 : land1;
+            rel0 = r[j].t1 < rel0 ? r[j].t1 : rel0, rel1 = r[j].t1 > rel1 ? r[j].t1 : rel1;
+            for (int k = 0; k < 4; k++)
+                mark[k] = r[j].mark[k] > mark[k] ? r[j].mark[k] : mark[k];
+        }
+        auto us = [&](unsigned long long t) { return t ? ((long long)t - (long long)base) / 1e3 : -1.0; };
+        fprintf(stderr, "  %llu %u %u %u %.2f %.2f %.2f %.2f %.2f %.2f %.2f %.2f\n", r[i].grid, r[i].blocks, j - i, sms,
+                us(land0), us(land1), us(rel0), us(rel1), us(mark[0]), us(mark[1]), us(mark[2]), us(mark[3]));
+    }
+    free(r);
+    return 0;
+}
+#endif
+
 int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen) {
+#ifdef INFERNO_KERNEL_TRACE
+    static int calls = 0, want = getenv("INFERNO_CUDA_TRACE_STEP") ? atoi(getenv("INFERNO_CUDA_TRACE_STEP")) : -1;
+    bool trace = ++calls == want;
+    if (trace) {
+        int on = 1;
+        unsigned zero = 0;
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpyToSymbol(trace_n, &zero, sizeof zero));
+        CUDA_CHECK(cudaMemcpyToSymbol(trace_on, &on, sizeof on));
+    }
     if (run_step(e, b, err, errlen))
         return -1;
+    if (trace) {
+        int off = 0;
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpyToSymbol(trace_on, &off, sizeof off));
+        if (trace_dump(calls, err, errlen))
+            return -1;
+    }
+#else
+    if (run_step(e, b, err, errlen))
+        return -1;
+#endif
     int rows = engine_batch_rows(b);
     if (logits)
         CUDA_CHECK(
