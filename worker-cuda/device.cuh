@@ -54,7 +54,7 @@ template <int MODE> __device__ __forceinline__ float gated(float g, float u) {
  * timer before and after its wait on the previous kernel (pdl_wait), its
  * SM and dynamic shared memory, and the timer and clock at trace_mark(k)
  * points (k < 4); trace_dump (step.cu) prints them a kernel a line. Costs
- * ~2.5% of a batch-1 step. */
+ * ~3% of a batch-1 step. */
 struct trace_rec {
     unsigned long long grid, t0, t1, mark[4], clk[4];
     unsigned blocks, sm, dyn_smem;
