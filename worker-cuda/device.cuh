@@ -74,8 +74,12 @@ __device__ __forceinline__ unsigned &trace_slot() {
 }
 /* no loads here: one under the next kernel's weight copies takes microseconds */
 __device__ __forceinline__ void trace_mark(int k) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* where pdl_wait sets the slot */
     if (threadIdx.x == 0 && trace_slot() < TRACE_CAP)
         trace_buf[trace_slot()].mark[k] = trace_time(), trace_buf[trace_slot()].clk[k] = clock64();
+#else
+    (void)k;
+#endif
 }
 #else
 __device__ __forceinline__ void trace_mark(int) {}
