@@ -48,6 +48,13 @@ template <int MODE> __device__ __forceinline__ float gated(float g, float u) {
 
 #define WARP 32
 
+/* The GPU's global timer in nanoseconds (the traces' clock). */
+__device__ __forceinline__ unsigned long long global_ns() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 #ifdef INFERNO_KERNEL_TRACE
 /* make CUDA_TRACE=1 (INFERNO_KERNEL_TRACE): in the step that
  * INFERNO_CUDA_TRACE_STEP names, each block's thread 0 records the global
@@ -63,11 +70,6 @@ struct trace_rec {
 static __device__ trace_rec trace_buf[TRACE_CAP];
 static __device__ unsigned trace_n;
 static __device__ int trace_on;
-__device__ __forceinline__ unsigned long long trace_time() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
 __device__ __forceinline__ unsigned &trace_slot() {
     __shared__ unsigned slot;
     return slot;
@@ -76,7 +78,7 @@ __device__ __forceinline__ unsigned &trace_slot() {
 __device__ __forceinline__ void trace_mark(int k) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* where pdl_wait sets the slot */
     if (threadIdx.x == 0 && trace_slot() < TRACE_CAP)
-        trace_buf[trace_slot()].mark[k] = trace_time(), trace_buf[trace_slot()].clk[k] = clock64();
+        trace_buf[trace_slot()].mark[k] = global_ns(), trace_buf[trace_slot()].clk[k] = clock64();
 #else
     (void)k;
 #endif
@@ -97,11 +99,11 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #ifdef INFERNO_KERNEL_TRACE
     int on = threadIdx.x == 0 && *(volatile int *)&trace_on; /* set before the step, read before the wait */
-    unsigned long long t0 = trace_time();
+    unsigned long long t0 = global_ns();
 #endif
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #ifdef INFERNO_KERNEL_TRACE
-    unsigned long long t1 = trace_time();
+    unsigned long long t1 = global_ns();
     if (threadIdx.x == 0) {
         unsigned i = on ? atomicAdd(&trace_n, 1) : TRACE_CAP;
         unsigned long long g;

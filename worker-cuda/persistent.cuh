@@ -82,12 +82,6 @@ struct persist_args {
     unsigned long long *trace;
 };
 
-__device__ __forceinline__ unsigned long long global_ns() {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
 /* ---- the ring (bulk copies and mbarriers: device.cuh) ---- */
 
 /* Dynamic shared memory: the ring, the stage area, then the layers'

@@ -800,8 +800,7 @@ int argmax_ids(cuda_engine *e, int rows, int32_t *ids, char *err, size_t errlen)
  * recorded, the SMs they ran on, when its first and last blocks landed
  * and were released, and the last block's time at each trace_mark (-1:
  * none); microseconds from the step's first release. With
- * INFERNO_CUDA_TRACE_RAW=FILE, every block's record to FILE. A debugging
- * build's tool: the step count is the process's, not the engine's. */
+ * INFERNO_CUDA_TRACE_RAW=FILE, every block's record to FILE. */
 static int trace_dump(int step, char *err, size_t errlen) {
     unsigned n = 0;
     CUDA_CHECK(cudaMemcpyFromSymbol(&n, trace_n, sizeof n));
@@ -821,8 +820,9 @@ static int trace_dump(int step, char *err, size_t errlen) {
     unsigned long long base = ~0ull;
     for (unsigned i = 0; i < n; i++)
         base = r[i].t1 < base ? r[i].t1 : base;
-    if (getenv("INFERNO_CUDA_TRACE_RAW")) {
-        FILE *f = fopen(getenv("INFERNO_CUDA_TRACE_RAW"), "w");
+    const char *raw = getenv("INFERNO_CUDA_TRACE_RAW");
+    if (raw) {
+        FILE *f = fopen(raw, "w");
         for (unsigned i = 0; f && i < n; i++) {
             fprintf(f, "%llu %u %u %lld %lld", r[i].grid, r[i].blocks, r[i].sm, (long long)(r[i].t0 - base),
                     (long long)(r[i].t1 - base));
@@ -855,30 +855,36 @@ static int trace_dump(int step, char *err, size_t errlen) {
     free(r);
     return 0;
 }
+
+/* Around each forward step (begin, then its end): the one that
+ * INFERNO_CUDA_TRACE_STEP names, counting the process's steps, is recorded
+ * and printed. */
+static int trace_step(bool begin, char *err, size_t errlen) {
+    static const int want = getenv("INFERNO_CUDA_TRACE_STEP") ? atoi(getenv("INFERNO_CUDA_TRACE_STEP")) : -1;
+    static int step = 0;
+    if (begin)
+        ++step;
+    if (step != want)
+        return 0;
+    int on = begin;
+    unsigned zero = 0;
+    CUDA_CHECK(cudaDeviceSynchronize());
+    if (begin)
+        CUDA_CHECK(cudaMemcpyToSymbol(trace_n, &zero, sizeof zero));
+    CUDA_CHECK(cudaMemcpyToSymbol(trace_on, &on, sizeof on));
+    return begin ? 0 : trace_dump(step, err, errlen);
+}
 #endif
 
 int cuda_forward(cuda_engine *e, const engine_batch *b, float *logits, int32_t *argmax, char *err, size_t errlen) {
 #ifdef INFERNO_KERNEL_TRACE
-    static int calls = 0, want = getenv("INFERNO_CUDA_TRACE_STEP") ? atoi(getenv("INFERNO_CUDA_TRACE_STEP")) : -1;
-    bool trace = ++calls == want;
-    if (trace) {
-        int on = 1;
-        unsigned zero = 0;
-        CUDA_CHECK(cudaDeviceSynchronize());
-        CUDA_CHECK(cudaMemcpyToSymbol(trace_n, &zero, sizeof zero));
-        CUDA_CHECK(cudaMemcpyToSymbol(trace_on, &on, sizeof on));
-    }
+    if (trace_step(true, err, errlen))
+        return -1;
+#endif
     if (run_step(e, b, err, errlen))
         return -1;
-    if (trace) {
-        int off = 0;
-        CUDA_CHECK(cudaDeviceSynchronize());
-        CUDA_CHECK(cudaMemcpyToSymbol(trace_on, &off, sizeof off));
-        if (trace_dump(calls, err, errlen))
-            return -1;
-    }
-#else
-    if (run_step(e, b, err, errlen))
+#ifdef INFERNO_KERNEL_TRACE
+    if (trace_step(false, err, errlen))
         return -1;
 #endif
     int rows = engine_batch_rows(b);
