@@ -704,14 +704,6 @@ __device__ __forceinline__ float4 kv_load4(const __half *p) {
     return make_float4(a.x, a.y, b.x, b.y);
 }
 
-/* c += a b for a 16x16 (row) and b 16x8 (column) fragment, bf16 in, float32 accumulate. */
-__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 /* 16 bytes global -> shared without registers (sm_80), and the waits. */
 __device__ __forceinline__ void cp_async16(void *smem, const void *global) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(smem)),

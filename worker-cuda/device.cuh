@@ -303,6 +303,14 @@ __device__ __forceinline__ void bf16_split2(float x, float y, uint32_t &hi, uint
     hi = *(const uint32_t *)&h, lo = *(const uint32_t *)&l;
 }
 
+/* c += a b for a 16x16 (row) and b 16x8 (column) fragment, bf16 in, float32 accumulate. */
+__device__ __forceinline__ void mma_bf16(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 /* Four floats at out[at], or split into hi[at] and lo[at] (8 bytes each). */
 __device__ __forceinline__ void store_row4(float4 v, size_t at, float *out, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
     if (out)

@@ -277,27 +277,62 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, 4)
  * only as this one's left and loaded their weights then (a globaltimer
  * trace of a batch-1 step: gate|up's blocks landed at Wo's completion).
  * After the wait the block reads x (and the rows it adds to) in one
- * round of loads into shared memory, then a warp takes units (rows, or
- * gate|up row pairs) warp, warp + 8, ..., WIDE_UNITS at a time, a lane 8
- * columns of each 256, and thread i writes unit i. (A first form read x
- * from each warp, a round of loads per 4 chunks: 6-7 us a GEMV against
- * 4-5.) H200, 0.6b bf16, f16 KV, batch 1: 1,112-1,114 -> 1,214-1,216
- * tok/s; with only one of the four products wide, each was slower than
- * none. cols a multiple of 8. Grid ceil(rows / per_block), block 256;
- * dynamic shared memory gemv_wide_bytes. */
-#define WIDE_UNITS 4
-template <int MODE>
+ * round of loads; H200, 0.6b bf16, f16 KV, batch 1: 1,112-1,114 ->
+ * 1,214-1,216 tok/s; with only one of the four products wide, each was
+ * slower than none.
+ *
+ * The products run on the tensor cores: x, scaled by the gain, is split
+ * into bf16 hi and lo halves (bf16_split2, ~16 mantissa bits, as prefill
+ * does), the two columns of an m16n8k16 B fragment, and the staged rows
+ * are its A fragments, 16 rows a tile; each warp takes every 8th chunk of
+ * 32 columns for all the block's rows, and the warps' sums meet in shared
+ * memory. A dot product may take its columns in any order, so a lane
+ * loads 8 adjacent columns of its row (one 16-byte load) and hands them
+ * to the mma as the k slots its fragment holds, B's the same ones; rows
+ * lie WIDE_ROW_PAD bytes apart past a multiple of 128 so that the 8 rows
+ * of a load hit distinct banks. TILES: the staged rows' 16-row tiles, a
+ * template parameter so that the loop has no branch. The kernel trace's
+ * products (warp 0, mark 1 to 2), cycles a block: on the CUDA cores
+ * (unpack, then a multiply-add an element) 2,100-4,200; on the tensor
+ * cores in a loop with branches 2,460-3,290 by kernel (medians; 1,228 ->
+ * 1,256 tok/s), without them 1,770-2,820. H200, 0.6b bf16, f16 KV, batch
+ * 1: 1,236 -> 1,327 tok/s in all (alternating runs). cols a multiple
+ * of 32, at most WIDE_MAX_ROWS staged rows. Grid ceil(rows / per_block),
+ * block 256; dynamic shared memory gemv_wide_bytes. */
+#define WIDE_MAX_ROWS 64
+#define WIDE_ROW_PAD  64
+
+/* Bytes from one staged row to the next: the row, padded to 64 past a multiple of 128. */
+__host__ __device__ __forceinline__ uint32_t wide_row_stride(uint32_t cols) {
+    uint32_t row_bytes = cols * 2;
+    return row_bytes % 128 ? row_bytes : row_bytes + WIDE_ROW_PAD;
+}
+
+template <int MODE, int TILES>
 __device__ __forceinline__ void gemv_wide_rows(const dmat &m, uint32_t rows, uint32_t per_block, const float *x,
                                                const float *gain, float eps, float *y) {
     const int N_ROWS = MODE == OUT_SILU_PAIR || MODE == OUT_GELU_PAIR ? 2 : 1;
     extern __shared__ __align__(128) unsigned char staged[];
     __shared__ __align__(8) uint64_t bar;
-    __shared__ float result[256];
+    __shared__ float partial[GEMV_WARPS][WIDE_MAX_ROWS]; /* each warp's dots over its columns */
     uint32_t lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, row_bytes = m.cols * 2;
+    uint32_t stride = wide_row_stride(m.cols), total = N_ROWS * per_block;
     uint32_t r0 = blockIdx.x * per_block, n = min(per_block, rows - r0);
-    float *xs = (float *)(staged + (size_t)N_ROWS * per_block * row_bytes); /* x, scaled by the gain */
-    if (threadIdx.x == 0)
-        stage_rows<N_ROWS, false>(m, rows, r0, n, per_block, staged, NULL, NULL, &bar);
+    /* x times the gain as bf16 hi, then lo halves */
+    __nv_bfloat16 *x_hi = (__nv_bfloat16 *)(staged + (size_t)total * stride), *x_lo = x_hi + m.cols;
+    if (warp == 0) { /* row s = j * per_block + unit of half j, each at its padded place */
+        if (lane == 0) {
+            mbar_init(&bar, 1);
+            mbar_init_fence();
+            mbar_expect_tx(&bar, N_ROWS * n * row_bytes);
+        }
+        __syncwarp();
+        for (uint32_t s = lane; s < N_ROWS * n; s += WARP) {
+            uint32_t j = s / n, unit = s % n;
+            bulk_copy(staged + (size_t)(j * per_block + unit) * stride,
+                      (const unsigned char *)m.w + ((size_t)j * rows + r0 + unit) * row_bytes, row_bytes, &bar);
+        }
+    }
     __syncthreads(); /* the barrier's init, before anyone waits on it */
     pdl_enter();
     /* x (and the rows added to) in one round of loads from the whole block */
@@ -310,7 +345,10 @@ __device__ __forceinline__ void gemv_wide_rows(const dmat &m, uint32_t rows, uin
             float4 g = __ldg((const float4 *)(gain + i));
             a.x *= g.x, a.y *= g.y, a.z *= g.z, a.w *= g.w;
         }
-        *(float4 *)(xs + i) = a;
+        uint2 hi, lo;
+        bf16_split2(a.x, a.y, hi.x, lo.x);
+        bf16_split2(a.z, a.w, hi.y, lo.y);
+        *(uint2 *)(x_hi + i) = hi, *(uint2 *)(x_lo + i) = lo;
     }
     /* one barrier, not block_sum's two: the second sat on this chain (H200, batch 1:
      * 1,189-1,201 against 1,228-1,244 tok/s) */
@@ -329,55 +367,89 @@ __device__ __forceinline__ void gemv_wide_rows(const dmat &m, uint32_t rows, uin
     trace_mark(0);
     mbar_wait(&bar, 0);
     trace_mark(1);
-    for (uint32_t u0 = warp; u0 < n; u0 += GEMV_WARPS * WIDE_UNITS) {
-        float acc[WIDE_UNITS][N_ROWS];
-        for (int u = 0; u < WIDE_UNITS; u++)
-            for (int j = 0; j < N_ROWS; j++)
-                acc[u][j] = 0.0f;
-#pragma unroll 4
-        for (uint32_t k = lane * 8; k < m.cols; k += WARP * 8) {
-            float4 a = *(const float4 *)(xs + k), b = *(const float4 *)(xs + k + 4);
+    /* lane (g, c): rows g and g + 8 of each tile (clamped into the staged
+     * rows: a row past them only makes an output nobody reads), columns
+     * 8c .. 8c + 7 of each chunk; B's column 0 is x's hi half (lanes g =
+     * 0), 1 its lo, the others zero. No branch in the loop, so that the
+     * loads of U chunks go out together; U chunks a round and ACC
+     * accumulators a tile keep the chains of dependent mmas short. */
+    const int U = TILES == 1 ? 4 : 2, ACC = TILES == 1 ? 4 : 2;
+    uint32_t g = lane / 4, c = lane % 4, chunks = m.cols / 32;
+    const unsigned char *row_g[TILES], *row_g8[TILES];
 #pragma unroll
-            for (int u = 0; u < WIDE_UNITS; u++) {
-                uint32_t unit = u0 + u * GEMV_WARPS;
-                if (unit >= n)
-                    break;
-#pragma unroll
-                for (int j = 0; j < N_ROWS; j++) {
-                    float w[8];
-                    unpack8(DMAT_BF16, *(const uint4 *)(staged + ((size_t)j * per_block + unit) * row_bytes + k * 2),
-                            w);
-                    acc[u][j] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y +
-                                 w[6] * b.z + w[7] * b.w;
-                }
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < WIDE_UNITS; u++) {
-            float dot[N_ROWS];
-            for (int j = 0; j < N_ROWS; j++)
-                dot[j] = warp_sum(acc[u][j]) * norm;
-            uint32_t unit = u0 + u * GEMV_WARPS;
-            if (lane == 0 && unit < n)
-                result[unit] = N_ROWS == 2 ? gated<MODE>(dot[0], dot[N_ROWS - 1]) : dot[0];
-        }
+    for (int t = 0; t < TILES; t++) {
+        row_g[t] = staged + (size_t)min(16 * t + g, total - 1) * stride + c * 16;
+        row_g8[t] = staged + (size_t)min(16 * t + g + 8, total - 1) * stride + c * 16;
     }
+    const unsigned char *x_half = (const unsigned char *)(g == 0 ? x_hi : x_lo) + c * 16;
+    uint32_t x_lane = g < 2 ? ~0u : 0u;
+    float acc[TILES][ACC][4];
+#pragma unroll
+    for (int t = 0; t < TILES; t++)
+#pragma unroll
+        for (int i = 0; i < ACC; i++)
+            acc[t][i][0] = acc[t][i][1] = acc[t][i][2] = acc[t][i][3] = 0.0f;
+    for (uint32_t chunk0 = warp; chunk0 < chunks; chunk0 += U * GEMV_WARPS) {
+        uint4 xb[U], a[U][TILES], b[U][TILES];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            /* past the last chunk: the last chunk's rows (finite) times a zero x */
+            uint32_t chunk = chunk0 + u * GEMV_WARPS, off = min(chunk, chunks - 1) * 64;
+            uint32_t in = chunk < chunks ? x_lane : 0u;
+            xb[u] = *(const uint4 *)(x_half + off);
+            xb[u].x &= in, xb[u].y &= in, xb[u].z &= in, xb[u].w &= in;
+#pragma unroll
+            for (int t = 0; t < TILES; t++)
+                a[u][t] = *(const uint4 *)(row_g[t] + off), b[u][t] = *(const uint4 *)(row_g8[t] + off);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int t = 0; t < TILES; t++) {
+                const uint32_t first[4] = {a[u][t].x, b[u][t].x, a[u][t].y, b[u][t].y};
+                const uint32_t second[4] = {a[u][t].z, b[u][t].z, a[u][t].w, b[u][t].w};
+                mma_bf16(acc[t][(2 * u) % ACC], first, xb[u].x, xb[u].y);
+                mma_bf16(acc[t][(2 * u + 1) % ACC], second, xb[u].z, xb[u].w);
+            }
+    }
+    if (c == 0) /* columns 0 and 1 of rows g and g + 8: the hi and lo halves' dots */
+#pragma unroll
+        for (int t = 0; t < TILES; t++) {
+            float dot_g = 0.0f, dot_g8 = 0.0f;
+#pragma unroll
+            for (int i = 0; i < ACC; i++)
+                dot_g += acc[t][i][0] + acc[t][i][1], dot_g8 += acc[t][i][2] + acc[t][i][3];
+            uint32_t r = 16 * t + g;
+            if (r < total)
+                partial[warp][r] = dot_g;
+            if (r + 8 < total)
+                partial[warp][r + 8] = dot_g8;
+        }
     trace_mark(2);
     __syncthreads();
-    if (threadIdx.x < n)
-        y[r0 + threadIdx.x] = before + result[threadIdx.x];
+    if (threadIdx.x < n) {
+        float dot[N_ROWS];
+        for (int j = 0; j < N_ROWS; j++) {
+            dot[j] = 0.0f;
+            for (int w = 0; w < GEMV_WARPS; w++)
+                dot[j] += partial[w][j * per_block + threadIdx.x];
+            dot[j] *= norm;
+        }
+        y[r0 + threadIdx.x] = before + (N_ROWS == 2 ? gated<MODE>(dot[0], dot[N_ROWS - 1]) : dot[0]);
+    }
 }
 
-template <int MODE>
+template <int MODE, int TILES>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP, 2)
     gemv_wide_kernel(dmat m, uint32_t rows, uint32_t per_block, const float *x, const float *gain, float eps,
                      float *y) {
-    gemv_wide_rows<MODE>(m, rows, per_block, x, gain, eps, y);
+    gemv_wide_rows<MODE, TILES>(m, rows, per_block, x, gain, eps, y);
 }
 
-/* Shared memory of gemv_wide_rows: per_block rows (pairs) of m, then x as floats. */
+/* Shared memory of gemv_wide_rows: per_block rows (pairs) of m at their padded
+ * stride, then x's hi and lo halves. */
 static inline size_t gemv_wide_bytes(const dmat &m, uint32_t per_block, bool pair) {
-    return (size_t)(pair ? 2 : 1) * per_block * m.cols * sizeof(__nv_bfloat16) + m.cols * sizeof(float);
+    return (size_t)(pair ? 2 : 1) * per_block * wide_row_stride(m.cols) + 2 * m.cols * sizeof(__nv_bfloat16);
 }
 
 /* The output head of a decode step, y[t][r] = dot(W[r], x[t]), with each
@@ -442,11 +514,12 @@ enum { QKV_REGISTERS, QKV_STAGED_BF16, QKV_STAGED_Q8 };
 
 /* gemv_qkv_kernel's one-token form over gemv_wide_rows: per_block divides
  * head_dim. Grid q_dim + 2 kv_dim over per_block, block 256. */
+template <int TILES>
 __global__ void __launch_bounds__(GEMV_WARPS *WARP, 2)
     gemv_qkv_wide_kernel(dmat m, uint32_t per_block, const float *x, const float *gain, float eps, float *qkv,
                          rope_args ra, unsigned *head_done) {
     __shared__ float v[512];
-    gemv_wide_rows<OUT_STORE>(m, m.rows, per_block, x, gain, eps, qkv);
+    gemv_wide_rows<OUT_STORE, TILES>(m, m.rows, per_block, x, gain, eps, qkv);
     uint32_t j = blockIdx.x * per_block / ra.head_dim;
     if (!block_is_last(&head_done[j], ra.head_dim / per_block))
         return;

@@ -385,10 +385,24 @@ template <typename... Params> static bool wide_smem(void (*kernel)(Params...)) {
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WIDE_MAX_BYTES) == cudaSuccess;
 }
 
+/* gemv_wide_kernel and gemv_qkv_wide_kernel by mode (OUT_*) and tiles of 16 staged rows, less one */
+typedef void (*wide_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *);
+typedef void (*qkv_wide_fn)(dmat, uint32_t, const float *, const float *, float, float *, rope_args, unsigned *);
+#define WIDE_TILES(MODE)                                                                                               \
+    { gemv_wide_kernel<MODE, 1>, gemv_wide_kernel<MODE, 2>, gemv_wide_kernel<MODE, 3>, gemv_wide_kernel<MODE, 4> }
+static const wide_fn wide_kernels[4][WIDE_MAX_ROWS / 16] = {WIDE_TILES(OUT_STORE), WIDE_TILES(OUT_ADD),
+                                                            WIDE_TILES(OUT_SILU_PAIR), WIDE_TILES(OUT_GELU_PAIR)};
+#undef WIDE_TILES
+static const qkv_wide_fn qkv_wide_kernels[WIDE_MAX_ROWS / 16] = {gemv_qkv_wide_kernel<1>, gemv_qkv_wide_kernel<2>,
+                                                                 gemv_qkv_wide_kernel<3>, gemv_qkv_wide_kernel<4>};
+
 void gemv_wide_setup(cuda_engine *e, const cudaDeviceProp *prop) {
-    e->wide = prop->major >= 9 && env_allows("INFERNO_CUDA_WIDE") && wide_smem(gemv_wide_kernel<OUT_STORE>) &&
-              wide_smem(gemv_wide_kernel<OUT_ADD>) && wide_smem(gemv_wide_kernel<OUT_SILU_PAIR>) &&
-              wide_smem(gemv_wide_kernel<OUT_GELU_PAIR>) && wide_smem(gemv_qkv_wide_kernel);
+    e->wide = prop->major >= 9 && env_allows("INFERNO_CUDA_WIDE");
+    for (int t = 0; t < WIDE_MAX_ROWS / 16; t++) {
+        for (int mode = 0; mode < 4; mode++)
+            e->wide = e->wide && wide_smem(wide_kernels[mode][t]);
+        e->wide = e->wide && wide_smem(qkv_wide_kernels[t]);
+    }
     (void)cudaGetLastError(); /* a refusal above leaves its error; the GEMVs then stay as they were */
 }
 
@@ -397,7 +411,7 @@ void gemv_wide_setup(cuda_engine *e, const cudaDeviceProp *prop) {
  * beside the next kernel); with a head size, a divisor of it (q|k|v). */
 static uint32_t gemv_wide_rows_per_block(const cuda_engine *e, const dmat *w, uint32_t rows, bool pair,
                                          uint32_t head_dim) {
-    if (!e->wide || w->type != DMAT_BF16 || w->cols % 8)
+    if (!e->wide || w->type != DMAT_BF16 || w->cols % 32)
         return 0;
     uint32_t n_sm = (uint32_t)e->n_sm, per_block = (rows + n_sm - 1) / n_sm;
     if (head_dim) {
@@ -407,7 +421,8 @@ static uint32_t gemv_wide_rows_per_block(const cuda_engine *e, const dmat *w, ui
         if ((rows + per_block - 1) / per_block > n_sm)
             return 0;
     }
-    return per_block <= GEMV_WARPS * WARP && gemv_wide_bytes(*w, per_block, pair) <= WIDE_MAX_BYTES ? per_block : 0;
+    bool fits = (pair ? 2 : 1) * per_block <= WIDE_MAX_ROWS && gemv_wide_bytes(*w, per_block, pair) <= WIDE_MAX_BYTES;
+    return fits ? per_block : 0;
 }
 
 /* Whether a GEMV of T tokens is gemv_rows_staged (gemv.cuh says when
@@ -428,10 +443,9 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
     uint32_t rows = pair ? w->rows / 2 : w->rows;
     uint32_t per_block = T == 1 ? gemv_wide_rows_per_block(e, w, rows, pair, 0) : 0;
     if (per_block) {
-        typedef void (*wide_fn)(dmat, uint32_t, uint32_t, const float *, const float *, float, float *);
-        static const wide_fn by_mode[4] = {gemv_wide_kernel<OUT_STORE>, gemv_wide_kernel<OUT_ADD>,
-                                           gemv_wide_kernel<OUT_SILU_PAIR>, gemv_wide_kernel<OUT_GELU_PAIR>};
-        CUDA_CHECK(launch_shared(e, by_mode[mode], dim3((rows + per_block - 1) / per_block), dim3(GEMV_WARPS * WARP),
+        uint32_t tiles = ((pair ? 2 : 1) * per_block + 15) / 16;
+        CUDA_CHECK(launch_shared(e, wide_kernels[mode][tiles - 1], dim3((rows + per_block - 1) / per_block),
+                                 dim3(GEMV_WARPS * WARP),
                                  gemv_wide_bytes(*w, per_block, pair), *w, rows, per_block, x, gain, eps, y));
         return 0;
     }
@@ -542,7 +556,8 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
 #undef QKV_ROW
         uint32_t per_block = T == 1 ? gemv_wide_rows_per_block(e, w, w->rows, false, hd) : 0;
         if (per_block) {
-            CUDA_CHECK(launch_shared(e, gemv_qkv_wide_kernel, dim3(w->rows / per_block), dim3(GEMV_WARPS * WARP),
+            uint32_t tiles = (per_block + 15) / 16;
+            CUDA_CHECK(launch_shared(e, qkv_wide_kernels[tiles - 1], dim3(w->rows / per_block), dim3(GEMV_WARPS * WARP),
                                      gemv_wide_bytes(*w, per_block, false), *w, per_block, (const float *)e->x, gain,
                                      e->m->rms_eps, e->qkv, ra, e->qkv_done));
             return 0;
