@@ -289,8 +289,9 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, 4)
  * memory. A dot product may take its columns in any order, so a lane
  * loads 8 adjacent columns of its row (one 16-byte load) and hands them
  * to the mma as the k slots its fragment holds, B's the same ones; rows
- * lie WIDE_ROW_PAD bytes apart past a multiple of 128 so that the 8 rows
- * of a load hit distinct banks. TILES: the staged rows' 16-row tiles, a
+ * lie WIDE_ROW_PAD bytes past a multiple of 128 apart, so that the two
+ * rows each quarter-warp's 16-byte loads read fall in opposite halves of
+ * the banks. TILES: the staged rows' 16-row tiles, a
  * template parameter so that the loop has no branch. The kernel trace's
  * products (warp 0, mark 1 to 2), cycles a block: on the CUDA cores
  * (unpack, then a multiply-add an element) 2,100-4,200; on the tensor
