@@ -447,6 +447,9 @@ __global__ void __launch_bounds__(GEMV_WARPS *WARP, 2)
     gemv_wide_rows<MODE, TILES>(m, rows, per_block, x, gain, eps, y);
 }
 
+/* gemv_wide_rows' 16-row tiles (its TILES) for per_block rows (pairs). */
+static inline uint32_t gemv_wide_tiles(uint32_t per_block, bool pair) { return ((pair ? 2 : 1) * per_block + 15) / 16; }
+
 /* Shared memory of gemv_wide_rows: per_block rows (pairs) of m at their padded
  * stride, then x's hi and lo halves. */
 static inline size_t gemv_wide_bytes(const dmat &m, uint32_t per_block, bool pair) {

@@ -421,7 +421,8 @@ static uint32_t gemv_wide_rows_per_block(const cuda_engine *e, const dmat *w, ui
         if ((rows + per_block - 1) / per_block > n_sm)
             return 0;
     }
-    bool fits = (pair ? 2 : 1) * per_block <= WIDE_MAX_ROWS && gemv_wide_bytes(*w, per_block, pair) <= WIDE_MAX_BYTES;
+    bool fits = gemv_wide_tiles(per_block, pair) <= WIDE_MAX_ROWS / 16 &&
+                gemv_wide_bytes(*w, per_block, pair) <= WIDE_MAX_BYTES;
     return fits ? per_block : 0;
 }
 
@@ -443,9 +444,8 @@ static int matmul_halves(cuda_engine *e, const dmat *w, const float *x, const fl
     uint32_t rows = pair ? w->rows / 2 : w->rows;
     uint32_t per_block = T == 1 ? gemv_wide_rows_per_block(e, w, rows, pair, 0) : 0;
     if (per_block) {
-        uint32_t tiles = ((pair ? 2 : 1) * per_block + 15) / 16;
-        CUDA_CHECK(launch_shared(e, wide_kernels[mode][tiles - 1], dim3((rows + per_block - 1) / per_block),
-                                 dim3(GEMV_WARPS * WARP),
+        CUDA_CHECK(launch_shared(e, wide_kernels[mode][gemv_wide_tiles(per_block, pair) - 1],
+                                 dim3((rows + per_block - 1) / per_block), dim3(GEMV_WARPS * WARP),
                                  gemv_wide_bytes(*w, per_block, pair), *w, rows, per_block, x, gain, eps, y));
         return 0;
     }
@@ -556,8 +556,8 @@ static int qkv_project(cuda_engine *e, const dmat *w, const float *gain, int T, 
 #undef QKV_ROW
         uint32_t per_block = T == 1 ? gemv_wide_rows_per_block(e, w, w->rows, false, hd) : 0;
         if (per_block) {
-            uint32_t tiles = (per_block + 15) / 16;
-            CUDA_CHECK(launch_shared(e, qkv_wide_kernels[tiles - 1], dim3(w->rows / per_block), dim3(GEMV_WARPS * WARP),
+            CUDA_CHECK(launch_shared(e, qkv_wide_kernels[gemv_wide_tiles(per_block, false) - 1],
+                                     dim3(w->rows / per_block), dim3(GEMV_WARPS * WARP),
                                      gemv_wide_bytes(*w, per_block, false), *w, per_block, (const float *)e->x, gain,
                                      e->m->rms_eps, e->qkv, ra, e->qkv_done));
             return 0;
