@@ -119,28 +119,63 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
 }
 
 /* The slices of a (head group, token) launched as one thread-block cluster
- * (gridDim.z = the cluster's size): each block left its (max, sum) per
- * head in ml[gsub][2] and its unnormalized output in acc[g * acc_ld + i],
- * in its own shared memory; the cluster's blocks read each other's there
- * (distributed shared memory) and split the output's elements. Replaces
- * attention_merge's chain of a fence, a global counter and two L2 round
- * trips with two cluster barriers (H200, 0.6b, batch 1, 512 positions:
- * attention_lanes_kernel 12.7 -> 11.4 us under ncu; decode 1,351 -> 1,391
- * tok/s at batch 2, 1,002 -> 1,036 at batch 1 with f16 KV).
- * gsub * slices <= blockDim.x; slices a power of 2 up to 32. */
+ * (gridDim.z = the cluster's size) merge in shared memory instead of
+ * through part and a global counter: element e of the group's output
+ * (gsub * head_dim of them) belongs to block e / blockDim.x of the
+ * cluster, and every block stores its unnormalized element e and its
+ * (max, sum) per head straight into that block's shared memory
+ * (distributed shared memory: remote stores, which wait on nothing; the
+ * owner then reads only its own shared memory). After one cluster
+ * barrier the owners weigh the slices and store their elements; the
+ * others leave. (The owners had read every slice's (max, sum) and
+ * elements from the other blocks, a round trip a slice, between two
+ * cluster barriers; H200, 0.6b bf16, f16 KV, alternating runs: batch 1
+ * 1,305-1,328 -> 1,320-1,346 tok/s, batch 2 1,780 -> 1,806, 8 3,138 ->
+ * 3,161. The cluster merge itself had replaced attention_merge's chain
+ * of a fence, a global counter and two L2 round trips: batch 1, 12.7 ->
+ * 11.4 us under ncu.) Dynamic
+ * shared memory: attention_merge_bytes; gsub * head_dim <= slices *
+ * blockDim.x, gsub * slices <= blockDim.x, slices a power of 2 up to 32. */
+__host__ __device__ __forceinline__ size_t attention_merge_bytes(uint32_t slices, uint32_t gsub, uint32_t threads) {
+    return ((size_t)slices * threads + (size_t)slices * gsub * 2) * sizeof(float);
+}
+
+/* Block z's share of the merge: its unnormalized output o of element e,
+ * and (thread 0, for head g) its (max, sum), into their owner's
+ * shared memory (merge_in: [slices][blockDim.x] elements, then
+ * [slices][gsub][2] maxima and sums). */
+__device__ __forceinline__ void attention_cluster_push(float *merge_in, uint32_t z, uint32_t e, float o) {
+    cooperative_groups::this_cluster().map_shared_rank(merge_in, e / blockDim.x)[z * blockDim.x + e % blockDim.x] = o;
+}
+
+__device__ __forceinline__ void attention_cluster_push_ml(float *merge_in, uint32_t z, uint32_t slices, uint32_t gsub,
+                                                          uint32_t g, uint32_t n_elems, float m, float l) {
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    uint32_t owners = (n_elems + blockDim.x - 1) / blockDim.x;
+    for (uint32_t r = 0; r < owners; r++) {
+        float *ml = cluster.map_shared_rank(merge_in, r) + slices * blockDim.x + (z * gsub + g) * 2;
+        ml[0] = m, ml[1] = l;
+    }
+}
+
+/* The owners' part, after every block's attention_cluster_push. */
 __device__ void attention_cluster_merge(const attention_args &a, uint32_t t, uint32_t h0, uint32_t gsub,
-                                        const float *acc, uint32_t acc_ld, const float *ml, uint32_t slices) {
+                                        const float *merge_in, uint32_t slices) {
     namespace cg = cooperative_groups;
     __shared__ float weight[8][32]; /* [g][z]: slice z's share of head g's output */
     cg::cluster_group cluster = cg::this_cluster();
-    cluster.sync(); /* every slice's (m, l, output) is in place */
-    uint32_t i = threadIdx.x, g = i / slices, z = i % slices, hd = a.head_dim;
+    cluster.sync(); /* every slice's pushes are in place; nothing remote is touched after this */
+    uint32_t i = threadIdx.x, g = i / slices, z = i % slices, hd = a.head_dim, n = gsub * hd;
+    uint32_t e = cluster.block_rank() * blockDim.x + i;
+    if (cluster.block_rank() * blockDim.x >= n)
+        return;
     /* thread (g, z) weighs slice z of head g; the slices of a head are
      * `slices` consecutive lanes, so the shuffles stay among them */
     float mz = -INFINITY, lz = 0.0f;
     if (g < gsub) {
-        const float *ml_z = cluster.map_shared_rank(ml, z);
-        mz = ml_z[2 * g], lz = ml_z[2 * g + 1];
+        const float *ml_z = merge_in + slices * blockDim.x + (z * gsub + g) * 2;
+        mz = ml_z[0], lz = ml_z[1];
     }
     float m_all = mz;
     for (uint32_t o = slices / 2; o > 0; o /= 2)
@@ -151,14 +186,13 @@ __device__ void attention_cluster_merge(const attention_args &a, uint32_t t, uin
     if (g < gsub)
         weight[g][z] = w / l_all;
     __syncthreads();
-    for (uint32_t e = cluster.block_rank() * blockDim.x + i; e < gsub * hd; e += slices * blockDim.x) {
-        uint32_t h = e / hd, k = e % hd;
-        float o = 0.0f;
-        for (uint32_t s = 0; s < slices; s++)
-            o += weight[h][s] * cluster.map_shared_rank(acc, s)[h * acc_ld + k];
-        attention_store(a, (size_t)t * a.q_dim + (h0 + h) * hd + k, o);
-    }
-    cluster.sync(); /* no block leaves while the others read its shared memory */
+    if (e >= n)
+        return;
+    uint32_t h = e / hd, k = e % hd;
+    float o = 0.0f;
+    for (uint32_t s = 0; s < slices; s++)
+        o += weight[h][s] * merge_in[s * blockDim.x + i];
+    attention_store(a, (size_t)t * a.q_dim + (h0 + h) * hd + k, o);
 }
 
 /* The end of a decode attention block (WARPS warps): merges its warps'
@@ -173,7 +207,7 @@ template <int WARPS, bool NAMED = false>
 __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint32_t h0, uint32_t gsub,
                                        const float *m_w, const float *l_w, float *acc_w, uint32_t acc_ld, float *weight,
                                        uint32_t z, uint32_t slices, unsigned *done) {
-    __shared__ float ml[8][2]; /* the block's (max, sum) per head, for attention_cluster_merge */
+    extern __shared__ float merge_in[]; /* clustered: attention_merge_bytes */
     uint32_t hd = a.head_dim;
     /* the persistent kernel (NAMED) is never launched as clusters */
     bool clustered = !NAMED && slices > 1 && cooperative_groups::this_cluster().num_blocks() == slices;
@@ -197,20 +231,20 @@ __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint
                          : acc_w[(w * gsub + g) * acc_ld + i] * expf(m_w[w * gsub + g] - m_all);
             if (slices == 1)
                 attention_store(a, (size_t)t * a.q_dim + h * hd + i, o / l_all);
-            else if (clustered) /* only this thread reads element i of head g */
-                acc_w[g * acc_ld + i] = o;
+            else if (clustered)
+                attention_cluster_push(merge_in, z, g * hd + i, o);
             else
                 part[2 + i] = o;
         }
         if (slices > 1 && threadIdx.x == 0) {
             if (clustered)
-                ml[g][0] = m_all, ml[g][1] = l_all;
+                attention_cluster_push_ml(merge_in, z, slices, gsub, g, gsub * hd, m_all, l_all);
             else
                 part[0] = m_all, part[1] = l_all;
         }
     }
     if (clustered) {
-        attention_cluster_merge(a, t, h0, gsub, acc_w, acc_ld, &ml[0][0], slices);
+        attention_cluster_merge(a, t, h0, gsub, merge_in, slices);
         return;
     }
     if (slices == 1 || !block_is_last<NAMED>(done, slices))

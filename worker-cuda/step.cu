@@ -654,6 +654,7 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
         while (slices & (slices - 1))
             slices &= slices - 1;
         slices = slices > e->attn_cluster ? e->attn_cluster : slices;
+        clustered = e->gsub * hd <= slices * ATTN_WARPS * WARP; /* the merge's owners are blocks of the cluster */
     }
     /* past the GEMV sizes, decode attention leaves its output split for
      * the o product, and (one token a sequence) finishes the q|k|v heads
@@ -709,7 +710,8 @@ static int enqueue_step(cuda_engine *e, int T, int rows, bool persistent, char *
                 CUDA_CHECK(
                     launch(e, e->attention_finish, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), aa, finish));
             else
-                CUDA_CHECK(launch_cluster(e, e->attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP), 0,
+                CUDA_CHECK(launch_cluster(e, e->attention, dim3(groups, T, slices), dim3(ATTN_WARPS * WARP),
+                                          clustered ? attention_merge_bytes(slices, e->gsub, ATTN_WARPS * WARP) : 0,
                                           dim3(1, 1, clustered ? slices : 1), aa));
         }
         /* the block outputs: added to x, or (gemma3) normalized into xn first */
