@@ -130,12 +130,26 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
  * others leave. (The owners had read every slice's (max, sum) and
  * elements from the other blocks, a round trip a slice, between two
  * cluster barriers; H200, 0.6b bf16, f16 KV, alternating runs: batch 1
- * 1,305-1,328 -> 1,320-1,346 tok/s, batch 2 1,780 -> 1,806, 8 3,138 ->
- * 3,161. The cluster merge itself had replaced attention_merge's chain
+ * 1,305-1,332 -> 1,320-1,347 tok/s, batch 2 1,780-1,798 -> 1,806-1,816,
+ * 8 3,138-3,146 -> 3,157-3,161. The cluster merge itself had replaced attention_merge's chain
  * of a fence, a global counter and two L2 round trips: batch 1, 12.7 ->
- * 11.4 us under ncu.) Dynamic
- * shared memory: attention_merge_bytes; gsub * head_dim <= slices *
- * blockDim.x, gsub * slices <= blockDim.x, slices a power of 2 up to 32. */
+ * 11.4 us under ncu.) Dynamic shared memory: attention_merge_bytes;
+ * gsub * head_dim <= slices * blockDim.x, gsub * slices <= blockDim.x,
+ * slices a power of 2 up to 32. */
+/* Whether this block's slices were launched as one cluster. */
+__device__ __forceinline__ bool attention_clustered(uint32_t slices) {
+    return slices > 1 && cooperative_groups::this_cluster().num_blocks() == slices;
+}
+
+/* The first half of a cluster barrier, at a clustered kernel's start;
+ * attention_block_finish waits on it before its first remote store (a
+ * block's shared memory may be written by another only once the block has
+ * started), by when every block has long arrived. */
+__device__ __forceinline__ void attention_cluster_arrive(uint32_t slices) {
+    if (attention_clustered(slices))
+        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
 __host__ __device__ __forceinline__ size_t attention_merge_bytes(uint32_t slices, uint32_t gsub, uint32_t threads) {
     return ((size_t)slices * threads + (size_t)slices * gsub * 2) * sizeof(float);
 }
@@ -210,7 +224,9 @@ __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint
     extern __shared__ float merge_in[]; /* clustered: attention_merge_bytes */
     uint32_t hd = a.head_dim;
     /* the persistent kernel (NAMED) is never launched as clusters */
-    bool clustered = !NAMED && slices > 1 && cooperative_groups::this_cluster().num_blocks() == slices;
+    bool clustered = !NAMED && attention_clustered(slices);
+    if (clustered) /* every block of the cluster has started (attention_cluster_arrive) */
+        asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
     block_sync<NAMED>();
     for (uint32_t g = 0; g < gsub; g++) {
         float m_all = -INFINITY, l_all = 0.0f;
@@ -288,6 +304,7 @@ template <int EPL, int GSUB, typename KV>
 __global__ void __launch_bounds__(ATTN_WARPS *WARP) attention_kernel(attention_args a) {
     __shared__ float m_w[ATTN_WARPS][GSUB], l_w[ATTN_WARPS][GSUB], acc_w[ATTN_WARPS][GSUB][EPL * WARP];
     __shared__ float weight[WARP];
+    attention_cluster_arrive(gridDim.z);
     pdl_enter();
     uint32_t t = blockIdx.y, lane = threadIdx.x % WARP, warp = threadIdx.x / WARP, hd = a.head_dim;
     uint32_t h0 = blockIdx.x * GSUB, kvh = h0 / a.group, slices = gridDim.z;
@@ -611,6 +628,7 @@ __device__ __forceinline__ void attention_lanes(const attention_args &a, const r
             prefetch_l1((const KV *)a.k_cache + at), prefetch_l1((const KV *)a.v_cache + at);
         }
     }
+    attention_cluster_arrive(slices);
     pdl_enter();
     const float *q_in = a.q + (size_t)t * a.q_dim + h0 * hd; /* the block's heads, [GSUB][hd] */
     float *q_s = &acc_w[0][0][0];
