@@ -118,6 +118,22 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
     }
 }
 
+/* Whether this block's slices were launched as one cluster. */
+__device__ __forceinline__ bool attention_clustered(uint32_t slices) {
+    return slices > 1 && cooperative_groups::this_cluster().num_blocks() == slices;
+}
+
+/* The two halves of a cluster barrier: a clustered kernel arrives at its
+ * start, and attention_block_finish waits before its first remote store
+ * (a block's shared memory may be written by another only once the block
+ * has started), by when every block has long arrived. */
+__device__ __forceinline__ void attention_cluster_arrive(uint32_t slices) {
+    if (attention_clustered(slices))
+        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void attention_cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
+
 /* The slices of a (head group, token) launched as one thread-block cluster
  * (gridDim.z = the cluster's size) merge in shared memory instead of
  * through part and a global counter: element e of the group's output
@@ -131,25 +147,11 @@ __device__ void attention_merge(const attention_args &a, uint32_t t, uint32_t h,
  * elements from the other blocks, a round trip a slice, between two
  * cluster barriers; H200, 0.6b bf16, f16 KV, alternating runs: batch 1
  * 1,305-1,332 -> 1,320-1,347 tok/s, batch 2 1,780-1,798 -> 1,806-1,816,
- * 8 3,138-3,146 -> 3,157-3,161. The cluster merge itself had replaced attention_merge's chain
- * of a fence, a global counter and two L2 round trips: batch 1, 12.7 ->
- * 11.4 us under ncu.) Dynamic shared memory: attention_merge_bytes;
- * gsub * head_dim <= slices * blockDim.x, gsub * slices <= blockDim.x,
- * slices a power of 2 up to 32. */
-/* Whether this block's slices were launched as one cluster. */
-__device__ __forceinline__ bool attention_clustered(uint32_t slices) {
-    return slices > 1 && cooperative_groups::this_cluster().num_blocks() == slices;
-}
-
-/* The first half of a cluster barrier, at a clustered kernel's start;
- * attention_block_finish waits on it before its first remote store (a
- * block's shared memory may be written by another only once the block has
- * started), by when every block has long arrived. */
-__device__ __forceinline__ void attention_cluster_arrive(uint32_t slices) {
-    if (attention_clustered(slices))
-        asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-}
-
+ * 8 3,138-3,146 -> 3,157-3,161. The cluster merge itself had replaced
+ * attention_merge's chain of a fence, a global counter and two L2 round
+ * trips: batch 1, 12.7 -> 11.4 us under ncu.) Dynamic shared memory:
+ * attention_merge_bytes; gsub * head_dim <= slices * blockDim.x, gsub *
+ * slices <= blockDim.x, slices a power of 2 up to 32. */
 __host__ __device__ __forceinline__ size_t attention_merge_bytes(uint32_t slices, uint32_t gsub, uint32_t threads) {
     return ((size_t)slices * threads + (size_t)slices * gsub * 2) * sizeof(float);
 }
@@ -181,8 +183,8 @@ __device__ void attention_cluster_merge(const attention_args &a, uint32_t t, uin
     cg::cluster_group cluster = cg::this_cluster();
     cluster.sync(); /* every slice's pushes are in place; nothing remote is touched after this */
     uint32_t i = threadIdx.x, g = i / slices, z = i % slices, hd = a.head_dim, n = gsub * hd;
-    uint32_t e = cluster.block_rank() * blockDim.x + i;
-    if (cluster.block_rank() * blockDim.x >= n)
+    uint32_t first = cluster.block_rank() * blockDim.x, e = first + i;
+    if (first >= n) /* no element of this block's */
         return;
     /* thread (g, z) weighs slice z of head g; the slices of a head are
      * `slices` consecutive lanes, so the shuffles stay among them */
@@ -225,8 +227,8 @@ __device__ void attention_block_finish(const attention_args &a, uint32_t t, uint
     uint32_t hd = a.head_dim;
     /* the persistent kernel (NAMED) is never launched as clusters */
     bool clustered = !NAMED && attention_clustered(slices);
-    if (clustered) /* every block of the cluster has started (attention_cluster_arrive) */
-        asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+    if (clustered)
+        attention_cluster_wait();
     block_sync<NAMED>();
     for (uint32_t g = 0; g < gsub; g++) {
         float m_all = -INFINITY, l_all = 0.0f;
